@@ -1,0 +1,55 @@
+"""The `fingerprint` command: one subcommand per stage, each a thin module over the library.
+
+`fingerprint <command> [flags]`; every `fingerprint.cli.<command>.main(argv)`
+is callable from Python and tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+from fingerprint import __version__
+
+#: subcommand -> (module, one-line help), in pipeline order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("fingerprint.cli.synth", "build a membership benchmark: CT-like images + a generator trained on the used ones"),
+    "pack": ("fingerprint.cli.pack", "pack image folders into WebDataset shards"),
+    "inspect": ("fingerprint.cli.inspect", "summarise shards; --verify re-checks every checksum"),
+    "train": ("fingerprint.cli.train", "episodic relation-network training with Accelerate"),
+    "embed": ("fingerprint.cli.embed", "export keyed unit-norm embeddings (and feature maps) from shards"),
+    "index": ("fingerprint.cli.index", "build a FAISS index over generated embeddings"),
+    "score": ("fingerprint.cli.score", "membership scores, labels and run files"),
+    "compare": ("fingerprint.cli.compare", "scikit-learn comparators over exported features"),
+    "cluster": ("fingerprint.cli.cluster", "hierarchical clustering of embeddings and a cluster scorer"),
+    "evaluate": ("fingerprint.cli.evaluate", "metrics with bootstrap intervals for score files"),
+    "validate": ("fingerprint.cli.validate", "check a run file against the official rules"),
+    "report": ("fingerprint.cli.report", "self-contained HTML + Markdown report of a run folder"),
+    "run": ("fingerprint.cli.run", "the whole pipeline on a folder with dev/ and test/"),
+    "demo": ("fingerprint.cli.demo", "synth (cached) + run on the built-in benchmark data"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: fingerprint <command> [flags]   (fingerprint {__version__})", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'fingerprint <command> --help' for a command's flags."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"fingerprint: error: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest)
