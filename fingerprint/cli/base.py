@@ -59,11 +59,7 @@ def apply_config(parser: argparse.ArgumentParser, config: dict[str, Any], path: 
         action = actions.get(dest)
         if action is None:
             raise FingerprintError(f"{path}: unknown key '{key}' for 'fingerprint {command}'")
-        if action.type is not None and isinstance(value, str) and action.type not in (str,):
-            try:
-                value = action.type(value)
-            except (TypeError, ValueError):
-                raise FingerprintError(f"{path}: bad value {value!r} for '{key}'") from None
+        value = _coerce(action, value, key, path)
         if action.choices is not None and value not in action.choices:
             raise FingerprintError(
                 f"{path}: bad value {value!r} for '{key}' (choose from {', '.join(map(str, action.choices))})"
@@ -72,6 +68,35 @@ def apply_config(parser: argparse.ArgumentParser, config: dict[str, Any], path: 
         if action.required:
             action.required = False
     parser.set_defaults(**defaults)
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(action: argparse.Action, value: Any, key: str, path: str) -> Any:
+    """Give a config value the type its flag would: switches take booleans, typed flags their type."""
+    bad = FingerprintError(f"{path}: bad value {value!r} for '{key}'")
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if value is None or action.type is None or action.type is str:
+        return value
+    if isinstance(value, (list, tuple)) and action.nargs not in (None, "?"):
+        return [_coerce_one(action, v, bad) for v in value]
+    return _coerce_one(action, value, bad)
+
+
+def _coerce_one(action: argparse.Action, value: Any, bad: FingerprintError) -> Any:
+    if action.type is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+        raise bad
+    try:
+        return action.type(value if isinstance(value, str) or action.type in (int, float) else str(value))
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise bad from None
 
 
 def build_parser(command: str, add_arguments: Callable[[argparse.ArgumentParser], None], description: str | None):

@@ -1,0 +1,235 @@
+"""Streaming: pixels and keys round-trip, splits across ranks and workers, epochs, errors, augmentation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fingerprint import shards
+from fingerprint.stream import StreamConfig, augment_batch, dist_info, load_all, make_loader
+from fingerprint.utils import FingerprintError
+from test_shards import SIZE, make_layout
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """16 images (8 generated, 4 used, 4 not used) in 8 shards of 2."""
+    root = tmp_path_factory.mktemp("stream")
+    pixels = make_layout(root / "dev", "dev")
+    shards.pack(root / "dev", root / "out", image_size=SIZE, max_count=2, seed=0)
+    return root / "out", pixels
+
+
+def keys_of(loader) -> list[str]:
+    return [k for b in loader for k in b["key"]]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_reproduces_every_pixel_and_key(packed, workers):
+    out, pixels = packed
+    seen = {}
+    for batch in make_loader(out, StreamConfig(batch_size=5, num_workers=workers)):
+        assert batch["image"].dtype == torch.float32 and batch["image"].shape[1:] == (1, SIZE, SIZE)
+        assert len(batch["key"]) == len(batch["role"]) == len(batch["label"]) == batch["image"].shape[0]
+        for k, img in zip(batch["key"], batch["image"]):
+            assert k not in seen
+            seen[k] = img
+    assert set(seen) == set(pixels)
+    for k, img in seen.items():
+        np.testing.assert_array_equal((img[0] * 255).round().to(torch.uint8).numpy(), pixels[k])
+    full = load_all(out, StreamConfig())
+    assert full["key"] == sorted(pixels) and full["image"].shape == (16, 1, SIZE, SIZE)
+    assert torch.equal(full["image"][full["key"].index("used_0003")], seen["used_0003"])
+
+
+def test_select_roles_and_labels(packed):
+    out, pixels = packed
+    real = load_all(out, StreamConfig(roles=("real",)))
+    assert real["key"] == sorted(k for k in pixels if not k.startswith("generated")) and set(real["role"]) == {"real"}
+    used = load_all(out, StreamConfig(roles=("real",), labels=("used",)))
+    assert used["key"] == [f"used_{i:04d}" for i in range(1, 5)] and set(used["label"]) == {"used"}
+    gen = keys_of(make_loader(out, StreamConfig(roles=("generated",), batch_size=3)))
+    assert sorted(gen) == sorted(k for k in pixels if k.startswith("generated"))
+    with pytest.raises(FingerprintError, match="unknown role"):
+        make_loader(out, StreamConfig(roles=("fake",)))
+
+
+def test_two_ranks_two_workers_each_sample_once(packed):
+    out, pixels = packed
+    per_rank = []
+    for rank in range(2):
+        cfg = StreamConfig(batch_size=3, num_workers=2, shuffle=True, seed=5, epoch=1)
+        per_rank.append(keys_of(make_loader(out, cfg, rank=rank, world_size=2)))
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(pixels)
+
+
+def test_shard_shuffle_follows_seed_and_epoch(packed):
+    out, _ = packed
+    def order(seed, epoch):
+        return keys_of(make_loader(out, StreamConfig(batch_size=4, shuffle=True, seed=seed, epoch=epoch)))
+    assert order(1, 0) == order(1, 0)
+    assert order(1, 0) != order(1, 1) and sorted(order(1, 0)) == sorted(order(1, 1))
+    loader = make_loader(out, StreamConfig(batch_size=4, shuffle=True, seed=1))
+    loader.set_epoch(1)
+    assert keys_of(loader) == order(1, 1)
+    buffered = keys_of(make_loader(out, StreamConfig(batch_size=4, shuffle=True, shuffle_buffer=6, seed=1)))
+    assert sorted(buffered) == sorted(order(1, 0)) and buffered != order(1, 0)
+
+
+def test_epoch_batches_equal_per_rank(tmp_path):
+    make_layout(tmp_path / "dev", "dev", n_gen=9, n_real=3)  # 15 images in shards of 2: 8 shards, last holds 1
+    shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, max_count=2)
+    plain = [sum(1 for _ in make_loader(tmp_path / "out", StreamConfig(batch_size=2), rank=r, world_size=3))
+             for r in range(3)]
+    assert len(set(plain)) > 1  # uneven without epoch_batches
+    for workers in (0, 2):
+        counts, seen = [], set()
+        for r in range(3):
+            cfg = StreamConfig(batch_size=2, num_workers=workers, shuffle=True, epoch_batches=7)
+            batches = list(make_loader(tmp_path / "out", cfg, rank=r, world_size=3))
+            counts.append(len(batches))
+            assert all(len(b["key"]) == 2 for b in batches)  # no partial batch when repeating
+            seen |= {k for b in batches for k in b["key"]}
+        assert counts == [7, 7, 7]
+        assert len(seen) == 15
+
+
+def test_too_few_shards_is_a_clear_error(packed):
+    out, _ = packed
+    with pytest.raises(FingerprintError, match=r"8 shard\(s\).*fewer than 3 rank\(s\) x 3 worker\(s\)"):
+        make_loader(out, StreamConfig(num_workers=3), rank=0, world_size=3)
+
+
+def test_truncated_shard_named_or_skipped(tmp_path):
+    make_layout(tmp_path / "dev", "dev")
+    out = tmp_path / "out"
+    shards.pack(tmp_path / "dev", out, image_size=SIZE, max_count=4)
+    urls = shards.shard_urls(out)
+    data = Path(urls[1]).read_bytes()
+    Path(urls[1]).write_bytes(data[: len(data) // 2])
+    with pytest.raises(FingerprintError, match=rf"{Path(urls[1]).name}: shard is \d+ bytes, manifest.json says"):
+        make_loader(out, StreamConfig())
+    skipped: dict[str, int] = {}
+    batch = load_all(out, StreamConfig(on_error="skip"), skipped=skipped)
+    assert len(batch["key"]) == 12
+    # without a manifest to compare sizes, the tar reader names the shard
+    lone = tmp_path / "lone.tar"
+    lone.write_bytes(data[: len(data) // 2 + 100])
+    with pytest.raises(FingerprintError, match=r"lone.tar: (corrupt or truncated shard|holds)"):
+        load_all([str(lone)], StreamConfig())
+    skipped = {}
+    load_all([str(lone)], StreamConfig(on_error="skip"), skipped=skipped)
+    assert skipped == {"shards": 1}
+
+
+def test_corrupt_sample_named_or_counted(tmp_path):
+    import io
+    import tarfile
+
+    make_layout(tmp_path / "dev", "dev", n_gen=2, n_real=1)
+    out = tmp_path / "out"
+    shards.pack(tmp_path / "dev", out, image_size=SIZE, max_count=100, encoding="png")
+    url = shards.shard_urls(out)[0]
+    with tarfile.open(url) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tar:
+        for m, d in members:
+            if m.name == "used_0001.png":
+                d = d[:40]
+                m.size = len(d)
+            tar.addfile(m, io.BytesIO(d))
+    with pytest.raises(FingerprintError, match=r"bad.tar: sample used_0001: cannot decode image"):
+        load_all([str(bad)], StreamConfig())
+    for workers in (0, 1):
+        loader = make_loader([str(bad)], StreamConfig(on_error="skip", num_workers=workers, batch_size=2))
+        keys = keys_of(loader)
+        assert len(keys) == len(set(keys)) == 3 and "used_0001" not in keys and loader.skipped == {"samples": 1}
+    skipped: dict[str, int] = {}
+    batch = load_all([str(bad)], StreamConfig(on_error="skip"), skipped=skipped)
+    assert skipped == {"samples": 1} and "used_0001" not in batch["key"] and len(batch["key"]) == 3
+
+
+def test_augment_seeded_and_in_range(packed):
+    out, _ = packed
+    def first(seed, augment=True):
+        return next(iter(make_loader(out, StreamConfig(batch_size=8, augment=augment, seed=seed))))["image"]
+    a, b, c, plain = first(1), first(1), first(2), first(1, False)
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
+    assert a.min() >= 0 and a.max() <= 1 and a.shape == plain.shape
+    x = torch.rand(4, 1, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    y = augment_batch(x, g, max_rotate=0, max_shift=0, max_scale=0, contrast=0, brightness=0)
+    flipped = torch.isclose(y, x.flip(-1), atol=1e-5).flatten(1).all(1)
+    same = torch.isclose(y, x, atol=1e-5).flatten(1).all(1)
+    assert bool((flipped | same).all())  # with everything else off only flips remain
+
+
+def test_resize_on_the_fly(packed):
+    out, _ = packed
+    batch = load_all(out, StreamConfig(image_size=8, roles=("real",)))
+    assert batch["image"].shape == (8, 1, 8, 8) and 0 <= float(batch["image"].min()) <= float(batch["image"].max()) <= 1
+
+
+def test_dist_info(monkeypatch):
+    assert dist_info(1, 4) == (1, 4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert dist_info() == (1, 2)
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(FingerprintError, match="bad rank"):
+        dist_info()
+
+
+@pytest.mark.slow
+def test_real_two_process_launch(tmp_path):
+    """2 gloo processes x 2 workers each: world size 2, each sample exactly once, equal batches with epoch_batches."""
+    make_layout(tmp_path / "dev", "dev", n_gen=10, n_real=4)  # 18 images
+    shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, max_count=2)  # 9 shards
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    base = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "tests" / "_dist_stream.py"),
+            str(tmp_path / "out")]
+
+    def launch(out: Path, *extra: str) -> list[dict]:
+        proc = subprocess.run(base + [str(out), "--workers", "2", *extra], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        recs = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+        assert [r["world_size"] for r in recs] == [2, 2] and [r["rank"] for r in recs] == [0, 1]
+        assert all("MULTI_CPU" in r["distributed_type"] for r in recs)
+        return recs
+
+    recs = launch(tmp_path / "once")
+    k0, k1 = recs[0]["keys"], recs[1]["keys"]
+    assert len(k0) == len(set(k0)) and len(k1) == len(set(k1)) and not set(k0) & set(k1)
+    assert sorted(k0 + k1) == sorted(make_layout(tmp_path / "again", "dev", n_gen=10, n_real=4))
+    recs = launch(tmp_path / "equal", "--epoch-batches", "4")
+    assert [r["batches"] for r in recs] == [4, 4]
+
+
+@pytest.mark.parametrize("encoding", ["png", "npy"])
+def test_stock_webdataset_reads_the_shards(tmp_path, encoding):
+    """The shards are plain WebDataset: a stock pipeline decodes the same pixels and records."""
+    import webdataset as wds
+
+    pixels = make_layout(tmp_path / "dev", "dev", n_gen=3, n_real=2)
+    shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, encoding=encoding, max_count=3)
+    ds = wds.WebDataset(shards.shard_urls(tmp_path / "out"), shardshuffle=False,
+                        nodesplitter=wds.split_by_node).decode("l8")
+    got = {s["__key__"]: s for s in ds}
+    assert set(got) == set(pixels)
+    for key, s in got.items():
+        np.testing.assert_array_equal(s[encoding], pixels[key])
+        assert s["json"]["key"] == key
