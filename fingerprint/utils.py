@@ -39,6 +39,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(level if is_main_process() else logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
