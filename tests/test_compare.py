@@ -1,0 +1,185 @@
+"""Comparators: CV finds a planted signal and not noise, outputs are complete and reproducible, tampered models are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fingerprint import compare
+from fingerprint.cli import compare as cli_compare
+from fingerprint.compare import CompareConfig, SplitData
+from fingerprint.embed import Features
+from fingerprint.runfile import validate
+from fingerprint.score import read_scores, write_scores
+from fingerprint.utils import FingerprintError
+
+FAST = ("logreg", "svm_rbf", "knn")
+
+
+def make_features(*, n_real=60, n_gen=40, dim=16, signal=True, seed=0, prefix="") -> Features:
+    """Real images half used / half not used; with `signal`, generated images are noisy copies of used ones."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n_real) % 2
+    real = rng.normal(size=(n_real, dim))
+    if signal:
+        src = real[y == 1][rng.integers(0, int(y.sum()), size=n_gen)]
+        gen = src + 0.35 * rng.normal(size=(n_gen, dim))
+    else:
+        gen = rng.normal(size=(n_gen, dim))
+    emb = np.concatenate([real, gen])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    keys = [f"{prefix}{'used' if v else 'not_used'}_{i:04d}" for i, v in enumerate(y)] + [f"{prefix}generated_{i:05d}" for i in range(n_gen)]
+    roles = ["real"] * n_real + ["generated"] * n_gen
+    labels = ["used" if v else "not_used" for v in y] + ["unknown"] * n_gen
+    order = np.argsort(keys)
+    return Features(np.array(keys)[order], np.array(roles)[order], np.array(labels)[order], emb[order].astype(np.float32))
+
+
+def test_cv_finds_planted_signal():
+    cfg = CompareConfig(features=("embedding", "profile"), comparators=FAST + ("hist_gb",), folds=2, repeats=2, top_k=4, n_boot=40)
+    res = compare.run_comparators(make_features(), None, cfg)
+    for name in ("cmp_logreg", "cmp_svm_rbf", "cmp_knn", "cmp_hist_gb"):
+        assert res["cv"][name]["roc_auc"]["value"] > 0.75, (name, res["cv"][name]["roc_auc"])
+    assert res["ranking"][0] == res["best"]
+    aucs = [res["cv"][n]["roc_auc"]["value"] for n in res["ranking"]]
+    assert aucs == sorted(aucs, reverse=True)
+    assert res["n_dev"] == 60 and res["n_dev_pos"] == 30
+    assert res["columns"][:16] == [f"emb_{i}" for i in range(16)] and res["columns"][16:] == [f"profile_{i}" for i in range(4)]
+
+
+def test_cv_on_noise_stays_at_chance():
+    cfg = CompareConfig(features=("embedding", "profile"), folds=2, repeats=2, top_k=4, n_boot=40)
+    res = compare.run_comparators(make_features(n_real=100, signal=False, seed=1), None, cfg)
+    assert set(res["cv"]) == {f"cmp_{c}" for c in compare.COMPARATORS}
+    for name, d in res["cv"].items():
+        auc = d["roc_auc"]
+        assert auc["value"] < 0.65 or auc["ci_low"] <= 0.5 <= auc["ci_high"], (name, auc)
+    assert np.mean([d["roc_auc"]["value"] for d in res["cv"].values()]) < 0.6
+
+
+def test_profile_features_are_sorted_top_k_cosines():
+    feats = make_features(n_real=10, n_gen=12)
+    real = feats.select(role="real").embeddings
+    gen = feats.select(role="generated").embeddings
+    prof = compare.profile_features(real, gen, 5)
+    exact = -np.sort(-(real @ gen.T), axis=1)[:, :5]
+    np.testing.assert_allclose(prof, exact, atol=1e-5)
+
+
+def test_outputs_are_complete_reproducible_and_refused_without_force(tmp_path):
+    dev, test = make_features(), make_features(n_real=20, seed=1, prefix="t")
+    cfg = CompareConfig(features=("embedding", "profile"), comparators=("logreg", "knn"), folds=2, repeats=2, top_k=4, n_boot=20, seed=3)
+    res = compare.run_comparators(dev, test, cfg, out_dir=tmp_path)
+    test_real = sorted(test.select(role="real").keys.tolist())
+    for name in ("cmp_logreg", "cmp_knn"):
+        table = read_scores(tmp_path / "scores" / f"{name}.csv")
+        assert sorted(table.keys) == test_real
+        thr = res["thresholds"][name]
+        assert np.array_equal(table.labels, (table.scores >= thr).astype(int))
+        assert json.loads((tmp_path / "scores" / f"{name}.json").read_text())["threshold"] == thr
+        pipe, meta = compare.load_comparator(tmp_path / "compare" / "models" / f"{name}.joblib")
+        fm = compare.build_features(SplitData(test), cfg.features, top_k=cfg.top_k)
+        order = np.argsort(fm.keys)
+        np.testing.assert_allclose(compare.decision_scores(pipe, fm.X)[order], table.scores[np.argsort(table.keys)])
+        assert meta["threshold"] == thr
+    assert validate(tmp_path / "compare" / "run.csv", ids=test_real) == []
+    saved = json.loads((tmp_path / "compare" / "cv.json").read_text())
+    assert saved["best"] == res["best"] and saved["ranking"] == res["ranking"]
+    assert "roc_auc" in (tmp_path / "compare" / "ranking.md").read_text()
+
+    with pytest.raises(FingerprintError, match="already exists"):
+        compare.run_comparators(dev, test, cfg, out_dir=tmp_path)
+    first = (tmp_path / "scores" / "cmp_logreg.csv").read_bytes()
+    again = compare.run_comparators(dev, test, CompareConfig(**{**cfg.__dict__, "comparators": ("logreg",)}), out_dir=tmp_path, force=True)
+    assert (tmp_path / "scores" / "cmp_logreg.csv").read_bytes() == first
+    assert again["cv"]["cmp_logreg"] == res["cv"]["cmp_logreg"]
+    assert not (tmp_path / "scores" / "cmp_knn.csv").exists()  # stale output of the earlier run removed
+
+
+def test_tampered_or_unverified_model_is_refused(tmp_path):
+    pipe = compare.make_model("logreg", seed=0, n_train=20)
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    pipe.fit(X, np.arange(20) % 2)
+    path = compare.save_comparator(pipe, tmp_path / "m.joblib", {"name": "cmp_logreg"})
+    loaded, meta = compare.load_comparator(path)
+    np.testing.assert_allclose(loaded.predict_proba(X), pipe.predict_proba(X))
+    assert meta["name"] == "cmp_logreg" and len(meta["sha256"]) == 64
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(FingerprintError, match="does not match"):
+        compare.load_comparator(path)
+    (tmp_path / "m.joblib.json").unlink()
+    with pytest.raises(FingerprintError, match="refusing"):
+        compare.load_comparator(path)
+
+
+def test_seed_pairs_mode_votes_per_real_image(tmp_path):
+    plan = compare.pair_plan(6, 10, 30, seed=0)
+    assert plan.shape == (6, 5) and all(len(set(r)) == 5 for r in plan)
+    assert np.array_equal(plan, compare.pair_plan(6, 10, 30, seed=0))
+
+    # the real half of each pair carries the label: the pair SVM must find it
+    dev, test = make_features(), make_features(n_real=20, seed=1, prefix="t")
+    for f in (dev, test):
+        real = f.roles == "real"
+        f.embeddings[real, 0] += np.where(f.labels[real] == "used", 1.0, -1.0)
+    cfg = CompareConfig(mode="seed-pairs", folds=2, repeats=1, max_pairs=600, n_boot=20)
+    res = compare.run_comparators(dev, test, cfg, out_dir=tmp_path)
+    assert list(res["cv"]) == ["cmp_pairs_svm_rbf"]
+    assert res["cv"]["cmp_pairs_svm_rbf"]["roc_auc"]["value"] > 0.75
+    assert res["thresholds"]["cmp_pairs_svm_rbf"] == 0.5
+    table = read_scores(tmp_path / "scores" / "cmp_pairs_svm_rbf.csv")
+    assert len(table.keys) == 20 and ((table.scores >= 0) & (table.scores <= 1)).all()
+
+
+def test_relation_and_baseline_feature_sets(tmp_path):
+    feats = make_features(n_real=8, n_gen=6)
+    real = feats.select(role="real").keys
+    rng = np.random.default_rng(0)
+    pair = rng.random((8, 3)).astype(np.float32)
+    np.savez(tmp_path / "neighbours.npz", keys=real, neighbour_keys=np.full((8, 3), "g"), neighbour_sims=pair, pair_scores=pair)
+    base = rng.normal(size=8)
+    write_scores(tmp_path / "dcr.csv", list(real), base, (base > 0).astype(int))
+    path = feats.save(tmp_path / "f.npz")
+    split = compare.load_split(path, scores_dir=tmp_path, feature_sets=("relation", "baselines"), baselines=("dcr",))
+    fm = compare.build_features(split, ("relation", "baselines"), top_k=2, baselines=("dcr",))
+    assert fm.columns == ["relation_0", "relation_1", "relation_2", "baseline_dcr"]
+    np.testing.assert_allclose(fm.X[:, :3], -np.sort(-pair, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(fm.X[:, 3], base, rtol=1e-6)
+    np.savez(tmp_path / "neighbours.npz", keys=real[:5], pair_scores=pair[:5])
+    short = compare.load_split(path, scores_dir=tmp_path, feature_sets=("relation",))
+    with pytest.raises(FingerprintError, match="lacks 3 real image"):
+        compare.build_features(short, ("relation",), top_k=2)
+
+
+def test_bad_options_give_clear_errors():
+    feats = make_features(n_real=6, n_gen=3)
+    with pytest.raises(FingerprintError, match="unknown feature set"):
+        CompareConfig(features=("pixels",)).check()
+    with pytest.raises(FingerprintError, match="unknown comparator"):
+        CompareConfig(comparators=("xgboost",)).check()
+    with pytest.raises(FingerprintError, match="need >= 5 of each"):
+        compare.run_comparators(feats, None, CompareConfig(features=("embedding",), comparators=("logreg",)))
+    with pytest.raises(FingerprintError, match="lower --top-k"):
+        compare.run_comparators(feats, None, CompareConfig(top_k=16, folds=2))
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    make_features().save(tmp_path / "dev.npz")
+    make_features(n_real=20, seed=1, prefix="t").save(tmp_path / "test.npz")
+    argv = ["--dev", str(tmp_path / "dev.npz"), "--test", str(tmp_path / "test.npz"), "--out", str(tmp_path / "run"),
+            "--comparators", "logreg,svm_linear", "--folds", "2", "--repeats", "2", "--top-k", "4", "--n-boot", "20", "--seed", "1"]
+    assert cli_compare.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cmp_logreg" in out and "best:" in out
+    assert (tmp_path / "run" / "scores" / "cmp_svm_linear.csv").is_file()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["stage"] == "compare" and log[-1]["seconds"] > 0
+    assert cli_compare.main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli_compare.main(argv[:6] + ["--features", "relation"]) == 2
+    assert "--dev-scores" in capsys.readouterr().err
