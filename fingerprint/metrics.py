@@ -1,6 +1,6 @@
 """Membership metrics with bootstrap intervals, threshold calibration and truth files.
 
-Every metric is a scikit-learn function (f1_score, accuracy_score, ...); this
+Every metric is a scikit-learn function (precision_recall_fscore_support, roc_curve, ...); this
 module only decides what to do where a metric is undefined (one class in the
 truth: reported as None) and how to resample. "used" (1) is the positive class,
 as in the official 2023 F1.
@@ -17,15 +17,14 @@ from typing import Sequence
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
+from sklearn import config_context
 from sklearn.metrics import (
     accuracy_score,
+    auc,
     cohen_kappa_score,
     confusion_matrix,
-    f1_score,
     precision_recall_curve,
-    precision_score,
-    recall_score,
-    roc_auc_score,
+    precision_recall_fscore_support,
     roc_curve,
 )
 
@@ -50,32 +49,40 @@ def _none_if_nan(x: float | None) -> float | None:
 def tpr_at_fpr(y_true: np.ndarray, scores: np.ndarray, max_fprs: Sequence[float]) -> list[float]:
     """Highest TPR reachable with FPR <= each max_fpr on the ROC curve (thresholds that exist)."""
     fpr, tpr, _ = roc_curve(y_true, scores)
+    return _tpr_at(fpr, tpr, max_fprs)
+
+
+def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, max_fprs: Sequence[float]) -> list[float]:
     return [float(tpr[fpr <= m + 1e-12].max()) for m in max_fprs]
 
 
 def point_metrics(y_true: np.ndarray, scores: np.ndarray | None, y_pred: np.ndarray) -> dict[str, float | None]:
-    """Every metric in METRICS for one sample; None where it is undefined."""
+    """Every metric in METRICS for one sample; None where it is undefined.
+
+    Five scikit-learn calls cover all nine metrics (this runs once per
+    bootstrap resample): precision/recall/F1 of both classes (specificity is
+    the negative class's recall), accuracy, kappa, and one ROC curve for the
+    AUC and the TPR at low FPR.
+    """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
-    both = len(np.unique(y_true)) == 2
+    both = bool(y_true.min() != y_true.max())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
+        prec, rec, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=[0, 1], zero_division=np.nan)
         out: dict[str, float | None] = {
-            "f1": _none_if_nan(f1_score(y_true, y_pred, labels=[0, 1], zero_division=np.nan)),
+            "f1": _none_if_nan(f1[1]),
             "accuracy": float(accuracy_score(y_true, y_pred)),
-            "precision": _none_if_nan(precision_score(y_true, y_pred, labels=[0, 1], zero_division=np.nan)),
-            "recall": _none_if_nan(recall_score(y_true, y_pred, labels=[0, 1], zero_division=np.nan)),
-            # specificity is the recall of the negative class
-            "specificity": _none_if_nan(
-                recall_score(y_true, y_pred, labels=[0, 1], pos_label=0, zero_division=np.nan)
-            ),
+            "precision": _none_if_nan(prec[1]),
+            "recall": _none_if_nan(rec[1]),
+            "specificity": _none_if_nan(rec[0]),
             "kappa": _none_if_nan(cohen_kappa_score(y_true, y_pred, labels=[0, 1])),
         }
         if scores is not None and both:
-            s = np.asarray(scores, dtype=np.float64)
-            out["roc_auc"] = float(roc_auc_score(y_true, s))
-            out["tpr_at_1fpr"], out["tpr_at_5fpr"] = tpr_at_fpr(y_true, s, (0.01, 0.05))
+            fpr, tpr, _ = roc_curve(y_true, np.asarray(scores, dtype=np.float64))
+            out["roc_auc"] = float(auc(fpr, tpr))
+            out["tpr_at_1fpr"], out["tpr_at_5fpr"] = _tpr_at(fpr, tpr, (0.01, 0.05))
         else:
             out.update({m: None for m in SCORE_METRICS})
     return {m: out[m] for m in METRICS}
@@ -130,15 +137,8 @@ def evaluate(
 
     boot = {m: [] for m in METRICS}
     if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        groups = [np.flatnonzero(y_true == c) for c in (0, 1)]
-        groups = [g for g in groups if len(g)]
-        for _ in range(n_boot):
-            idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-            vals = point_metrics(y_true[idx], None if scores is None else scores[idx], y_pred[idx])
-            for m, v in vals.items():
-                if v is not None:
-                    boot[m].append(v)
+        with config_context(skip_parameter_validation=True, assume_finite=True):
+            _bootstrap(boot, y_true, scores, y_pred, n_boot, seed)
     alpha = (1.0 - ci) / 2.0
     out: dict = {"n": int(len(y_true)), "n_pos": int(y_true.sum()), "threshold": _none_if_nan(threshold)}
     for m in METRICS:
@@ -150,6 +150,19 @@ def evaluate(
     out["n_boot"] = int(n_boot)
     out["ci"] = ci
     return out
+
+
+def _bootstrap(boot: dict[str, list], y_true: np.ndarray, scores: np.ndarray | None, y_pred: np.ndarray,
+               n_boot: int, seed: int) -> None:
+    """Stratified resamples (used and not-used drawn separately): every resample has both classes."""
+    rng = np.random.default_rng(seed)
+    groups = [g for g in (np.flatnonzero(y_true == c) for c in (0, 1)) if len(g)]
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        vals = point_metrics(y_true[idx], None if scores is None else scores[idx], y_pred[idx])
+        for m, v in vals.items():
+            if v is not None:
+                boot[m].append(v)
 
 
 def calibrate_threshold(y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, rule: str = "max_f1") -> float:
