@@ -36,7 +36,7 @@ class RunConfig:
     backbone: str = "resnet18"
     image_size: int = 128
     epochs: int | None = None
-    k: int = 16
+    k: int = 8
     batch_size: int = 64
     device: str = "auto"
     mixed_precision: str = "no"
@@ -158,7 +158,10 @@ def run_pipeline(cfg: RunConfig) -> dict:
             stage(f"score-{scorer}-{s}", "score", argv, [scores[s] / f"{scorer}.csv"])
 
     if cfg.comparators:
-        stage("compare", "compare", ["--dev", feats["dev"], "--test", feats["test"], "--out", out,
+        # untrained baselines only: the dev relation/seed-rule scores come from a model trained on those images
+        stacked = [b for b in cfg.baselines if b in ("dcr", "ssim", "emb_nn", "emb_topk")]
+        features = ["--features", "profile,baselines", "--baselines", ",".join(stacked)] if stacked else []
+        stage("compare", "compare", ["--dev", feats["dev"], "--test", feats["test"], "--out", out, *features,
                                      "--dev-scores", scores["dev"], "--test-scores", scores["test"],
                                      "--n-boot", cfg.n_boot, *seed],
               [out / "compare" / "cv.json"])

@@ -25,12 +25,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="ResNet trunk of the relation network")
     p.add_argument("--image-size", type=int, default=128, help="model input size (images are packed at 256)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the trainer's, sized for 2 CPU cores)")
-    p.add_argument("--k", type=int, default=16, help="generated neighbours per real image when scoring")
+    p.add_argument("--k", type=int, default=8, help="generated neighbours per real image when scoring (training uses 8)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass when embedding")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where training and embedding run")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                    help="autocast for training and embedding (fp32 'no' on CPUs: bf16 is ~60x slower there)")
-    p.add_argument("--threads", type=int, help="torch/FAISS CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="torch/FAISS CPU threads per stage (default: each stage's own)")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help=f"comma-separated baseline scorers ({', '.join(BASELINES)}; '' for none)")
     p.add_argument("--seed-rule-max-pairs", type=int, default=500_000,
