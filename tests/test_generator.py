@@ -15,20 +15,12 @@ TINY = dict(resolution=16, latent_dim=8, hidden=64, epochs=40, batch_size=8, com
 
 
 @pytest.fixture(autouse=True)
-def one_thread_and_fresh_accelerate_state():
-    """One torch thread (tiny models; a busy 2-core machine makes more threads 10x slower), and no
-    Accelerate state left behind for other tests (it is a process-wide singleton)."""
+def one_thread():
+    """One torch thread: tiny models, and a busy 2-core machine makes more threads 10x slower
+    (conftest restores the count)."""
     import torch
-    from accelerate.state import AcceleratorState, GradientState
 
-    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    existed = bool(AcceleratorState._shared_state)
-    yield
-    torch.set_num_threads(threads)
-    if not existed:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
 
 
 @pytest.fixture(scope="module")

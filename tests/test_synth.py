@@ -19,21 +19,6 @@ from fingerprint.utils import FingerprintError
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Leave no Accelerate state behind for other tests (it is a process-wide singleton)."""
-    import torch
-    from accelerate.state import AcceleratorState, GradientState
-
-    threads = torch.get_num_threads()
-    existed = bool(AcceleratorState._shared_state)
-    yield
-    torch.set_num_threads(threads)
-    if not existed:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "bench"
