@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from fingerprint.utils import FingerprintError, JsonlLogger, read_json, write_json
 
@@ -146,15 +146,23 @@ def run_pipeline(cfg: RunConfig) -> dict:
         for s in SPLITS:
             argv = ["--scorer", scorer, "--out", scores[s] / f"{scorer}.csv", "--log", out / "log.jsonl", *seed, *threads]
             if scorer in PIXEL_BASELINES:
-                argv += ["--shards", shards[s], "--calibrate-on", shards["dev"]]
+                argv += ["--shards", shards[s]]
             else:
-                argv += ["--features", feats[s], "--calibrate-on", feats["dev"], "--k", cfg.k]
+                argv += ["--features", feats[s], "--k", cfg.k]
                 if scorer != "seed_rule":
-                    argv += ["--index", index[s], "--dev-index", index["dev"]]
+                    argv += ["--index", index[s]]
                 if scorer in ("relation", "seed_rule"):
                     argv += ["--model", model]
+            if s == "dev":
+                # calibrated on the labelled dev split it scores; relation stores the threshold with the model
+                argv += ["--calibrate-on", shards["dev"] if scorer in PIXEL_BASELINES else feats["dev"]]
+                if scorer != "seed_rule" and scorer not in PIXEL_BASELINES:
+                    argv += ["--dev-index", index["dev"]]
+            else:
+                # the dev stage's threshold, not a second computation of every dev score
+                argv += ["--threshold", _threshold(scores["dev"] / f"{scorer}.csv")]
                 if scorer == "relation":
-                    argv += ["--no-store-calibration"] if s == "dev" else ["--run-file", out / "run.csv"]
+                    argv += ["--run-file", out / "run.csv"]
             stage(f"score-{scorer}-{s}", "score", argv, [scores[s] / f"{scorer}.csv"])
 
     if cfg.comparators:
@@ -194,6 +202,16 @@ def run_pipeline(cfg: RunConfig) -> dict:
     write_json(out / "run.json", summary)
     stage.log.log(stage="run", seconds=round(total, 3))
     return summary
+
+
+def _threshold(score_file: Path) -> str:
+    """The decision threshold a dev score file was labelled with (from its .json sidecar), exactly as written."""
+    from fingerprint.score import read_score_meta
+
+    meta = read_score_meta(score_file) or {}
+    if meta.get("threshold") is None:
+        raise FingerprintError(f"{score_file}: no threshold in its sidecar (re-run with --force)")
+    return repr(float(meta["threshold"]))
 
 
 def _split_sizes(shards_dir: Path) -> tuple[int, int]:

@@ -47,6 +47,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fingerprint import __version__
 from fingerprint.generator import GeneratorConfig, make_accelerator, train_generator
+from fingerprint.metrics import read_truth
 from fingerprint.phantom import PhantomConfig, generate
 from fingerprint.utils import FingerprintError, atomic_path, is_main_process, read_json, write_json
 
@@ -321,23 +322,6 @@ def _read_folder(folder: Path, prefix: str) -> tuple[list[str], np.ndarray]:
     if len(shapes) != 1:
         raise FingerprintError(f"{folder}: images of different sizes {sorted(shapes)}")
     return [f.stem for f in files], np.stack(arrs)
-
-
-def read_truth(path: str | os.PathLike) -> dict[str, int]:
-    """Read a `figure_id,label` truth file into {figure_id: 0|1}."""
-    path = Path(path)
-    if not path.is_file():
-        raise FingerprintError(f"{path}: truth file not found")
-    truth: dict[str, int] = {}
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or [c.strip() for c in rows[0]] != ["figure_id", "label"]:
-        raise FingerprintError(f"{path}: header must be 'figure_id,label'")
-    for i, row in enumerate(rows[1:], start=2):
-        if len(row) != 2 or row[1].strip() not in ("0", "1"):
-            raise FingerprintError(f"{path}: line {i}: expected '<figure_id>,<0|1>', got {','.join(row)!r}")
-        truth[row[0].strip()] = int(row[1])
-    return truth
 
 
 def measure_difficulty(root: str | os.PathLike) -> dict:

@@ -150,6 +150,14 @@ def check_model_features(model_meta: dict, feats: Features, source: str) -> None
         raise FingerprintError(f"{source}: features were exported by another model (sha256 {made_by[:12]}...)")
 
 
+def _same_split(dev_source: str, dev_index: str | None, source: str, index: str | None) -> bool:
+    """True when the calibration set is the split being scored (then its scores are reused, not recomputed)."""
+    def same(a, b):
+        return (a is None and b is None) or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
+
+    return same(dev_source, source) and same(dev_index, index)
+
+
 def run(args) -> int:
     out = Path(args.out)
     neighbours_path = Path(args.neighbours) if args.neighbours else out.parent / "neighbours.npz"
@@ -183,10 +191,13 @@ def run(args) -> int:
     if args.threshold is not None:
         threshold, how = float(args.threshold), "given"
     elif args.calibrate_on:
-        dev = load_inputs(args, args.calibrate_on, args.dev_index)
-        if model is not None:
-            check_model_features(meta, dev.features, args.calibrate_on)
-        dev_result = compute(args, dev, model)
+        if _same_split(args.calibrate_on, args.dev_index, source, args.index):
+            dev, dev_result = inputs, result
+        else:
+            dev = load_inputs(args, args.calibrate_on, args.dev_index)
+            if model is not None:
+                check_model_features(meta, dev.features, args.calibrate_on)
+            dev_result = compute(args, dev, model)
         y = _labels_of(args, dev, dev_result.keys, args.calibrate_on)
         threshold = calibrate_threshold(y, dev_result.score, args.rule)
         how = f"calibrated on {args.calibrate_on}"
