@@ -44,14 +44,17 @@ K = 10
 NPROBES = (1, 4, 16, 64)
 
 
-def clustered_unit(n: int, d: int, rng: np.random.Generator, *, n_modes: int, spread: float = 0.6,
-                   chunk: int = 1 << 16) -> np.ndarray:
+def clustered_unit(
+    n: int, d: int, rng: np.random.Generator, *, n_modes: int, spread: float = 0.6, chunk: int = 1 << 16
+) -> np.ndarray:
     """n unit vectors from a mixture of `n_modes` Gaussians around random unit centres (float32 n x d)."""
     centres = random_unit(n_modes, d, rng)
     out = np.empty((n, d), np.float32)
     for i in range(0, n, chunk):
         m = min(chunk, n - i)
-        x = centres[rng.integers(0, n_modes, m)] + rng.standard_normal((m, d), dtype=np.float32) * (spread / math.sqrt(d))
+        x = centres[rng.integers(0, n_modes, m)] + rng.standard_normal((m, d), dtype=np.float32) * (
+            spread / math.sqrt(d)
+        )
         out[i : i + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
@@ -117,8 +120,9 @@ def run(args: BenchArgs) -> dict:
         t0 = time.perf_counter()
         flat = build_index(x, "Flat")
         flat_build = time.perf_counter() - t0
-        timed = time_interleaved({"numpy": lambda: numpy_topk(x, q, K), "flat": lambda: search(flat, q, K)},
-                                 repeats=repeats, warmup=1)
+        timed = time_interleaved(
+            {"numpy": lambda: numpy_topk(x, q, K), "flat": lambda: search(flat, q, K)}, repeats=repeats, warmup=1
+        )
         t_np, t_flat = timed["numpy"], timed["flat"]
         _, np_ids = numpy_topk(x, q, K)
         _, flat_ids = search(flat, q, K)
@@ -133,25 +137,37 @@ def run(args: BenchArgs) -> dict:
         del uni_x, uni_q, x
 
         default = next(s for s in ivf["sweep"] if s["nprobe"] == min(16, ivf["nlist"]))
-        rows.append({
-            "n": n, "dim": d, "queries": n_queries, "k": K, "modes": n_modes,
-            "numpy": t_np.as_dict(),
-            "flat": {"build_s": round(flat_build, 4), "search": t_flat.as_dict()},
-            "numpy_vs_flat_agreement": round(overlap(np_ids, flat_ids), 4),
-            "ivf": ivf,
-            "ivf_uniform": {"nlist": ivf_uniform["nlist"],
-                            "recall_at_10": {str(s["nprobe"]): s["recall_at_10"] for s in ivf_uniform["sweep"]}},
-            "ratios": {
-                "flat_vs_numpy": ratio(t_np.best, t_flat.best, 2),
-                "ivf_vs_flat": ratio(t_flat.best, default["search"]["best_s"], 2),
-                "ivf_vs_numpy": ratio(t_np.best, default["search"]["best_s"], 2),
-            },
-            "ivf_default_nprobe": default["nprobe"],
-            "ivf_recall_at_10": default["recall_at_10"],
-        })
-        log.info("retrieval: n=%d flat %.1fx numpy, IVF %.1fx flat at recall@10 %.3f", n,
-                 rows[-1]["ratios"]["flat_vs_numpy"] or 0, rows[-1]["ratios"]["ivf_vs_flat"] or 0,
-                 default["recall_at_10"])
+        rows.append(
+            {
+                "n": n,
+                "dim": d,
+                "queries": n_queries,
+                "k": K,
+                "modes": n_modes,
+                "numpy": t_np.as_dict(),
+                "flat": {"build_s": round(flat_build, 4), "search": t_flat.as_dict()},
+                "numpy_vs_flat_agreement": round(overlap(np_ids, flat_ids), 4),
+                "ivf": ivf,
+                "ivf_uniform": {
+                    "nlist": ivf_uniform["nlist"],
+                    "recall_at_10": {str(s["nprobe"]): s["recall_at_10"] for s in ivf_uniform["sweep"]},
+                },
+                "ratios": {
+                    "flat_vs_numpy": ratio(t_np.best, t_flat.best, 2),
+                    "ivf_vs_flat": ratio(t_flat.best, default["search"]["best_s"], 2),
+                    "ivf_vs_numpy": ratio(t_np.best, default["search"]["best_s"], 2),
+                },
+                "ivf_default_nprobe": default["nprobe"],
+                "ivf_recall_at_10": default["recall_at_10"],
+            }
+        )
+        log.info(
+            "retrieval: n=%d flat %.1fx numpy, IVF %.1fx flat at recall@10 %.3f",
+            n,
+            rows[-1]["ratios"]["flat_vs_numpy"] or 0,
+            rows[-1]["ratios"]["ivf_vs_flat"] or 0,
+            default["recall_at_10"],
+        )
     big = rows[-1]
     report = {
         "what": "top-10 cosine search of unit vectors: numpy matmul+argpartition vs FAISS IndexFlatIP vs IVF",
@@ -160,12 +176,18 @@ def run(args: BenchArgs) -> dict:
         "data": "Gaussian mixture on the unit sphere (n/500 modes); queries are noisy copies of database vectors",
         "rows": rows,
         "headline": [
-            headline(f"retrieval: FAISS Flat speed-up over numpy, {big['n']:,} vectors", big["ratios"]["flat_vs_numpy"],
-                     note="exact, same top-10 (agreement %.3f)" % big["numpy_vs_flat_agreement"]),
-            headline(f"retrieval: IVF speed-up over Flat, {big['n']:,} vectors", big["ratios"]["ivf_vs_flat"],
-                     note=f"nprobe {big['ivf_default_nprobe']} of {big['ivf']['nlist']}: recall@10 "
-                          f"{big['ivf_recall_at_10']:.3f} (uniform data: "
-                          f"{big['ivf_uniform']['recall_at_10'].get(str(big['ivf_default_nprobe']))})"),
+            headline(
+                f"retrieval: FAISS Flat speed-up over numpy, {big['n']:,} vectors",
+                big["ratios"]["flat_vs_numpy"],
+                note="exact, same top-10 (agreement %.3f)" % big["numpy_vs_flat_agreement"],
+            ),
+            headline(
+                f"retrieval: IVF speed-up over Flat, {big['n']:,} vectors",
+                big["ratios"]["ivf_vs_flat"],
+                note=f"nprobe {big['ivf_default_nprobe']} of {big['ivf']['nlist']}: recall@10 "
+                f"{big['ivf_recall_at_10']:.3f} (uniform data: "
+                f"{big['ivf_uniform']['recall_at_10'].get(str(big['ivf_default_nprobe']))})",
+            ),
         ],
     }
     return finish(NAME, args, report, load_before=load_before, started=started)
@@ -180,16 +202,19 @@ def _queries_near(x: np.ndarray, n: int, rng: np.random.Generator, noise: float 
 
 def table(report: dict) -> list[str]:
     """Markdown rows for the README."""
-    lines = ["| vectors | numpy s | Flat s | IVF s (nprobe/nlist) | numpy s / Flat s | Flat s / IVF s | "
-             "IVF recall@10 (on uniform data) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| vectors | numpy s | Flat s | IVF s (nprobe/nlist) | numpy s / Flat s | Flat s / IVF s | "
+        "IVF recall@10 (on uniform data) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in report["rows"]:
         dflt = next(s for s in r["ivf"]["sweep"] if s["nprobe"] == r["ivf_default_nprobe"])
         lines.append(
             f"| {r['n']:,} | {r['numpy']['best_s']:.4f} | {r['flat']['search']['best_s']:.4f} | "
             f"{dflt['search']['best_s']:.4f} ({r['ivf_default_nprobe']}/{r['ivf']['nlist']}) | "
             f"{r['ratios']['flat_vs_numpy']}x | {r['ratios']['ivf_vs_flat']}x | "
-            f"{r['ivf_recall_at_10']:.3f} ({r['ivf_uniform']['recall_at_10'].get(str(r['ivf_default_nprobe']))}) |")
+            f"{r['ivf_recall_at_10']:.3f} ({r['ivf_uniform']['recall_at_10'].get(str(r['ivf_default_nprobe']))}) |"
+        )
     return lines
 
 

@@ -59,8 +59,13 @@ def random_features(n: int, role: str, model, rng: np.random.Generator, *, chunk
         m = min(chunk, n - i)
         maps[i : i + m] = rng.random((m, model.channels, side, side), dtype=np.float32)
     prefix = "generated" if role == "generated" else "real_unknown"
-    return Features([f"{prefix}_{i:06d}" for i in range(n)], [role] * n, ["unknown"] * n,
-                    random_unit(n, model.cfg.embed_dim, rng), maps)
+    return Features(
+        [f"{prefix}_{i:06d}" for i in range(n)],
+        [role] * n,
+        ["unknown"] * n,
+        random_unit(n, model.cfg.embed_dim, rng),
+        maps,
+    )
 
 
 def score_once(model, real, gen, k: int):
@@ -74,8 +79,9 @@ def score_once(model, real, gen, k: int):
 
 def embed_rate(model, device: str, *, batch: int, repeats: int, seed: int) -> float:
     """images/s of the model's embedding-mode forward on random images at its input size."""
-    x = torch.rand(batch, 1, model.cfg.image_size, model.cfg.image_size,
-                   generator=torch.Generator().manual_seed(seed)).to(device)
+    x = torch.rand(
+        batch, 1, model.cfg.image_size, model.cfg.image_size, generator=torch.Generator().manual_seed(seed)
+    ).to(device)
 
     def step():
         with torch.inference_mode():
@@ -114,18 +120,27 @@ def run(args: BenchArgs) -> dict:
         held = gen.embeddings.nbytes + gen.fmaps.nbytes
         index_bytes = gen.embeddings.nbytes  # a Flat index stores the G x D float32 vectors (outside tracemalloc)
         embed_s = (N_REAL + g) / ips
-        rows.append({
-            "generated": g, "real": N_REAL, "k": K,
-            "score": t.as_dict(),
-            "embed_extrapolated_s": round(embed_s, 2),
-            "total_extrapolated_s": round(t.best + embed_s, 2),
-            "features_mb": round(held / 2**20, 1),
-            "scorer_peak_alloc_mb": round(traced_peak / 2**20, 1),
-            "index_mb": round(index_bytes / 2**20, 1),
-            "peak_rss_mb": peak_rss_mb(),
-        })
-        log.info("scaling: G=%d score %.3f s (features %.0f MB, scorer peak %.0f MB)", g, t.best,
-                 rows[-1]["features_mb"], rows[-1]["scorer_peak_alloc_mb"])
+        rows.append(
+            {
+                "generated": g,
+                "real": N_REAL,
+                "k": K,
+                "score": t.as_dict(),
+                "embed_extrapolated_s": round(embed_s, 2),
+                "total_extrapolated_s": round(t.best + embed_s, 2),
+                "features_mb": round(held / 2**20, 1),
+                "scorer_peak_alloc_mb": round(traced_peak / 2**20, 1),
+                "index_mb": round(index_bytes / 2**20, 1),
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+        log.info(
+            "scaling: G=%d score %.3f s (features %.0f MB, scorer peak %.0f MB)",
+            g,
+            t.best,
+            rows[-1]["features_mb"],
+            rows[-1]["scorer_peak_alloc_mb"],
+        )
         del gen, result
         gc.collect()
     gs = [r["generated"] for r in rows]
@@ -141,23 +156,41 @@ def run(args: BenchArgs) -> dict:
         "model": describe(model),
         "embed_images_per_s": round(ips, 2),
         "rows": rows,
-        "exponents": {"score": round(exp_score, 3), "total_with_embedding_extrapolated": round(exp_total, 3),
-                      "memory": round(exp_mem, 3), "tolerance": TOLERANCE},
+        "exponents": {
+            "score": round(exp_score, 3),
+            "total_with_embedding_extrapolated": round(exp_total, 3),
+            "memory": round(exp_mem, 3),
+            "tolerance": TOLERANCE,
+        },
         "score_growth": {"time_ratio": growth, "size_ratio": span},
         "at_most_linear": linear,
-        "notes": ["embedding excluded: measured on random embeddings and feature maps",
-                  "embedding included: EXTRAPOLATION, (200 + G) / measured images/s added to the measured score time",
-                  "memory exponent: features held + scorer's own peak allocations (tracemalloc) + the Flat index's "
-                  "vectors (G x D float32, allocated by FAISS outside tracemalloc)"],
+        "notes": [
+            "embedding excluded: measured on random embeddings and feature maps",
+            "embedding included: EXTRAPOLATION, (200 + G) / measured images/s added to the measured score time",
+            "memory exponent: features held + scorer's own peak allocations (tracemalloc) + the Flat index's "
+            "vectors (G x D float32, allocated by FAISS outside tracemalloc)",
+        ],
         "headline": [
-            headline(f"scaling: time exponent in G ({gs[0]:,} -> {gs[-1]:,}), embedding excluded",
-                     round(exp_score, 2), target="<= 1 (linear)", met=exp_score <= 1 + TOLERANCE,
-                     note=f"time x{growth} for G x{span:g}"),
-            headline("scaling: time exponent, embedding included (extrapolated)", round(exp_total, 2),
-                     target="<= 1 (linear)", met=exp_total <= 1 + TOLERANCE),
-            headline("scaling: memory exponent (features + index + scorer peak)", round(exp_mem, 2), target="<= 1 (linear)",
-                     met=exp_mem <= 1 + TOLERANCE,
-                     note=f"{rows[-1]['features_mb']:.0f} MB of features at G={gs[-1]:,}"),
+            headline(
+                f"scaling: time exponent in G ({gs[0]:,} -> {gs[-1]:,}), embedding excluded",
+                round(exp_score, 2),
+                target="<= 1 (linear)",
+                met=exp_score <= 1 + TOLERANCE,
+                note=f"time x{growth} for G x{span:g}",
+            ),
+            headline(
+                "scaling: time exponent, embedding included (extrapolated)",
+                round(exp_total, 2),
+                target="<= 1 (linear)",
+                met=exp_total <= 1 + TOLERANCE,
+            ),
+            headline(
+                "scaling: memory exponent (features + index + scorer peak)",
+                round(exp_mem, 2),
+                target="<= 1 (linear)",
+                met=exp_mem <= 1 + TOLERANCE,
+                note=f"{rows[-1]['features_mb']:.0f} MB of features at G={gs[-1]:,}",
+            ),
         ],
     }
     return finish(NAME, args, report, load_before=load_before, started=started)
@@ -165,15 +198,23 @@ def run(args: BenchArgs) -> dict:
 
 def table(report: dict) -> list[str]:
     """Markdown rows for the README."""
-    lines = ["| generated | score s (measured) | + embedding s (extrapolated) | features MB | index MB | "
-             "scorer peak MB | process peak RSS MB |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| generated | score s (measured) | + embedding s (extrapolated) | features MB | index MB | "
+        "scorer peak MB | process peak RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in report["rows"]:
-        lines.append(f"| {r['generated']:,} | {r['score']['best_s']:.3f} | {r['total_extrapolated_s']:,.1f} | "
-                     f"{r['features_mb']:,.1f} | {r['index_mb']:,.1f} | {r['scorer_peak_alloc_mb']:,.1f} | {r['peak_rss_mb']:,.0f} |")
+        lines.append(
+            f"| {r['generated']:,} | {r['score']['best_s']:.3f} | {r['total_extrapolated_s']:,.1f} | "
+            f"{r['features_mb']:,.1f} | {r['index_mb']:,.1f} | {r['scorer_peak_alloc_mb']:,.1f} | {r['peak_rss_mb']:,.0f} |"
+        )
     e = report["exponents"]
-    lines += ["", f"Growth exponents (slope of log time on log G): score {e['score']}, with embedding "
-                  f"{e['total_with_embedding_extrapolated']}, memory {e['memory']}; at most linear: "
-                  f"{report['at_most_linear']}."]
+    lines += [
+        "",
+        f"Growth exponents (slope of log time on log G): score {e['score']}, with embedding "
+        f"{e['total_with_embedding_extrapolated']}, memory {e['memory']}; at most linear: "
+        f"{report['at_most_linear']}.",
+    ]
     return lines
 
 

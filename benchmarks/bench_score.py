@@ -96,8 +96,12 @@ def ours(model, src: Path, work: Path, *, k: int, image_size: int, device: str) 
         index = build_index(gen.embeddings, "Flat")
     with stopwatch(t, "relation", device):
         result = relation_scores(model, real, gen, index, k=k)
-    return t, {"keys": result.keys, "scores": [round(float(s), 6) for s in result.score],
-               "n_real": len(real), "n_generated": len(gen)}
+    return t, {
+        "keys": result.keys,
+        "scores": [round(float(s), 6) for s in result.score],
+        "n_real": len(real),
+        "n_generated": len(gen),
+    }
 
 
 def head_cost(model, n_real: int, k: int, *, device: str, seed: int) -> dict:
@@ -142,13 +146,25 @@ def run(args: BenchArgs) -> dict:
     our_cfg = ModelConfig(image_size=size)
     seed_model = build_model(seed_cfg).eval().to(device)
     our_model = build_model(our_cfg).eval().to(device)
-    log.info("score: %d real x %d generated at %d px; seed: %s; ours: %s", n_real, n_gen, size,
-             describe(seed_model), describe(our_model))
+    log.info(
+        "score: %d real x %d generated at %d px; seed: %s; ours: %s",
+        n_real,
+        n_gen,
+        size,
+        describe(seed_model),
+        describe(our_model),
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench_score_") as tmp:
         tmp = Path(tmp)
-        paths = write_dev_folder(tmp / "dev", n_generated=n_gen, n_used=n_real - n_real // 2,
-                                 n_not_used=n_real // 2, size=size, seed=args.seed)
+        paths = write_dev_folder(
+            tmp / "dev",
+            n_generated=n_gen,
+            n_used=n_real - n_real // 2,
+            n_not_used=n_real // 2,
+            size=size,
+            seed=args.seed,
+        )
         real_paths = sorted(paths["used"] + paths["not_used"], key=lambda p: p.stem)
         gen_paths = paths["generated"]
         # warm both models once (allocator, kernels) so neither side pays first-call costs
@@ -186,8 +202,11 @@ def run(args: BenchArgs) -> dict:
             "seed_over_ours": measured,
             "seed_batch": SEED_BATCH,
         },
-        "scores": {"keys": our_result["keys"], "ours": our_result["scores"],
-                   "seed": [round(float(s), 6) for s in seed_scores]},
+        "scores": {
+            "keys": our_result["keys"],
+            "ours": our_result["scores"],
+            "seed": [round(float(s), 6) for s in seed_scores],
+        },
         "extrapolation": {
             "label": "EXTRAPOLATION from per-unit costs measured in this run, not a measurement",
             "scale": {"real": TEST_REAL, "generated": TEST_GENERATED, "k": K},
@@ -207,12 +226,19 @@ def run(args: BenchArgs) -> dict:
             "seed_over_ours": extrapolated,
         },
         "headline": [
-            headline(f"score: seed / ours, measured on {n_real} x {n_gen}", measured,
-                     note=f"seed {seed_s:.1f} s vs ours {ours_s:.1f} s (ours includes packing)"),
-            headline(f"score: seed / ours at {TEST_REAL} x {TEST_GENERATED:,} (extrapolated)", extrapolated,
-                     target=">= 1000x", met=(extrapolated or 0) >= 1000,
-                     note=f"seed {seed_test / 86400:.1f} days vs ours {ours_test / 60:.1f} min; "
-                          f"R*G*t_pair vs (R+G)*t_image + head + FAISS"),
+            headline(
+                f"score: seed / ours, measured on {n_real} x {n_gen}",
+                measured,
+                note=f"seed {seed_s:.1f} s vs ours {ours_s:.1f} s (ours includes packing)",
+            ),
+            headline(
+                f"score: seed / ours at {TEST_REAL} x {TEST_GENERATED:,} (extrapolated)",
+                extrapolated,
+                target=">= 1000x",
+                met=(extrapolated or 0) >= 1000,
+                note=f"seed {seed_test / 86400:.1f} days vs ours {ours_test / 60:.1f} min; "
+                f"R*G*t_pair vs (R+G)*t_image + head + FAISS",
+            ),
         ],
     }
     return finish(NAME, args, report, load_before=load_before, started=started)

@@ -99,8 +99,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": cpu,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "fingerprint": __version__}
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "fingerprint": __version__,
+    }
 
 
 def run(n_images: int = 2000, workers=(1, 2), out=None, repeats: int = 2) -> dict:
@@ -118,14 +124,21 @@ def run(n_images: int = 2000, workers=(1, 2), out=None, repeats: int = 2) -> dic
             t0 = time.perf_counter()
             shards.pack(tmp / "dev", tmp / f"shards_{enc}", image_size=SIZE, encoding=enc)
             pack_s[enc] = time.perf_counter() - t0
-        shard_bytes = {enc: sum(Path(u).stat().st_size for u in shards.shard_urls(tmp / f"shards_{enc}"))
-                       for enc in shards.ENCODINGS}
+        shard_bytes = {
+            enc: sum(Path(u).stat().st_size for u in shards.shard_urls(tmp / f"shards_{enc}"))
+            for enc in shards.ENCODINGS
+        }
         for w in workers:
             methods = {
                 "files": lambda w=w: torch.utils.data.DataLoader(PerFile(paths), batch_size=BATCH, num_workers=w),
-                **{f"shards_{enc}": (lambda w=w, enc=enc: make_loader(
-                    tmp / f"shards_{enc}", StreamConfig(batch_size=BATCH, num_workers=w)))
-                   for enc in shards.ENCODINGS},
+                **{
+                    f"shards_{enc}": (
+                        lambda w=w, enc=enc: make_loader(
+                            tmp / f"shards_{enc}", StreamConfig(batch_size=BATCH, num_workers=w)
+                        )
+                    )
+                    for enc in shards.ENCODINGS
+                },
             }
             for name, make in methods.items():
                 _time(make())  # warm the page cache and the code paths
@@ -135,16 +148,22 @@ def run(n_images: int = 2000, workers=(1, 2), out=None, repeats: int = 2) -> dic
                     if n != n_images:
                         raise RuntimeError(f"{name} read {n} images, expected {n_images}")
                     best = seconds if best is None else min(best, seconds)
-                results.append({"method": name, "workers": w, "seconds": round(best, 4),
-                                "images_per_s": round(n_images / best, 1)})
+                results.append(
+                    {"method": name, "workers": w, "seconds": round(best, 4), "images_per_s": round(n_images / best, 1)}
+                )
                 print(f"{name:>12} workers={w}: {n_images / best:8.1f} images/s", flush=True)
     ips = {(r["method"], r["workers"]): r["images_per_s"] for r in results}
-    ratios = {str(w): {f"{m}_vs_files": round(ips[(m, w)] / ips[("files", w)], 2)
-                       for m in ("shards_png", "shards_npy")} for w in workers}
+    ratios = {
+        str(w): {f"{m}_vs_files": round(ips[(m, w)] / ips[("files", w)], 2) for m in ("shards_png", "shards_npy")}
+        for w in workers
+    }
     report = {
         "benchmark": "stream",
         "what": "images/s reading the same CT-like 256x256 8-bit grayscale images into float32 Bx1xHxW batches",
-        "n_images": n_images, "image_size": SIZE, "batch_size": BATCH, "repeats": repeats,
+        "n_images": n_images,
+        "image_size": SIZE,
+        "batch_size": BATCH,
+        "repeats": repeats,
         "timing": "best of repeats after one warm-up pass (page cache warm); includes DataLoader worker start",
         "results": results,
         "ratios": ratios,

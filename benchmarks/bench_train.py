@@ -58,8 +58,15 @@ def prepare(folder: Path, *, n_generated: int, n_real: int, size: int, seed: int
     """A packed dev set with enough shards for 2 processes."""
     from fingerprint import shards
 
-    write_dev_folder(folder / "dev", n_generated=n_generated, n_used=n_real // 2, n_not_used=n_real - n_real // 2,
-                     size=size, seed=seed, unique=256)
+    write_dev_folder(
+        folder / "dev",
+        n_generated=n_generated,
+        n_used=n_real // 2,
+        n_not_used=n_real - n_real // 2,
+        size=size,
+        seed=seed,
+        unique=256,
+    )
     total = n_generated + n_real
     shards.pack(folder / "dev", folder / "shards", image_size=size, max_count=max(4, -(-total // 8)), seed=seed)
     return folder / "shards"
@@ -84,9 +91,22 @@ def train_command(shards: Path, out: Path, cfg: dict, *, processes: int, device:
         raise FingerprintError(f"{accelerate}: the accelerate launcher is not installed beside this Python")
     if device == "cpu":
         env["ACCELERATE_USE_CPU"] = "1"
-    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-           "--mixed_precision", cfg.get("mixed_precision", "no"), "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), *args]
+    cmd = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        cfg.get("mixed_precision", "no"),
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        *args,
+    ]
     return cmd, env
 
 
@@ -108,10 +128,17 @@ def train_once(shards: Path, out: Path, cfg: dict, *, processes: int, device: st
         raise RuntimeError(f"no training summary in the output of {' '.join(cmd)}:\n{proc.stdout[-2000:]}")
     if summary["world_size"] != processes:
         raise RuntimeError(f"asked for {processes} process(es), the run reports world size {summary['world_size']}")
-    return {"processes": processes, "world_size": summary["world_size"], "episodes_per_s": summary["episodes_per_s"],
-            "train_seconds_total": summary["seconds"], "process_wall_s": round(wall, 2), "epochs": summary["epochs"],
-            "mixed_precision": cfg.get("mixed_precision", "no"), "channels_last": bool(cfg.get("channels_last")),
-            "config": cfg}
+    return {
+        "processes": processes,
+        "world_size": summary["world_size"],
+        "episodes_per_s": summary["episodes_per_s"],
+        "train_seconds_total": summary["seconds"],
+        "process_wall_s": round(wall, 2),
+        "epochs": summary["epochs"],
+        "mixed_precision": cfg.get("mixed_precision", "no"),
+        "channels_last": bool(cfg.get("channels_last")),
+        "config": cfg,
+    }
 
 
 def run(args: BenchArgs) -> dict:
@@ -120,16 +147,37 @@ def run(args: BenchArgs) -> dict:
     started, load_before = time.perf_counter(), load_average()
     cuda = args.device == "cuda"
     if cuda:
-        base = dict(image_size=args.pick(64, 256, 256), queries=args.pick(8, 32, 32), k=8, k_random=2,
-                    epochs=args.pick(1, 2, 2), batch_size=128, bn_images=128, patience=0, seed=args.seed,
-                    num_workers=args.pick(0, 4, 4))
+        base = dict(
+            image_size=args.pick(64, 256, 256),
+            queries=args.pick(8, 32, 32),
+            k=8,
+            k_random=2,
+            epochs=args.pick(1, 2, 2),
+            batch_size=128,
+            bn_images=128,
+            patience=0,
+            seed=args.seed,
+            num_workers=args.pick(0, 4, 4),
+        )
         data = dict(n_generated=args.pick(64, 512, 512), n_real=args.pick(32, 160, 160))
     else:
-        base = dict(image_size=args.pick(32, 64, 128), queries=args.pick(4, 8, 16), k=args.pick(2, 4, 8),
-                    k_random=1, epochs=args.pick(1, 2, 3), batch_size=32, bn_images=32, patience=0, seed=args.seed)
+        base = dict(
+            image_size=args.pick(32, 64, 128),
+            queries=args.pick(4, 8, 16),
+            k=args.pick(2, 4, 8),
+            k_random=1,
+            epochs=args.pick(1, 2, 3),
+            batch_size=32,
+            bn_images=32,
+            patience=0,
+            seed=args.seed,
+        )
         data = dict(n_generated=args.pick(16, 48, 96), n_real=args.pick(16, 32, 64))
-    bf16_cfg = dict(base) if cuda else {**base, "image_size": args.pick(32, 64, 64), "queries": args.pick(4, 4, 8),
-                                        "epochs": args.pick(1, 1, 2)}
+    bf16_cfg = (
+        dict(base)
+        if cuda
+        else {**base, "image_size": args.pick(32, 64, 64), "queries": args.pick(4, 4, 8), "epochs": args.pick(1, 1, 2)}
+    )
     timeout = args.pick(600, 900, 1200)
     runs: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
@@ -138,8 +186,14 @@ def run(args: BenchArgs) -> dict:
 
         def go(name: str, cfg: dict, processes: int = 1) -> None:
             log.info("train: %s (%d process(es))", name, processes)
-            runs[name] = train_once(shards, tmp / name, {**cfg, "mixed_precision": cfg.get("mixed_precision", "no")},
-                                    processes=processes, device=args.device, timeout=timeout)
+            runs[name] = train_once(
+                shards,
+                tmp / name,
+                {**cfg, "mixed_precision": cfg.get("mixed_precision", "no")},
+                processes=processes,
+                device=args.device,
+                timeout=timeout,
+            )
             log.info("train: %s: %.3f episodes/s", name, runs[name]["episodes_per_s"])
 
         go("fp32", base)
@@ -155,9 +209,15 @@ def run(args: BenchArgs) -> dict:
     eps = {name: r["episodes_per_s"] for name, r in runs.items()}
     fp32_ref = eps.get("fp32_bf16_config", eps["fp32"])
     ratios = {"bf16_vs_fp32": ratio(eps["bf16"], fp32_ref)}
-    rows = [headline("train: bf16 vs fp32 episodes/s", ratios["bf16_vs_fp32"], target="> 1 on GPU",
-                     met=ratios["bf16_vs_fp32"] > 1 if cuda else None,
-                     note="GPU run" if cuda else "CPU, small configuration: the GPU target is not measurable here")]
+    rows = [
+        headline(
+            "train: bf16 vs fp32 episodes/s",
+            ratios["bf16_vs_fp32"],
+            target="> 1 on GPU",
+            met=ratios["bf16_vs_fp32"] > 1 if cuda else None,
+            note="GPU run" if cuda else "CPU, small configuration: the GPU target is not measurable here",
+        )
+    ]
     if cuda:
         ratios["bf16_channels_last_vs_fp32"] = ratio(eps["bf16_channels_last"], eps["fp32"])
         rows.append(headline("train: bf16 + channels_last vs fp32", ratios["bf16_channels_last_vs_fp32"]))
@@ -167,10 +227,16 @@ def run(args: BenchArgs) -> dict:
         ratios["two_vs_one_process_1thread"] = ratio(eps["fp32_2proc"], eps["fp32_1thread"])
         ratios["one_thread_vs_default_threads"] = ratio(eps["fp32_1thread"], eps["fp32"])
         rows[:0] = [
-            headline("train: 2 processes vs 1 (default threads), episodes/s", ratios["two_vs_one_process"],
-                     note=f"world size 2 checked; 1 process runs {cores} threads, each of 2 processes 1 thread"),
-            headline("train: 2 processes vs 1 process with 1 thread", ratios["two_vs_one_process_1thread"],
-                     note="the same work per thread: what a second process adds (2 = perfect)"),
+            headline(
+                "train: 2 processes vs 1 (default threads), episodes/s",
+                ratios["two_vs_one_process"],
+                note=f"world size 2 checked; 1 process runs {cores} threads, each of 2 processes 1 thread",
+            ),
+            headline(
+                "train: 2 processes vs 1 process with 1 thread",
+                ratios["two_vs_one_process_1thread"],
+                note="the same work per thread: what a second process adds (2 = perfect)",
+            ),
         ]
     report = {
         "what": "episodes/s of `fingerprint train` (real queries x K generated supports per episode and process)",
@@ -179,12 +245,23 @@ def run(args: BenchArgs) -> dict:
         "bf16_config": bf16_cfg,
         "runs": runs,
         "ratios": ratios,
-        "notes": ["episodes/s = episodes on all processes / seconds in the training loops (bank refreshes included, "
-                  "validation and start-up excluded), as fingerprint.train reports it",
-                  *([] if cuda else ["fp32_1thread is one process with --threads 1; fingerprint train's default is "
-                                     "cores / local processes threads per process"]),
-                  *([] if cuda else ["bf16 runs a smaller configuration on CPU; its fp32 reference is the same "
-                                     "configuration"])],
+        "notes": [
+            "episodes/s = episodes on all processes / seconds in the training loops (bank refreshes included, "
+            "validation and start-up excluded), as fingerprint.train reports it",
+            *(
+                []
+                if cuda
+                else [
+                    "fp32_1thread is one process with --threads 1; fingerprint train's default is "
+                    "cores / local processes threads per process"
+                ]
+            ),
+            *(
+                []
+                if cuda
+                else ["bf16 runs a smaller configuration on CPU; its fp32 reference is the same configuration"]
+            ),
+        ],
         "headline": rows,
     }
     return finish(NAME, args, report, load_before=load_before, started=started)
@@ -192,12 +269,16 @@ def run(args: BenchArgs) -> dict:
 
 def table(report: dict) -> list[str]:
     """Markdown rows for the README."""
-    lines = ["| run | processes | threads/process | precision | channels_last | image px | queries | episodes/s |",
-             "|---|---:|---|---|---|---:|---:|---:|"]
+    lines = [
+        "| run | processes | threads/process | precision | channels_last | image px | queries | episodes/s |",
+        "|---|---:|---|---|---|---:|---:|---:|",
+    ]
     for name, r in report["runs"].items():
         c = r["config"]
-        lines.append(f"| {name} | {r['world_size']} | {c.get('threads') or 'default'} | {r['mixed_precision']} | "
-                     f"{r['channels_last']} | {c['image_size']} | {c['queries']} | {r['episodes_per_s']:.3f} |")
+        lines.append(
+            f"| {name} | {r['world_size']} | {c.get('threads') or 'default'} | {r['mixed_precision']} | "
+            f"{r['channels_last']} | {c['image_size']} | {c['queries']} | {r['episodes_per_s']:.3f} |"
+        )
     return lines
 
 

@@ -51,7 +51,9 @@ class BenchArgs:
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     """--quick/--tiny/--device/--seed/--compile, shared by run.py and each bench module."""
     p.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes in all")
-    p.add_argument("--tiny", action="store_true", help="toy sizes that finish in seconds (smoke tests; wins over --quick)")
+    p.add_argument(
+        "--tiny", action="store_true", help="toy sizes that finish in seconds (smoke tests; wins over --quick)"
+    )
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where the models run (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and models (default: 0)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (slow to compile on CPU)")
@@ -206,8 +208,9 @@ def time_it(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1, device:
     return Timing(samples)
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 3, warmup: int = 1,
-                     device: str = "cpu") -> dict[str, Timing]:
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], *, repeats: int = 3, warmup: int = 1, device: str = "cpu"
+) -> dict[str, Timing]:
     """Time several ways of the same work in turns (A B A B ...), so load changes hit them alike."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
@@ -264,8 +267,16 @@ def matmul_fn(device: str, *, n: int, dtype: str = "float32") -> tuple[Callable[
 # -- synthetic data -----------------------------------------------------------------------------
 
 
-def write_dev_folder(folder: Path, *, n_generated: int, n_used: int, n_not_used: int, size: int = 256,
-                     seed: int = 0, unique: int | None = None) -> dict[str, list[Path]]:
+def write_dev_folder(
+    folder: Path,
+    *,
+    n_generated: int,
+    n_used: int,
+    n_not_used: int,
+    size: int = 256,
+    seed: int = 0,
+    unique: int | None = None,
+) -> dict[str, list[Path]]:
     """A challenge dev-layout folder of CT-like PNGs (fingerprint.phantom), seeded.
 
     generated/generated_NNNN.png, used/used_NNNN.png, not_used/not_used_NNNN.png.
@@ -311,8 +322,9 @@ def result_name(name: str, device: str) -> str:
     return f"gpu_{name}" if device == "cuda" else name
 
 
-def finish(name: str, args: BenchArgs, report: dict[str, Any], *, load_before: list[float] | None,
-           started: float) -> dict[str, Any]:
+def finish(
+    name: str, args: BenchArgs, report: dict[str, Any], *, load_before: list[float] | None, started: float
+) -> dict[str, Any]:
     """Add the common fields (machine, load, size, seed, wall time) and write the JSON atomically."""
     full = {
         "benchmark": name,
@@ -331,8 +343,9 @@ def finish(name: str, args: BenchArgs, report: dict[str, Any], *, load_before: l
     return full
 
 
-def headline(metric: str, value: Any, *, target: str | None = None, met: bool | None = None,
-             note: str = "") -> dict[str, Any]:
+def headline(
+    metric: str, value: Any, *, target: str | None = None, met: bool | None = None, note: str = ""
+) -> dict[str, Any]:
     """One row of the README summary table."""
     return {"metric": metric, "value": value, "target": target, "met": met, "note": note}
 

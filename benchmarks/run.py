@@ -49,16 +49,28 @@ def run_stream(args: common.BenchArgs) -> dict:
     report = bench_stream.run(n_images=args.pick(160, 500, 2000), workers=(1, 2), out=out)
     report.pop("benchmark", None)
     report["headline"] = stream_headline(report)
-    return common.finish("stream", common.BenchArgs(size=args.size, device=args.device, seed=args.seed, out=out),
-                         report, load_before=load_before, started=started)
+    return common.finish(
+        "stream",
+        common.BenchArgs(size=args.size, device=args.device, seed=args.seed, out=out),
+        report,
+        load_before=load_before,
+        started=started,
+    )
 
 
 def stream_headline(report: dict) -> list[dict]:
     enc = report.get("default_encoding", "npy")
     per_w = {w: r[f"shards_{enc}_vs_files"] for w, r in report["ratios"].items()}
     worst = min(per_w.values())
-    return [headline(f"stream: shards ({enc}, default) vs per-file PIL, images/s", worst, target=">= 2x",
-                     met=worst >= 2, note=", ".join(f"{w} worker(s): {v}x" for w, v in per_w.items()))]
+    return [
+        headline(
+            f"stream: shards ({enc}, default) vs per-file PIL, images/s",
+            worst,
+            target=">= 2x",
+            met=worst >= 2,
+            note=", ".join(f"{w} worker(s): {v}x" for w, v in per_w.items()),
+        )
+    ]
 
 
 def stream_table(report: dict) -> list[str]:
@@ -110,23 +122,32 @@ def render(results_dir: Path) -> str:
     for title, group in (("CPU", cpu), ("GPU (benchmarks/gpu.sh)", gpu)):
         lines += [f"### {title}", ""]
         if not group:
-            lines += ["Not run: no GPU was lent to the task that produced these results; `benchmarks/gpu.sh` "
-                      "writes `results/gpu_*.json` on one.", ""]
+            lines += [
+                "Not run: no GPU was lent to the task that produced these results; `benchmarks/gpu.sh` "
+                "writes `results/gpu_*.json` on one.",
+                "",
+            ]
             continue
         lines += machine_lines(group) + [""]
         lines += ["| benchmark | figure | value | target | met | note |", "|---|---|---:|---|---|---|"]
         for key, r in group:
             for row in r.get("headline", []):
-                lines.append(f"| {key} | {row['metric']} | {_fmt(row['value'])} | {row.get('target') or ''} | "
-                             f"{_met(row)} | {row.get('note', '')} |")
+                lines.append(
+                    f"| {key} | {row['metric']} | {_fmt(row['value'])} | {row.get('target') or ''} | "
+                    f"{_met(row)} | {row.get('note', '')} |"
+                )
         lines.append("")
         for key, r in group:
             name = found[key][0]
             la = r.get("load_avg") or {}
-            lines += [f"#### {key}", "",
-                      f"{r.get('what', '')}. Size `{r.get('size')}`, seed {r.get('seed')}, {r.get('wall_s')} s, "
-                      f"finished {r.get('finished', '?')}; load average (1/5/15 min) before {la.get('before')}, "
-                      f"after {la.get('after')} on {r['machine'].get('cores')} cores.", ""]
+            lines += [
+                f"#### {key}",
+                "",
+                f"{r.get('what', '')}. Size `{r.get('size')}`, seed {r.get('seed')}, {r.get('wall_s')} s, "
+                f"finished {r.get('finished', '?')}; load average (1/5/15 min) before {la.get('before')}, "
+                f"after {la.get('after')} on {r['machine'].get('cores')} cores.",
+                "",
+            ]
             lines += table_for(name, r) + [""]
             for note in r.get("notes", []):
                 lines.append(f"- {note}")
@@ -140,11 +161,13 @@ def machine_lines(group: list[tuple[str, dict]]) -> list[str]:
     seen = []
     for _, r in group:
         m = r.get("machine", {})
-        desc = (f"{m.get('cpu')} ({', '.join(m.get('cpu_flags', [])) or 'flags unknown'}), {m.get('cores')} cores, "
-                f"{m.get('memory_gb')} GB" + (f"; GPU {m['gpu']} ({m.get('gpu_memory_gb')} GB, CUDA {m.get('cuda')})"
-                                              if m.get("gpu") else "")
-                + f"; torch {m.get('torch')}, torchvision {m.get('torchvision')}, faiss {m.get('faiss', '?')}, "
-                  f"numpy {m.get('numpy', '?')}, Python {m.get('python')}")
+        desc = (
+            f"{m.get('cpu')} ({', '.join(m.get('cpu_flags', [])) or 'flags unknown'}), {m.get('cores')} cores, "
+            f"{m.get('memory_gb')} GB"
+            + (f"; GPU {m['gpu']} ({m.get('gpu_memory_gb')} GB, CUDA {m.get('cuda')})" if m.get("gpu") else "")
+            + f"; torch {m.get('torch')}, torchvision {m.get('torchvision')}, faiss {m.get('faiss', '?')}, "
+            f"numpy {m.get('numpy', '?')}, Python {m.get('python')}"
+        )
         if desc not in seen:
             seen.append(desc)
     return [f"Machine: {d}." for d in seen]
@@ -176,8 +199,9 @@ def parse_only(text: str | None, device: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in ORDER]
     if bad or not names:
-        raise FingerprintError(f"--only: unknown benchmark(s) {', '.join(bad) or repr(text)} "
-                               f"(choose from {', '.join(ORDER)})")
+        raise FingerprintError(
+            f"--only: unknown benchmark(s) {', '.join(bad) or repr(text)} (choose from {', '.join(ORDER)})"
+        )
     return [n for n in ORDER if n in names]
 
 
@@ -193,8 +217,18 @@ def run_one(name: str, ns: argparse.Namespace, out_dir: Path) -> int:
 
 
 def child_command(name: str, ns: argparse.Namespace, out_dir: Path) -> list[str]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--device", ns.device, "--seed", str(ns.seed),
-           "--out-dir", str(out_dir)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--one",
+        name,
+        "--device",
+        ns.device,
+        "--seed",
+        str(ns.seed),
+        "--out-dir",
+        str(out_dir),
+    ]
     cmd += ["--tiny"] if ns.tiny else ["--quick"] if ns.quick else []
     return cmd + (["--compile"] if ns.compile else [])
 
@@ -203,12 +237,19 @@ def main(argv=None) -> int:
     setup_logging()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(p)
-    p.add_argument("--only", help=f"comma-separated benchmarks to run (default: all; on cuda: "
-                                  f"{','.join(DEVICE_BENCHES)}); from {', '.join(ORDER)}")
+    p.add_argument(
+        "--only",
+        help=f"comma-separated benchmarks to run (default: all; on cuda: "
+        f"{','.join(DEVICE_BENCHES)}); from {', '.join(ORDER)}",
+    )
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help=f"where the JSON goes (default {RESULTS_DIR})")
-    p.add_argument("--readme", type=Path, default=None,
-                   help="README whose table to regenerate (default: benchmarks/README.md for the default --out-dir, "
-                        "else OUT_DIR/README.md)")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="README whose table to regenerate (default: benchmarks/README.md for the default --out-dir, "
+        "else OUT_DIR/README.md)",
+    )
     p.add_argument("--no-readme", action="store_true", help="write the JSON only")
     p.add_argument("--one", choices=ORDER, help=argparse.SUPPRESS)  # internal: run one benchmark in this process
     ns = p.parse_args(argv)

@@ -41,7 +41,9 @@ def pixel_neighbours(real: torch.Tensor, gen: torch.Tensor, k: int) -> tuple[np.
     if len(g) == 0 or len(r) == 0:
         raise FingerprintError("pixel baseline: needs real and generated images")
     if r.shape[1] != g.shape[1]:
-        raise FingerprintError(f"pixel baseline: real images have {r.shape[1]} pixels, generated {g.shape[1]} (same --pixel-size needed)")
+        raise FingerprintError(
+            f"pixel baseline: real images have {r.shape[1]} pixels, generated {g.shape[1]} (same --pixel-size needed)"
+        )
     index = faiss.IndexFlatL2(g.shape[1])
     index.add(g)
     d2, ids = index.search(r, min(int(k), len(g)))
@@ -100,7 +102,9 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float = 1
     """SSIM of paired images x[i], y[i] (B,1,H,W) in [0,1] -> (B,) float64 (Gaussian window, valid borders)."""
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if x.shape != y.shape or x.ndim != 4:
-        raise FingerprintError(f"ssim: expected two (B,1,H,W) batches of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise FingerprintError(
+            f"ssim: expected two (B,1,H,W) batches of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     _check_size(x, window)
     return _ssim_batch(x, y, gaussian_window(window, sigma))
 
@@ -130,7 +134,9 @@ def ssim_max(
     real = torch.as_tensor(real_pixels).float()
     gen = torch.as_tensor(gen_pixels).float()
     if real.ndim != 4 or gen.ndim != 4 or real.shape[1:] != gen.shape[1:]:
-        raise FingerprintError(f"ssim: real {tuple(real.shape)} and generated {tuple(gen.shape)} images must share (1,H,W)")
+        raise FingerprintError(
+            f"ssim: real {tuple(real.shape)} and generated {tuple(gen.shape)} images must share (1,H,W)"
+        )
     if len(gen) == 0 or len(real) == 0:
         raise FingerprintError("ssim: needs real and generated images")
     _check_size(real, window)
@@ -167,7 +173,9 @@ def emb_topk(real_emb: np.ndarray, gen_emb: np.ndarray, *, k: int = 16, index=No
     return sims.mean(axis=1).astype(np.float64), rows
 
 
-def seed_rule(model, real, gen, *, batch_size: int = 8, gen_chunk: int = 256, max_pairs: int | None = 2_000_000) -> np.ndarray:
+def seed_rule(
+    model, real, gen, *, batch_size: int = 8, gen_chunk: int = 256, max_pairs: int | None = 2_000_000
+) -> np.ndarray:
     """The seed's prediction rule: mean relation probability of each real image over ALL generated images.
 
     Cost grows with R x N pairs (the 2023 test set: 2,000,000), so it is meant
@@ -179,7 +187,9 @@ def seed_rule(model, real, gen, *, batch_size: int = 8, gen_chunk: int = 256, ma
     if r == 0 or n == 0:
         raise FingerprintError("seed_rule: needs real and generated images")
     if max_pairs is not None and r * n > max_pairs:
-        raise FingerprintError(f"seed_rule: {r} x {n} = {r * n} pairs exceeds the limit of {max_pairs} (it is for small sets)")
+        raise FingerprintError(
+            f"seed_rule: {r} x {n} = {r * n} pairs exceeds the limit of {max_pairs} (it is for small sets)"
+        )
     total = np.zeros(r, dtype=np.float64)
     chunks = range(0, n, gen_chunk)
     for j in tqdm(chunks, desc="seed_rule", unit="chunk", disable=not is_main_process() or len(chunks) < 4):

@@ -52,7 +52,9 @@ class ClusterConfig:
         if self.metric not in DISTANCES:
             raise FingerprintError(f"unknown metric {self.metric!r}; choose from {', '.join(DISTANCES)}")
         if self.method == "ward" and self.metric != "euclidean":
-            raise FingerprintError("ward linkage is defined for euclidean distances only: use --metric euclidean, or --method average/complete with cosine")
+            raise FingerprintError(
+                "ward linkage is defined for euclidean distances only: use --metric euclidean, or --method average/complete with cosine"
+            )
         if self.n_clusters < 2:
             raise FingerprintError(f"--n-clusters must be >= 2 (got {self.n_clusters})")
         if self.max_generated < 1 or self.dendrogram_leaves < 2:
@@ -67,7 +69,7 @@ class Clustering:
     roles: np.ndarray
     labels: np.ndarray
     Z: np.ndarray
-    assign: np.ndarray          # cluster id (1..n_clusters) per point
+    assign: np.ndarray  # cluster id (1..n_clusters) per point
     cut_height: float
     metrics: dict[str, Any]
     composition: list[dict[str, Any]]
@@ -95,7 +97,9 @@ def linkage_matrix(X: np.ndarray, method: str = "ward", metric: str = "euclidean
     return linkage(d, method=method), d
 
 
-def cluster_metrics(d: np.ndarray, Z: np.ndarray, assign: np.ndarray, roles: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def cluster_metrics(
+    d: np.ndarray, Z: np.ndarray, assign: np.ndarray, roles: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
     """Cophenetic correlation, silhouette of the cut, and ARI / NMI of the cut against used/not-used (and real/generated)."""
     from scipy.cluster.hierarchy import cophenet
     from scipy.spatial.distance import squareform
@@ -103,7 +107,11 @@ def cluster_metrics(d: np.ndarray, Z: np.ndarray, assign: np.ndarray, roles: np.
 
     n_found = len(np.unique(assign))
     out: dict[str, Any] = {"cophenetic_correlation": float(cophenet(Z, d)[0]), "n_clusters_found": int(n_found)}
-    out["silhouette"] = float(silhouette_score(squareform(d), assign, metric="precomputed")) if 2 <= n_found <= len(assign) - 1 else None
+    out["silhouette"] = (
+        float(silhouette_score(squareform(d), assign, metric="precomputed"))
+        if 2 <= n_found <= len(assign) - 1
+        else None
+    )
     y = np.array([LABEL_CODES.get(str(v), -1) for v in labels])
     lab = (roles == "real") & (y >= 0)
     both = lab.any() and len(np.unique(y[lab])) == 2
@@ -123,12 +131,17 @@ def composition(assign: np.ndarray, roles: np.ndarray, labels: np.ndarray) -> li
         m = assign == c
         real = m & (roles == "real")
         n_gen = int((m & (roles == "generated")).sum())
-        rows.append({
-            "cluster": int(c), "n": int(m.sum()), "generated": n_gen,
-            "used": int((real & (labels == "used")).sum()), "not_used": int((real & (labels == "not_used")).sum()),
-            "real_unknown": int((real & ~np.isin(labels, ("used", "not_used"))).sum()),
-            "generated_share": round(n_gen / int(m.sum()), 4),
-        })
+        rows.append(
+            {
+                "cluster": int(c),
+                "n": int(m.sum()),
+                "generated": n_gen,
+                "used": int((real & (labels == "used")).sum()),
+                "not_used": int((real & (labels == "not_used")).sum()),
+                "real_unknown": int((real & ~np.isin(labels, ("used", "not_used"))).sum()),
+                "generated_share": round(n_gen / int(m.sum()), 4),
+            }
+        )
     return rows
 
 
@@ -165,7 +178,13 @@ def cluster_split(features: Any, cfg: ClusterConfig, *, name: str = "split") -> 
     # between the last merge kept and the first one undone by cutting into k clusters
     cut = float((Z[-cfg.n_clusters, 2] + Z[-cfg.n_clusters + 1, 2]) / 2)
     metrics = cluster_metrics(d, Z, assign, roles, labels)
-    metrics.update({"n_points": int(len(X)), "n_real": int((roles == "real").sum()), "n_generated": int((roles == "generated").sum())})
+    metrics.update(
+        {
+            "n_points": int(len(X)),
+            "n_real": int((roles == "real").sum()),
+            "n_generated": int((roles == "generated").sum()),
+        }
+    )
     return Clustering(keys, roles, labels, Z, assign, cut, metrics, composition(assign, roles, labels), n_gen_total)
 
 
@@ -198,8 +217,17 @@ def dendrogram_png(clustering: Clustering, path: str | Path, *, leaves: int = 30
 
     p = min(leaves, n)
     fig, ax = plt.subplots(figsize=(max(8.0, 0.32 * p + 2), 5.5))
-    dendrogram(clustering.Z, truncate_mode="lastp", p=p, leaf_label_func=label, leaf_rotation=90, leaf_font_size=8,
-               color_threshold=clustering.cut_height, above_threshold_color="0.55", ax=ax)
+    dendrogram(
+        clustering.Z,
+        truncate_mode="lastp",
+        p=p,
+        leaf_label_func=label,
+        leaf_rotation=90,
+        leaf_font_size=8,
+        color_threshold=clustering.cut_height,
+        above_threshold_color="0.55",
+        ax=ax,
+    )
     ax.axhline(clustering.cut_height, ls="--", lw=1, color="0.3")
     ax.set_ylabel("merge distance")
     ax.set_title(title or "dendrogram")
@@ -213,8 +241,13 @@ def dendrogram_png(clustering: Clustering, path: str | Path, *, leaves: int = 30
 
 def composition_table(rows: Sequence[dict]) -> str:
     """Markdown table of `composition` rows."""
-    head = "| cluster | n | generated | used | not used | real unknown | generated share |\n|---|---|---|---|---|---|---|"
-    body = [f"| {r['cluster']} | {r['n']} | {r['generated']} | {r['used']} | {r['not_used']} | {r['real_unknown']} | {r['generated_share']:.3f} |" for r in rows]
+    head = (
+        "| cluster | n | generated | used | not used | real unknown | generated share |\n|---|---|---|---|---|---|---|"
+    )
+    body = [
+        f"| {r['cluster']} | {r['n']} | {r['generated']} | {r['used']} | {r['not_used']} | {r['real_unknown']} | {r['generated_share']:.3f} |"
+        for r in rows
+    ]
     return "\n".join([head, *body])
 
 
@@ -225,23 +258,45 @@ def _fmt(v: Any) -> str:
 def summary_markdown(result: dict) -> str:
     """The cluster stage's Markdown summary: metrics and composition per split, and the scorer."""
     cfg = result["config"]
-    lines = [f"# Hierarchical clustering ({cfg['method']} linkage, {cfg['metric']} distance, cut into {cfg['n_clusters']} clusters)", ""]
+    lines = [
+        f"# Hierarchical clustering ({cfg['method']} linkage, {cfg['metric']} distance, cut into {cfg['n_clusters']} clusters)",
+        "",
+    ]
     for split in ("dev", "test"):
         s = result.get(split)
         if not s:
             continue
         m = s["metrics"]
         lines += [f"## {split}", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(m.get(k))} |" for k in ("n_points", "n_real", "n_generated", "cophenetic_correlation", "silhouette",
-                                                            "ari_used", "nmi_used", "ari_role", "nmi_role")]
+        lines += [
+            f"| {k} | {_fmt(m.get(k))} |"
+            for k in (
+                "n_points",
+                "n_real",
+                "n_generated",
+                "cophenetic_correlation",
+                "silhouette",
+                "ari_used",
+                "nmi_used",
+                "ari_role",
+                "nmi_role",
+            )
+        ]
         lines += ["", composition_table(s["composition"]), ""]
     sc = result.get("scorer")
     if sc:
-        lines += ["## Cluster scorer", "", f"Score: share of generated images in a real image's cluster; threshold {sc['threshold']:.4f} ({sc['rule']}).", ""]
+        lines += [
+            "## Cluster scorer",
+            "",
+            f"Score: share of generated images in a real image's cluster; threshold {sc['threshold']:.4f} ({sc['rule']}).",
+            "",
+        ]
         dev = sc.get("dev")
         if dev:
-            lines.append(f"Dev (threshold fitted on these images, so F1 is optimistic; ROC-AUC is not): ROC-AUC {_fmt(dev['roc_auc']['value'])}, "
-                         f"F1 {_fmt(dev['f1']['value'])}.")
+            lines.append(
+                f"Dev (threshold fitted on these images, so F1 is optimistic; ROC-AUC is not): ROC-AUC {_fmt(dev['roc_auc']['value'])}, "
+                f"F1 {_fmt(dev['f1']['value'])}."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -276,11 +331,21 @@ def analyse(
         splits["test"] = cluster_split(test, cfg, name="test")
     result: dict[str, Any] = {"stage": "cluster", "config": dataclasses.asdict(cfg)}
     for name, c in splits.items():
-        result[name] = {"metrics": c.metrics, "composition": c.composition, "cut_height": c.cut_height,
-                        "n_generated_total": c.n_generated_total}
+        result[name] = {
+            "metrics": c.metrics,
+            "composition": c.composition,
+            "cut_height": c.cut_height,
+            "n_generated_total": c.n_generated_total,
+        }
         m = c.metrics
-        log.info("%s: cophenetic %.3f, silhouette %s, ARI(used) %s, NMI(used) %s", name, m["cophenetic_correlation"],
-                 _fmt(m["silhouette"]), _fmt(m["ari_used"]), _fmt(m["nmi_used"]))
+        log.info(
+            "%s: cophenetic %.3f, silhouette %s, ARI(used) %s, NMI(used) %s",
+            name,
+            m["cophenetic_correlation"],
+            _fmt(m["silhouette"]),
+            _fmt(m["ari_used"]),
+            _fmt(m["nmi_used"]),
+        )
 
     test_scores = None
     if cfg.include_generated:
@@ -292,8 +357,13 @@ def analyse(
         if lab.any() and len(np.unique(y[lab])) == 2:
             scorer["threshold"] = float(calibrate_threshold(y[lab], dscores[lab], rule=cfg.threshold_rule))
             scorer["rule"] = cfg.threshold_rule
-            scorer["dev"] = evaluate(y[lab], dscores[lab], (dscores[lab] >= scorer["threshold"]).astype(int),
-                                     n_boot=cfg.n_boot, seed=cfg.seed)
+            scorer["dev"] = evaluate(
+                y[lab],
+                dscores[lab],
+                (dscores[lab] >= scorer["threshold"]).astype(int),
+                n_boot=cfg.n_boot,
+                seed=cfg.seed,
+            )
         else:
             scorer["threshold"] = float(np.mean(splits["dev"].roles == "generated"))
             scorer["rule"] = "above_average_generated_share"
@@ -317,8 +387,19 @@ def _write_outputs(out_dir: Path, result: dict, splits: dict[str, Clustering], t
     if test_scores is not None:
         keys, s, pred = test_scores
         sc = result["scorer"]
-        write_scores(score_path, list(keys), s, pred, meta={"scorer": "cluster", "threshold": sc["threshold"], "rule": sc["rule"],
-                                                            "source": "cluster", "calibrated_on": "dev"})
+        write_scores(
+            score_path,
+            list(keys),
+            s,
+            pred,
+            meta={
+                "scorer": "cluster",
+                "threshold": sc["threshold"],
+                "rule": sc["rule"],
+                "source": "cluster",
+                "calibrated_on": "dev",
+            },
+        )
     else:
         score_path.unlink(missing_ok=True)
         score_path.with_suffix(".json").unlink(missing_ok=True)
@@ -326,9 +407,15 @@ def _write_outputs(out_dir: Path, result: dict, splits: dict[str, Clustering], t
         tmp.mkdir(parents=True)
         for name, c in splits.items():
             fname = "dendrogram.png" if name == "dev" else f"dendrogram_{name}.png"
-            dendrogram_png(c, tmp / fname, leaves=cfg.dendrogram_leaves,
-                           title=f"{name}: {cfg.method} linkage, {cfg.metric}; {c.metrics['n_real']} real + {c.metrics['n_generated']} generated")
-            rows = ["key,role,label,cluster"] + [f"{k},{r},{lab},{a}" for k, r, lab, a in zip(c.keys, c.roles, c.labels, c.assign)]
+            dendrogram_png(
+                c,
+                tmp / fname,
+                leaves=cfg.dendrogram_leaves,
+                title=f"{name}: {cfg.method} linkage, {cfg.metric}; {c.metrics['n_real']} real + {c.metrics['n_generated']} generated",
+            )
+            rows = ["key,role,label,cluster"] + [
+                f"{k},{r},{lab},{a}" for k, r, lab, a in zip(c.keys, c.roles, c.labels, c.assign)
+            ]
             write_text(tmp / f"assignments_{name}.csv", "\n".join(rows) + "\n")
         write_text(tmp / "summary.md", summary_markdown(result))
         write_json(tmp / "cluster.json", result)

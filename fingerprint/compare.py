@@ -30,7 +30,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fingerprint.utils import FingerprintError, atomic_path, is_main_process, read_json, sha256_file, write_json, write_text
+from fingerprint.utils import (
+    FingerprintError,
+    atomic_path,
+    is_main_process,
+    read_json,
+    sha256_file,
+    write_json,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +108,9 @@ class CompareConfig:
         """Raise FingerprintError for an option out of range."""
         bad = [f for f in self.features if f not in FEATURE_SETS]
         if bad or not self.features:
-            raise FingerprintError(f"unknown feature set(s) {','.join(bad) or '(none)'}; choose from {','.join(FEATURE_SETS)}")
+            raise FingerprintError(
+                f"unknown feature set(s) {','.join(bad) or '(none)'}; choose from {','.join(FEATURE_SETS)}"
+            )
         for names in (self.comparators, self.pair_comparators):
             bad = [c for c in names if c not in COMPARATORS]
             if bad:
@@ -209,7 +219,9 @@ def profile_features(real_emb: np.ndarray, gen_emb: np.ndarray, k: int, *, seed:
     return -np.sort(-np.asarray(sims, dtype=np.float32), axis=1)
 
 
-def build_features(split: SplitData, feature_sets: Sequence[str], *, top_k: int, baselines: Sequence[str] = (), seed: int = 0) -> FeatureMatrix:
+def build_features(
+    split: SplitData, feature_sets: Sequence[str], *, top_k: int, baselines: Sequence[str] = (), seed: int = 0
+) -> FeatureMatrix:
     """Feature rows for the real images of one split, columns in `FEATURE_SETS` order."""
     keys, roles, labels, emb = _arrays(split.features)
     real = roles == "real"
@@ -224,7 +236,9 @@ def build_features(split: SplitData, feature_sets: Sequence[str], *, top_k: int,
     if "profile" in feature_sets:
         gen = roles == "generated"
         if gen.sum() < top_k:
-            raise FingerprintError(f"{split.name}: profile features need >= {top_k} generated images (have {int(gen.sum())}); lower --top-k")
+            raise FingerprintError(
+                f"{split.name}: profile features need >= {top_k} generated images (have {int(gen.sum())}); lower --top-k"
+            )
         blocks.append(profile_features(emb[real], emb[gen], top_k, seed=seed))
         columns += [f"profile_{i}" for i in range(top_k)]
     if "relation" in feature_sets:
@@ -234,7 +248,9 @@ def build_features(split: SplitData, feature_sets: Sequence[str], *, top_k: int,
         pos = {k: i for i, k in enumerate(nb_keys)}
         missing = [k for k in rkeys if k not in pos]
         if missing:
-            raise FingerprintError(f"{split.name}: neighbours.npz lacks {len(missing)} real image(s), e.g. {missing[0]}")
+            raise FingerprintError(
+                f"{split.name}: neighbours.npz lacks {len(missing)} real image(s), e.g. {missing[0]}"
+            )
         ps = np.asarray(split.neighbours["pair_scores"], dtype=np.float32)[[pos[k] for k in rkeys]]
         blocks.append(-np.sort(-ps, axis=1))
         columns += [f"relation_{i}" for i in range(ps.shape[1])]
@@ -245,7 +261,9 @@ def build_features(split: SplitData, feature_sets: Sequence[str], *, top_k: int,
                 raise FingerprintError(f"{split.name}: no scores for baseline '{b}'")
             missing = [k for k in rkeys if k not in smap]
             if missing:
-                raise FingerprintError(f"{split.name}: scores/{b}.csv lacks {len(missing)} real image(s), e.g. {missing[0]}")
+                raise FingerprintError(
+                    f"{split.name}: scores/{b}.csv lacks {len(missing)} real image(s), e.g. {missing[0]}"
+                )
             blocks.append(np.array([[smap[k]] for k in rkeys], dtype=np.float32))
             columns.append(f"baseline_{b}")
     X = np.concatenate(blocks, axis=1).astype(np.float64)
@@ -279,7 +297,9 @@ def make_model(name: str, *, seed: int, n_train: int, n_jobs: int = 1):
     elif name == "hist_gb":
         # the default 20-sample leaves never split on a few dozen images
         leaf = max(2, min(20, n_train // 10))
-        model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, min_samples_leaf=leaf, early_stopping=False, random_state=seed)
+        model = HistGradientBoostingClassifier(
+            max_iter=100, learning_rate=0.1, min_samples_leaf=leaf, early_stopping=False, random_state=seed
+        )
     elif name == "knn":
         model = KNeighborsClassifier(n_neighbors=max(1, min(15, n_train - 1)), weights="distance", n_jobs=n_jobs)
     elif name == "mlp":
@@ -319,7 +339,9 @@ def pair_plan(n_real: int, n_gen: int, max_pairs: int, seed: int) -> np.ndarray:
     """
     m = min(n_gen, max(1, max_pairs // max(1, n_real)))
     rng = np.random.default_rng(seed)
-    return np.stack([rng.choice(n_gen, size=m, replace=False) for _ in range(n_real)]) if n_real else np.zeros((0, m), int)
+    return (
+        np.stack([rng.choice(n_gen, size=m, replace=False) for _ in range(n_real)]) if n_real else np.zeros((0, m), int)
+    )
 
 
 def pair_features(real_emb: np.ndarray, gen_emb: np.ndarray, plan: np.ndarray) -> np.ndarray:
@@ -333,8 +355,8 @@ class _Task:
     """What one comparator trains on: per-image rows, or real + generated embeddings for pairs."""
 
     mode: str
-    X: np.ndarray              # per-image features, or real embeddings in pair mode
-    gen: np.ndarray | None     # generated embeddings of the same split (pair mode)
+    X: np.ndarray  # per-image features, or real embeddings in pair mode
+    gen: np.ndarray | None  # generated embeddings of the same split (pair mode)
     max_pairs: int = 4000
 
 
@@ -368,11 +390,11 @@ class CVResult:
     """Cross-validated results of one comparator on the labelled development set."""
 
     name: str
-    oof: np.ndarray                 # repeats x n out-of-fold scores
-    pred: np.ndarray                # repeats x n out-of-fold labels (fold thresholds from the other folds)
-    per_repeat: list[dict]          # metrics.evaluate dict per repeat
-    summary: dict                   # evaluate-shaped dict aggregated over repeats
-    threshold: float                # calibrated on all out-of-fold scores (used for the test set)
+    oof: np.ndarray  # repeats x n out-of-fold scores
+    pred: np.ndarray  # repeats x n out-of-fold labels (fold thresholds from the other folds)
+    per_repeat: list[dict]  # metrics.evaluate dict per repeat
+    summary: dict  # evaluate-shaped dict aggregated over repeats
+    threshold: float  # calibrated on all out-of-fold scores (used for the test set)
     seconds: float
 
 
@@ -478,7 +500,11 @@ def rank(cv: dict[str, dict], metric: str = "roc_auc") -> list[str]:
     return sorted(cv, key=key)
 
 
-def ranking_table(cv: dict[str, dict], order: Sequence[str], metrics: Sequence[str] = ("roc_auc", "f1", "accuracy", "kappa", "tpr_at_5fpr")) -> str:
+def ranking_table(
+    cv: dict[str, dict],
+    order: Sequence[str],
+    metrics: Sequence[str] = ("roc_auc", "f1", "accuracy", "kappa", "tpr_at_5fpr"),
+) -> str:
     """A Markdown table of the ranked comparators: value [ci_low, ci_high] per metric."""
 
     def cell(d: dict | None) -> str:
@@ -490,7 +516,10 @@ def ranking_table(cv: dict[str, dict], order: Sequence[str], metrics: Sequence[s
 
     head = "| rank | comparator | " + " | ".join(metrics) + " |"
     rule = "|---|---|" + "---|" * len(metrics)
-    rows = [f"| {i} | {name} | " + " | ".join(cell(cv[name].get(m)) for m in metrics) + " |" for i, name in enumerate(order, 1)]
+    rows = [
+        f"| {i} | {name} | " + " | ".join(cell(cv[name].get(m)) for m in metrics) + " |"
+        for i, name in enumerate(order, 1)
+    ]
     return "\n".join([head, rule, *rows])
 
 
@@ -530,7 +559,9 @@ def load_comparator(path: str | Path) -> tuple[Any, dict]:
         raise FingerprintError(f"{side}: no sha256 recorded; refusing to load {path.name}")
     actual = sha256_file(path)
     if actual != expected:
-        raise FingerprintError(f"{path}: sha256 {actual[:12]}... does not match {side.name} ({expected[:12]}...); refusing to load")
+        raise FingerprintError(
+            f"{path}: sha256 {actual[:12]}... does not match {side.name} ({expected[:12]}...); refusing to load"
+        )
     return joblib.load(path), meta
 
 
@@ -589,11 +620,21 @@ def run_comparators(
 
     per_image = any(mode == "per-image" for _, _, mode in runs)
     pairs = any(mode == "seed-pairs" for _, _, mode in runs)
-    dev_fm = build_features(dev, cfg.features, top_k=cfg.top_k, baselines=cfg.baselines, seed=cfg.seed) if per_image else None
-    test_fm = build_features(test, cfg.features, top_k=cfg.top_k, baselines=cfg.baselines, seed=cfg.seed) if per_image and test else None
+    dev_fm = (
+        build_features(dev, cfg.features, top_k=cfg.top_k, baselines=cfg.baselines, seed=cfg.seed)
+        if per_image
+        else None
+    )
+    test_fm = (
+        build_features(test, cfg.features, top_k=cfg.top_k, baselines=cfg.baselines, seed=cfg.seed)
+        if per_image and test
+        else None
+    )
     if dev_fm is not None and test_fm is not None and dev_fm.columns != test_fm.columns:
-        raise FingerprintError(f"dev and test feature columns differ ({len(dev_fm.columns)} vs {len(test_fm.columns)}): "
-                               "relation features need the same k in both neighbours.npz files")
+        raise FingerprintError(
+            f"dev and test feature columns differ ({len(dev_fm.columns)} vs {len(test_fm.columns)}): "
+            "relation features need the same k in both neighbours.npz files"
+        )
     dkeys, droles, dlabels, demb = _arrays(dev.features)
     dev_real = droles == "real"
     y_all = _label_codes(dlabels[dev_real])
@@ -607,18 +648,34 @@ def run_comparators(
     if per_image:
         tasks["per-image"] = _Task("per-image", dev_fm.X[lab], None)
     if pairs:
-        tasks["seed-pairs"] = _Task("seed-pairs", demb[dev_real][lab].astype(np.float64), _generated(dev).astype(np.float64), cfg.max_pairs)
+        tasks["seed-pairs"] = _Task(
+            "seed-pairs", demb[dev_real][lab].astype(np.float64), _generated(dev).astype(np.float64), cfg.max_pairs
+        )
 
     from tqdm import tqdm
 
     cv: dict[str, CVResult] = {}
     for name, model, mode in tqdm(runs, desc="compare: CV", disable=not is_main_process()):
         cv[name] = cross_validate(
-            name, model, tasks[mode], y, folds=cfg.folds, repeats=cfg.repeats, threshold_rule=cfg.threshold_rule,
-            n_boot=cfg.n_boot, seed=cfg.seed, n_jobs=cfg.n_jobs,
+            name,
+            model,
+            tasks[mode],
+            y,
+            folds=cfg.folds,
+            repeats=cfg.repeats,
+            threshold_rule=cfg.threshold_rule,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
+            n_jobs=cfg.n_jobs,
         )
         s = cv[name].summary
-        log.info("%s: CV roc_auc %s f1 %s (%.1f s)", name, _num(s["roc_auc"]["value"]), _num(s["f1"]["value"]), cv[name].seconds)
+        log.info(
+            "%s: CV roc_auc %s f1 %s (%.1f s)",
+            name,
+            _num(s["roc_auc"]["value"]),
+            _num(s["f1"]["value"]),
+            cv[name].seconds,
+        )
     summaries = {n: r.summary for n, r in cv.items()}
     order = rank(summaries, cfg.rank_by)
     result: dict[str, Any] = {
@@ -633,7 +690,10 @@ def run_comparators(
         "best": order[0],
         "thresholds": {n: r.threshold for n, r in cv.items()},
         "seconds": {n: round(r.seconds, 3) for n, r in cv.items()},
-        "oof": {"keys": [str(k) for k in dev_keys], "scores": {n: r.oof.mean(axis=0).round(6).tolist() for n, r in cv.items()}},
+        "oof": {
+            "keys": [str(k) for k in dev_keys],
+            "scores": {n: r.oof.mean(axis=0).round(6).tolist() for n, r in cv.items()},
+        },
     }
     table = ranking_table(summaries, order)
     models: dict[str, tuple[Any, dict]] = {}
@@ -643,9 +703,18 @@ def run_comparators(
         full = np.arange(len(y))
         for name, model, mode in runs:
             pipe = _fit_task(model, tasks[mode], full, y, seed=cfg.seed, n_jobs=cfg.n_jobs)
-            meta = {"name": name, "model": model, "mode": mode, "features": list(cfg.features), "columns": result["columns"],
-                    "threshold": cv[name].threshold, "threshold_rule": "majority" if mode == "seed-pairs" else cfg.threshold_rule,
-                    "seed": cfg.seed, "n_train": int(len(y)), "max_pairs": cfg.max_pairs}
+            meta = {
+                "name": name,
+                "model": model,
+                "mode": mode,
+                "features": list(cfg.features),
+                "columns": result["columns"],
+                "threshold": cv[name].threshold,
+                "threshold_rule": "majority" if mode == "seed-pairs" else cfg.threshold_rule,
+                "seed": cfg.seed,
+                "n_train": int(len(y)),
+                "max_pairs": cfg.max_pairs,
+            }
             models[name] = (pipe, meta)
             if test is not None:
                 keys, s = _score_split(pipe, mode, test, test_fm, cfg)
@@ -658,7 +727,9 @@ def run_comparators(
     return result | {"table": table}
 
 
-def _score_split(pipe, mode: str, test: SplitData, test_fm: FeatureMatrix | None, cfg: CompareConfig) -> tuple[np.ndarray, np.ndarray]:
+def _score_split(
+    pipe, mode: str, test: SplitData, test_fm: FeatureMatrix | None, cfg: CompareConfig
+) -> tuple[np.ndarray, np.ndarray]:
     if mode == "per-image":
         task = _Task("per-image", test_fm.X, None)
         return test_fm.keys, _score_task(pipe, task, np.arange(len(test_fm.X)), seed=cfg.seed, n_jobs=cfg.n_jobs)
@@ -687,8 +758,13 @@ def _write_outputs(out_dir: Path, result: dict, table: str, models: dict, test_s
                 old.unlink()
                 old.with_suffix(".json").unlink(missing_ok=True)
     for name, (keys, s, pred) in test_scores.items():
-        meta = {"scorer": name, "threshold": result["thresholds"][name], "rule": models[name][1]["threshold_rule"],
-                "source": "compare", "calibrated_on": "dev (cross-validated out-of-fold scores)"}
+        meta = {
+            "scorer": name,
+            "threshold": result["thresholds"][name],
+            "rule": models[name][1]["threshold_rule"],
+            "source": "compare",
+            "calibrated_on": "dev (cross-validated out-of-fold scores)",
+        }
         write_scores(scores_dir / f"{name}.csv", keys, s, pred, meta=meta)
     with atomic_path(out_dir / "compare") as tmp:
         tmp.mkdir(parents=True)
@@ -698,6 +774,8 @@ def _write_outputs(out_dir: Path, result: dict, table: str, models: dict, test_s
         if best in test_scores:
             keys, _, pred = test_scores[best]
             write_run_file(tmp / "run.csv", keys, pred)
-        write_text(tmp / "ranking.md", f"# Comparators (CV on dev, ranked by {result['config']['rank_by']})\n\n{table}\n")
+        write_text(
+            tmp / "ranking.md", f"# Comparators (CV on dev, ranked by {result['config']['rank_by']})\n\n{table}\n"
+        )
         write_json(tmp / "cv.json", result)
     log.info("compare: wrote %s (best: %s)", out_dir / "compare", result["best"])

@@ -69,8 +69,12 @@ class Features:
         """The rows `idx`, in that order."""
         idx = np.asarray(idx, dtype=np.int64)
         return Features(
-            self.keys[idx], self.roles[idx], self.labels[idx], self.embeddings[idx],
-            None if self.fmaps is None else self.fmaps[idx], dict(self.meta),
+            self.keys[idx],
+            self.roles[idx],
+            self.labels[idx],
+            self.embeddings[idx],
+            None if self.fmaps is None else self.fmaps[idx],
+            dict(self.meta),
         )
 
     def select(self, role: str | Iterable[str] | None = None, label: str | Iterable[str] | None = None) -> "Features":
@@ -86,13 +90,18 @@ class Features:
         pos = {k: i for i, k in enumerate(self.keys.tolist())}
         missing = [k for k in keys if k not in pos]
         if missing:
-            raise FingerprintError(f"{source}: {len(missing)} key(s) not in the features (first: {', '.join(missing[:3])})")
+            raise FingerprintError(
+                f"{source}: {len(missing)} key(s) not in the features (first: {', '.join(missing[:3])})"
+            )
         return np.array([pos[k] for k in keys], dtype=np.int64)
 
     def save(self, path: str | Path) -> Path:
         """One .npz (no pickle), written atomically."""
         arrays = {
-            "keys": self.keys, "roles": self.roles, "labels": self.labels, "embeddings": self.embeddings,
+            "keys": self.keys,
+            "roles": self.roles,
+            "labels": self.labels,
+            "embeddings": self.embeddings,
             "meta": np.array(json.dumps(self.meta, sort_keys=True)),
         }
         if self.fmaps is not None:
@@ -115,8 +124,12 @@ class Features:
                     raise FingerprintError(f"{path}: not a features file (missing {', '.join(missing)})")
                 meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
                 feats = cls(
-                    z["keys"], z["roles"], z["labels"], z["embeddings"],
-                    z["fmaps"] if fmaps and "fmaps" in z.files else None, meta,
+                    z["keys"],
+                    z["roles"],
+                    z["labels"],
+                    z["embeddings"],
+                    z["fmaps"] if fmaps and "fmaps" in z.files else None,
+                    meta,
                 )
         except FingerprintError:
             raise
@@ -138,9 +151,12 @@ def merge(parts: Sequence[Features]) -> tuple[Features, int]:
     keys = np.concatenate([p.keys for p in parts])
     _, first = np.unique(keys, return_index=True)  # np.unique sorts by key
     cat = Features(
-        keys, np.concatenate([p.roles for p in parts]), np.concatenate([p.labels for p in parts]),
+        keys,
+        np.concatenate([p.roles for p in parts]),
+        np.concatenate([p.labels for p in parts]),
         np.concatenate([p.embeddings for p in parts]),
-        np.concatenate([p.fmaps for p in parts]) if parts[0].fmaps is not None else None, dict(parts[0].meta),
+        np.concatenate([p.fmaps for p in parts]) if parts[0].fmaps is not None else None,
+        dict(parts[0].meta),
     )
     return cat.take(first), len(keys) - len(first)
 
@@ -213,7 +229,10 @@ def embed_shards(
     seconds = time.perf_counter() - start
     dim = int(embs[0].shape[1]) if embs else 0
     local = Features(
-        keys, roles, labels, np.concatenate(embs) if embs else np.zeros((0, dim), np.float32),
+        keys,
+        roles,
+        labels,
+        np.concatenate(embs) if embs else np.zeros((0, dim), np.float32),
         (np.concatenate(maps) if maps else np.zeros((0, 1, 1, 1), np.float16)) if fmaps else None,
     )
     parts = [local]
@@ -241,7 +260,13 @@ def embed_shards(
     log.info("embed: %d images on %d process(es) in %.1f s (%.1f images/s)", images, world, seconds, rate)
     if stats is not None:
         stats.update(
-            images=images, unique=len(feats), encode_seconds=round(seconds, 3), images_per_s=round(rate, 2),
-            world_size=world, per_rank=counts, duplicates=dupes, skipped=skipped,
+            images=images,
+            unique=len(feats),
+            encode_seconds=round(seconds, 3),
+            images_per_s=round(rate, 2),
+            world_size=world,
+            per_rank=counts,
+            duplicates=dupes,
+            skipped=skipped,
         )
     return feats

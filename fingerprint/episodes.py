@@ -122,8 +122,16 @@ class BalancedQueries:
     class that is still needed is an error naming what this process received.
     """
 
-    def __init__(self, stream: Iterable[dict], keys: Iterable[str], labels: dict[str, str], queries: int,
-                 n_batches: int, *, where: str = "this process"):
+    def __init__(
+        self,
+        stream: Iterable[dict],
+        keys: Iterable[str],
+        labels: dict[str, str],
+        queries: int,
+        n_batches: int,
+        *,
+        where: str = "this process",
+    ):
         if queries < 2 or queries % 2:
             raise FingerprintError(f"episode queries must be an even number >= 2, got {queries}")
         if n_batches < 1:
@@ -209,8 +217,16 @@ class SupportSampler:
     def rng(self, epoch: int, step: int, rank: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, step, rank, 7])
 
-    def sample(self, q_emb: np.ndarray | Tensor | None, bank: Bank | None, *, epoch: int, step: int,
-               rank: int = 0, n_queries: int | None = None) -> np.ndarray:
+    def sample(
+        self,
+        q_emb: np.ndarray | Tensor | None,
+        bank: Bank | None,
+        *,
+        epoch: int,
+        step: int,
+        rank: int = 0,
+        n_queries: int | None = None,
+    ) -> np.ndarray:
         """(Q,K) int64 pool ids: nearest first (by cosine, best first), then random ones."""
         rng = self.rng(epoch, step, rank)
         q = n_queries if q_emb is None else len(q_emb)
@@ -237,8 +253,9 @@ def nearest(bank: Bank, q_emb: np.ndarray | Tensor, k: int) -> tuple[np.ndarray,
     return search(bank.index, np.ascontiguousarray(q_emb, dtype=np.float32), k)
 
 
-def bank_support_fn(bank: Bank, ids_fn: Callable[[Tensor], np.ndarray], record: list | None = None
-                    ) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+def bank_support_fn(
+    bank: Bank, ids_fn: Callable[[Tensor], np.ndarray], record: list | None = None
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """A `support_fn` for FingerprintModel.forward: query embeddings -> (s_emb, s_fmap) from the bank.
 
     `ids_fn(q_emb)` picks the (Q,K) pool ids; they are appended to `record` if given.

@@ -97,8 +97,14 @@ class VAE(nn.Module):
         d, h, r = cfg.resolution**2, cfg.hidden, cfg.resolution
         self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(d, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU())
         self.to_stats = nn.Linear(h, 2 * cfg.latent_dim)
-        self.decoder = nn.Sequential(nn.Linear(cfg.latent_dim, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
-                                     nn.Linear(h, d), nn.Unflatten(1, (1, r, r)))
+        self.decoder = nn.Sequential(
+            nn.Linear(cfg.latent_dim, h),
+            nn.SiLU(),
+            nn.Linear(h, h),
+            nn.SiLU(),
+            nn.Linear(h, d),
+            nn.Unflatten(1, (1, r, r)),
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)
@@ -120,14 +126,20 @@ class Upsampler(nn.Module):
         super().__init__()
         self.factor = factor
         self.net = nn.Sequential(
-            nn.Conv2d(1, width, 5, 1, 2), nn.SiLU(),
-            nn.Conv2d(width, width, 3, 1, 1), nn.SiLU(),
-            nn.Conv2d(width, factor * factor, 3, 1, 1), nn.PixelShuffle(factor),
+            nn.Conv2d(1, width, 5, 1, 2),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 3, 1, 1),
+            nn.SiLU(),
+            nn.Conv2d(width, factor * factor, 3, 1, 1),
+            nn.PixelShuffle(factor),
         )
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
-        base = lr if self.factor == 1 else F.interpolate(lr, scale_factor=self.factor, mode="bilinear",
-                                                         align_corners=False)
+        base = (
+            lr
+            if self.factor == 1
+            else F.interpolate(lr, scale_factor=self.factor, mode="bilinear", align_corners=False)
+        )
         return base + self.net(lr)
 
 
@@ -152,18 +164,34 @@ def fit_latent_mixture(codes: np.ndarray, components: int, *, seed: int = 0) -> 
     codes = np.asarray(codes, np.float64)
     k = max(1, min(components, len(codes)))
     reg = 1e-6 + 1e-3 * float(codes.var(axis=0).mean())
-    gmm = GaussianMixture(k, covariance_type="diag", reg_covar=reg, random_state=seed % (2**32), max_iter=200,
-                          n_init=1, init_params="k-means++")
+    gmm = GaussianMixture(
+        k,
+        covariance_type="diag",
+        reg_covar=reg,
+        random_state=seed % (2**32),
+        max_iter=200,
+        n_init=1,
+        init_params="k-means++",
+    )
     gmm.fit(codes)
     w = gmm.weights_ / gmm.weights_.sum()
-    return LatentMixture(weights=w, means=gmm.means_.astype(np.float32), stds=np.sqrt(gmm.covariances_).astype(np.float32))
+    return LatentMixture(
+        weights=w, means=gmm.means_.astype(np.float32), stds=np.sqrt(gmm.covariances_).astype(np.float32)
+    )
 
 
 class Generator:
     """The trained generator: latent mixture -> VAE decoder -> upsampler -> uint8 images."""
 
-    def __init__(self, cfg: GeneratorConfig, vae: VAE, upsampler: Upsampler, mixture: LatentMixture, out_size: int,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        cfg: GeneratorConfig,
+        vae: VAE,
+        upsampler: Upsampler,
+        mixture: LatentMixture,
+        out_size: int,
+        device: torch.device | str = "cpu",
+    ):
         self.cfg = cfg
         self.vae = vae.eval()
         self.upsampler = upsampler.eval()
@@ -179,9 +207,9 @@ class Generator:
         """Latent codes (n, d) -> uint8 images (n, out_size, out_size)."""
         out = np.empty((len(z), self.out_size, self.out_size), np.uint8)
         for i in range(0, len(z), batch_size):
-            zb = torch.from_numpy(np.ascontiguousarray(z[i:i + batch_size])).to(self.device)
+            zb = torch.from_numpy(np.ascontiguousarray(z[i : i + batch_size])).to(self.device)
             img = self.upsampler(self.vae.decode(zb)).clamp_(0.0, 1.0)
-            out[i:i + len(zb)] = (img[:, 0] * 255.0).round_().to(torch.uint8).cpu().numpy()
+            out[i : i + len(zb)] = (img[:, 0] * 255.0).round_().to(torch.uint8).cpu().numpy()
         return out
 
     def sample(self, n: int, *, seed: int = 0, temperature: float | None = None) -> np.ndarray:
@@ -267,15 +295,17 @@ def train_generator(
         t0 = time.perf_counter()
         vae.eval()
         with torch.no_grad():
-            codes = torch.cat([vae.encode(lr_images[i:i + 256].to(accelerator.device))[0].float().cpu()
-                               for i in range(0, n, 256)]).numpy()
+            codes = torch.cat(
+                [vae.encode(lr_images[i : i + 256].to(accelerator.device))[0].float().cpu() for i in range(0, n, 256)]
+            ).numpy()
         mixture = fit_latent_mixture(codes, cfg.components, seed=seed)
         history["mixture_seconds"] = round(time.perf_counter() - t0, 3)
         history["mixture_components"] = len(mixture.weights)
 
         t0 = time.perf_counter()
-        ups = _train_upsampler(ups, hr, factor, cfg, seed, accelerator, rank, world, history["upsampler"],
-                               progress and main)
+        ups = _train_upsampler(
+            ups, hr, factor, cfg, seed, accelerator, rank, world, history["upsampler"], progress and main
+        )
         history["upsampler_seconds"] = round(time.perf_counter() - t0, 3)
     gen = Generator(cfg, vae.float(), ups.float(), mixture, size, device=accelerator.device)
     return gen, history
@@ -297,7 +327,7 @@ def _train_vae(vae, x_all, cfg, seed, accelerator, rank, world, curve, progress)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
         sums = torch.zeros(3, device=accelerator.device)
         for i in range(0, n, bs):
-            idx = perm[i:i + bs]
+            idx = perm[i : i + bs]
             if len(idx) < world:
                 continue
             x = x_all[idx[rank::world]].to(accelerator.device)
@@ -313,7 +343,7 @@ def _train_vae(vae, x_all, cfg, seed, accelerator, rank, world, curve, progress)
             sums += torch.stack([loss.detach(), rec.detach(), kl.detach()]) * len(x)
             step += 1
         sums = accelerator.reduce(sums, reduction="sum")
-        n_seen = sum(len(perm[i:i + bs]) for i in range(0, n, bs) if n - i >= world)
+        n_seen = sum(len(perm[i : i + bs]) for i in range(0, n, bs) if n - i >= world)
         loss, rec, kl = (sums / n_seen).tolist()
         curve.append({"epoch": epoch + 1, "loss": round(loss, 7), "recon": round(rec, 7), "kl": round(kl, 7)})
         bar.set_postfix(loss=f"{loss:.5f}")
@@ -336,7 +366,7 @@ def _train_upsampler(ups, hr, factor, cfg, seed, accelerator, rank, world, curve
         oy = torch.randint(0, (size - patch) // factor + 1, (bs,), generator=gen) * factor
         ox = torch.randint(0, (size - patch) // factor + 1, (bs,), generator=gen) * factor
         mine = range(rank, bs, world)
-        target = torch.stack([hr[img[k], :, oy[k]:oy[k] + patch, ox[k]:ox[k] + patch] for k in mine])
+        target = torch.stack([hr[img[k], :, oy[k] : oy[k] + patch, ox[k] : ox[k] + patch] for k in mine])
         target = target.to(accelerator.device)
         low = F.avg_pool2d(target, factor) if factor > 1 else target
         for g in opt.param_groups:

@@ -152,8 +152,9 @@ def evaluate(
     return out
 
 
-def _bootstrap(boot: dict[str, list], y_true: np.ndarray, scores: np.ndarray | None, y_pred: np.ndarray,
-               n_boot: int, seed: int) -> None:
+def _bootstrap(
+    boot: dict[str, list], y_true: np.ndarray, scores: np.ndarray | None, y_pred: np.ndarray, n_boot: int, seed: int
+) -> None:
     """Stratified resamples (used and not-used drawn separately): every resample has both classes."""
     rng = np.random.default_rng(seed)
     groups = [g for g in (np.flatnonzero(y_true == c) for c in (0, 1)) if len(g)]
@@ -165,7 +166,9 @@ def _bootstrap(boot: dict[str, list], y_true: np.ndarray, scores: np.ndarray | N
                 boot[m].append(v)
 
 
-def calibrate_threshold(y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, rule: str = "max_f1") -> float:
+def calibrate_threshold(
+    y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, rule: str = "max_f1"
+) -> float:
     """Decision threshold (predict used when score >= threshold) from labelled scores.
 
     `max_f1` (the default: F1 on "used" is the official 2023 metric) picks the
@@ -231,13 +234,13 @@ def read_truth(path: str | Path) -> dict[str, int]:
     return truth
 
 
-def align_truth(keys: Sequence[str], truth: dict[str, int], *, source: str = "scores", truth_path: str = "truth") -> np.ndarray:
+def align_truth(
+    keys: Sequence[str], truth: dict[str, int], *, source: str = "scores", truth_path: str = "truth"
+) -> np.ndarray:
     """Truth labels in the order of `keys`; a clear error for keys on one side only."""
     missing = [k for k in keys if k not in truth]
     if missing:
-        raise FingerprintError(
-            f"{source}: {len(missing)} key(s) not in {truth_path} (first: {', '.join(missing[:3])})"
-        )
+        raise FingerprintError(f"{source}: {len(missing)} key(s) not in {truth_path} (first: {', '.join(missing[:3])})")
     keyset = set(keys)
     unscored = [k for k in truth if k not in keyset]
     if unscored:

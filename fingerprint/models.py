@@ -94,9 +94,7 @@ class ModelConfig:
 
 def seed_config() -> ModelConfig:
     """The seed's run-1 network: two separate ResNet-101s (7x7/2 stem, no max-pool), seed head, 256x256."""
-    return ModelConfig(
-        backbone="resnet101", shared=False, relation="seed", pool="mean", image_size=256, seed_stem=True
-    )
+    return ModelConfig(backbone="resnet101", shared=False, relation="seed", pool="mean", image_size=256, seed_stem=True)
 
 
 class Backbone(nn.Module):
@@ -260,7 +258,9 @@ class FingerprintModel(nn.Module):
     def relate(self, q_fmap: Tensor, s_fmap: Tensor) -> Tensor:
         """Query maps (Q,C,h,w) and support maps (Q,K,C,h,w) -> pair logits (Q,K)."""
         if s_fmap.ndim != 5 or q_fmap.ndim != 4 or s_fmap.shape[0] != q_fmap.shape[0]:
-            raise ValueError(f"relate wants (Q,C,h,w) and (Q,K,C,h,w), got {tuple(q_fmap.shape)} and {tuple(s_fmap.shape)}")
+            raise ValueError(
+                f"relate wants (Q,C,h,w) and (Q,K,C,h,w), got {tuple(q_fmap.shape)} and {tuple(s_fmap.shape)}"
+            )
         s_fmap = s_fmap.to(q_fmap.dtype)
         cos = (self.embed_fmap(q_fmap).unsqueeze(1) * self.embed_fmap(s_fmap)).sum(-1)
         return self.relation(q_fmap, s_fmap, cos)
@@ -342,7 +342,9 @@ def _read_backbone_weights(path: Path, backbone: str) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise FingerprintError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise FingerprintError(
+            f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -359,7 +361,11 @@ def _load_backbone_state(bb: Backbone, state: dict[str, Tensor], path: Path, bac
     own = bb.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape]
+    bad = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or bad:
         parts = []
         if missing:
@@ -423,7 +429,9 @@ def load_model(model_dir: str | Path) -> tuple[FingerprintModel, dict]:
         raise FingerprintError(f"{weights}: weights file not found")
     digest = sha256_file(weights)
     if digest != meta.get("sha256"):
-        raise FingerprintError(f"{weights}: sha256 {digest[:12]}... does not match model.json ({str(meta.get('sha256'))[:12]}...)")
+        raise FingerprintError(
+            f"{weights}: sha256 {digest[:12]}... does not match model.json ({str(meta.get('sha256'))[:12]}...)"
+        )
     model = FingerprintModel(ModelConfig.from_dict(meta["config"]))
     try:
         state = load_file(str(weights))

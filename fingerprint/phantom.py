@@ -133,7 +133,13 @@ def make_patient(seed: int, index: int, config: PhantomConfig) -> Patient:
         "lung_gap": _u(rng, 0.012, 0.03),
     }
     organs = {
-        "heart": (_u(rng, 0.18, 0.26), _u(rng, 0.72, 0.9), _u(rng, 0.05, 0.14), _u(rng, -0.12, 0.0), _u(rng, -0.7, -0.3)),
+        "heart": (
+            _u(rng, 0.18, 0.26),
+            _u(rng, 0.72, 0.9),
+            _u(rng, 0.05, 0.14),
+            _u(rng, -0.12, 0.0),
+            _u(rng, -0.7, -0.3),
+        ),
         "aorta_r": _u(rng, 0.05, 0.075),
         "aorta_asc_r": _u(rng, 0.065, 0.09),
         "pa_r": _u(rng, 0.055, 0.08),
@@ -168,8 +174,13 @@ def make_patient(seed: int, index: int, config: PhantomConfig) -> Patient:
         window=(_u(rng, -1024.0, -990.0), _u(rng, 250.0, 480.0)),
         noise_hu=_u(rng, 8.0, 32.0) * config.noise,
         psf_px=_u(rng, 0.4, 0.85),
-        table={"gap": _u(rng, 0.015, 0.06), "thick": _u(rng, 0.025, 0.05), "curve": _u(rng, 0.0, 0.12),
-               "hu": _u(rng, -400.0, -150.0), "half": _u(rng, 0.85, 1.05)},
+        table={
+            "gap": _u(rng, 0.015, 0.06),
+            "thick": _u(rng, 0.025, 0.05),
+            "curve": _u(rng, 0.0, 0.12),
+            "hu": _u(rng, -400.0, -150.0),
+            "half": _u(rng, 0.85, 1.05),
+        },
         fov=_u(rng, 0.98, 1.3),
     )
 
@@ -193,20 +204,47 @@ def _draw_findings(rng: np.random.Generator, config: PhantomConfig) -> list[dict
             tiny = rng.random() < 0.5  # tree-in-bud: many tiny nodules
             for _ in range(n):
                 r = _u(rng, 0.006, 0.013) if tiny else _u(rng, 0.01, 0.035)
-                out.append({"kind": "nodule", "u": cu + rng.normal(0, spread), "v": cv + rng.normal(0, spread),
-                            "z": float(np.clip(cz + rng.normal(0, spread / 3), -half, half)), "r": r,
-                            "hu": rng.normal(30.0, 15.0)})
+                out.append(
+                    {
+                        "kind": "nodule",
+                        "u": cu + rng.normal(0, spread),
+                        "v": cv + rng.normal(0, spread),
+                        "z": float(np.clip(cz + rng.normal(0, spread / 3), -half, half)),
+                        "r": r,
+                        "hu": rng.normal(30.0, 15.0),
+                    }
+                )
         elif kind == "cavity":
             u, v, z = pos()
             r = _u(rng, 0.03, 0.08)
-            out.append({"kind": "cavity", "u": u, "v": v, "z": z, "r": r, "wall": r * _u(rng, 0.18, 0.45),
-                        "harm": [(k, rng.normal(0.0, 0.08), _u(rng, 0, 2 * math.pi)) for k in (2, 3, 5)],
-                        "hu": rng.normal(35.0, 12.0)})
+            out.append(
+                {
+                    "kind": "cavity",
+                    "u": u,
+                    "v": v,
+                    "z": z,
+                    "r": r,
+                    "wall": r * _u(rng, 0.18, 0.45),
+                    "harm": [(k, rng.normal(0.0, 0.08), _u(rng, 0, 2 * math.pi)) for k in (2, 3, 5)],
+                    "hu": rng.normal(35.0, 12.0),
+                }
+            )
         else:
             u, v, z = pos()
-            out.append({"kind": "consolidation", "u": u, "v": v, "z": z, "a": _u(rng, 0.06, 0.17),
-                        "b": _u(rng, 0.05, 0.14), "rz": _u(rng, 0.04, 0.12), "angle": _u(rng, 0, math.pi),
-                        "hu": _u(rng, -350.0, 20.0), "texture": rng.standard_normal((12, 12)).astype(np.float32)})
+            out.append(
+                {
+                    "kind": "consolidation",
+                    "u": u,
+                    "v": v,
+                    "z": z,
+                    "a": _u(rng, 0.06, 0.17),
+                    "b": _u(rng, 0.05, 0.14),
+                    "rz": _u(rng, 0.04, 0.12),
+                    "angle": _u(rng, 0, math.pi),
+                    "hu": _u(rng, -350.0, 20.0),
+                    "texture": rng.standard_normal((12, 12)).astype(np.float32),
+                }
+            )
     return out
 
 
@@ -220,8 +258,14 @@ def _vessel_tree(rng: np.random.Generator, body: dict) -> np.ndarray:
     n_roots = rng.integers(6, 9, size=2)
     side = np.repeat(np.array([-1.0, 1.0]), n_roots)
     nr = len(side)
-    start = np.stack([side * 0.2, rng.uniform(-0.12, 0.1, nr),
-                      np.concatenate([np.linspace(-0.3, 0.3, k) for k in n_roots]) + rng.normal(0, 0.04, nr)], 1)
+    start = np.stack(
+        [
+            side * 0.2,
+            rng.uniform(-0.12, 0.1, nr),
+            np.concatenate([np.linspace(-0.3, 0.3, k) for k in n_roots]) + rng.normal(0, 0.04, nr),
+        ],
+        1,
+    )
     d = np.stack([side, rng.normal(0, 0.6, nr), rng.normal(0, 0.6, nr)], 1)
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     length = rng.uniform(0.13, 0.2, nr)
@@ -240,8 +284,9 @@ def _vessel_tree(rng: np.random.Generator, body: dict) -> np.ndarray:
         perp = rnd - (rnd * d).sum(1, keepdims=True) * d
         perp /= np.maximum(np.linalg.norm(perp, axis=1, keepdims=True), 1e-9)
         ang = rng.uniform(0.35, 0.75, (nb, 2))
-        d = np.concatenate([np.cos(ang[:, :1]) * d + np.sin(ang[:, :1]) * perp,
-                            np.cos(ang[:, 1:]) * d - np.sin(ang[:, 1:]) * perp])
+        d = np.concatenate(
+            [np.cos(ang[:, :1]) * d + np.sin(ang[:, :1]) * perp, np.cos(ang[:, 1:]) * d - np.sin(ang[:, 1:]) * perp]
+        )
         side = np.concatenate([side, side])
         # keep trees growing outwards from the mediastinum
         d[:, 0] = np.where(d[:, 0] * side < -0.2, -d[:, 0], d[:, 0])
@@ -293,7 +338,7 @@ class _Canvas:
         self.px = 2.0 / size
         cx, cy, rot, scale = pose
         self.cx, self.cy, self.cos, self.sin, self.scale = cx, cy, math.cos(rot), math.sin(rot), scale
-        c = ((np.arange(size, dtype=np.float32) + 0.5) * self.px - 1.0)
+        c = (np.arange(size, dtype=np.float32) + 0.5) * self.px - 1.0
         self.x = c[None, :]
         self.y = c[:, None]
         dx, dy = self.x - cx, self.y - cy
@@ -455,10 +500,8 @@ def _mediastinum(cv: _Canvas, p: Patient, t: float, sv: float, sr: float, heart_
         cv.blob(0.0, tv, tr + 0.008, tr + 0.006, wall, inner=(tr / (tr + 0.008), air))
     elif t < 0.52:
         for side in (-1, 1):
-            cv.blob(side * (0.07 + (t - 0.42) * 1.2), tv + 0.02, tr * 0.75 + 0.007, tr * 0.7, wall,
-                    inner=(0.8, air))
-    cv.blob(0.035, sv - sr - 0.03, 0.03, 0.022, HU["soft"] - 5.0,
-            inner=(0.35, air) if O["esophagus_air"] else None)
+            cv.blob(side * (0.07 + (t - 0.42) * 1.2), tv + 0.02, tr * 0.75 + 0.007, tr * 0.7, wall, inner=(0.8, air))
+    cv.blob(0.035, sv - sr - 0.03, 0.03, 0.022, HU["soft"] - 5.0, inner=(0.35, air) if O["esophagus_air"] else None)
 
 
 def _spine_and_ribs(cv: _Canvas, p: Patient, t: float, dz: float, sv: float, sr: float, width: float) -> None:
@@ -471,23 +514,35 @@ def _spine_and_ribs(cv: _Canvas, p: Patient, t: float, dz: float, sv: float, sr:
     cv.blob(0.0, canal_v, O["canal_r"], O["canal_r"] * 0.9, HU["soft"] - 15.0)
     cv.blob(0.0, canal_v + O["canal_r"] + 0.045, 0.014, 0.05, cortex, inner=(0.5, marrow))
     for side in (-1, 1):
-        cv.blob(side * (sr * 0.95 + 0.03), canal_v - 0.01, 0.055, 0.016, cortex, angle=side * 0.35,
-                inner=(0.5, marrow))
+        cv.blob(side * (sr * 0.95 + 0.03), canal_v - 0.01, 0.055, 0.016, cortex, angle=side * 0.35, inner=(0.5, marrow))
     # ribs slide round the wall with the level (they run obliquely)
     for ang0, drift, half_len, half_w in p.ribs:
         ang = float(ang0 + drift * (t - p.level) * 0.8 + drift * dz)
         # body radius at this angle (same formula as the grid), minus the wall layers
-        rc = float(_radius(np.array([ang]), B["a"] * width, B["b_front"] * width, B["b_back"] * width,
-                           B["p"], B["harm"])[0])
+        rc = float(
+            _radius(np.array([ang]), B["a"] * width, B["b_front"] * width, B["b_back"] * width, B["p"], B["harm"])[0]
+        )
         r_wall = rc - B["skin"] - B["fat"] - B["muscle"] * 0.6
         u, v = r_wall * math.cos(ang), r_wall * math.sin(ang)
         front = math.sin(ang) < -0.45
         value = HU["cartilage"] if front else cortex
-        cv.blob(u, v, half_len, half_w, value, angle=ang + math.pi / 2,
-                inner=None if front else (0.6, marrow))
+        cv.blob(u, v, half_len, half_w, value, angle=ang + math.pi / 2, inner=None if front else (0.6, marrow))
     if 0.3 < t < 0.85:
-        sy = -float(_radius(np.array([-math.pi / 2]), B["a"] * width, B["b_front"] * width, B["b_back"] * width,
-                            B["p"], B["harm"])[0]) + B["skin"] + B["fat"] * 0.8 + 0.03
+        sy = (
+            -float(
+                _radius(
+                    np.array([-math.pi / 2]),
+                    B["a"] * width,
+                    B["b_front"] * width,
+                    B["b_back"] * width,
+                    B["p"],
+                    B["harm"],
+                )[0]
+            )
+            + B["skin"]
+            + B["fat"] * 0.8
+            + 0.03
+        )
         cv.blob(0.0, sy, 0.07, 0.025, cortex, inner=(0.7, marrow))
     scap_k, scap_len = O["scapula"]
     if t < 0.6:
@@ -611,7 +666,7 @@ def _table(cv: _Canvas, p: Patient, body: np.ndarray) -> None:
     inside = np.minimum(y - surface, surface + T["thick"] - y) / cv.px  # pixels inside the slab
     across = np.clip(0.5 - (np.abs(cv.x) - T["half"]) / cv.px, 0, 1)
     slab = np.clip(inside + 0.5, 0, 1) * across
-    shell = (slab - np.clip(inside - 1.5, 0, 1) * across)
+    shell = slab - np.clip(inside - 1.5, 0, 1) * across
     hu = cv.hu[r0:]
     hu += slab * (T["hu"] - hu)
     hu += shell * (HU["table_shell"] - hu)
@@ -627,7 +682,9 @@ class PhantomSet:
     has_tb: np.ndarray  # bool (n,)
 
 
-def generate(n_images: int, *, seed: int = 0, config: PhantomConfig | None = None, progress: bool = False) -> PhantomSet:
+def generate(
+    n_images: int, *, seed: int = 0, config: PhantomConfig | None = None, progress: bool = False
+) -> PhantomSet:
     """Render `n_images` slices: consecutive groups of `slices_per_patient` come from one patient."""
     config = config or PhantomConfig()
     k = config.slices_per_patient

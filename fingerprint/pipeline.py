@@ -52,8 +52,6 @@ class RunConfig:
     force: bool = False
 
 
-
-
 def check_data_dir(data_dir: Path) -> Path | None:
     """Check DATA_DIR holds dev/ and test/; return its test_truth.csv if present."""
     data_dir = Path(data_dir)
@@ -75,8 +73,9 @@ class Stages:
         self.log = JsonlLogger(out / "log.jsonl")
         self.timings: dict[str, float] = {}
 
-    def __call__(self, name: str, command: str, argv: Sequence[object], outputs: Sequence[Path],
-                 derived: bool = False) -> None:
+    def __call__(
+        self, name: str, command: str, argv: Sequence[object], outputs: Sequence[Path], derived: bool = False
+    ) -> None:
         """Run one stage; `derived` stages (evaluate, report) are cheap and always redone."""
         if not self.force and not derived and outputs and all(Path(p).exists() for p in outputs):
             log.info("[%s] outputs exist: skipped", name)
@@ -122,8 +121,20 @@ def run_pipeline(cfg: RunConfig) -> dict:
     for s in SPLITS:
         stage(f"pack-{s}", "pack", [data / s, shards[s], *seed], [shards[s] / "manifest.json"])
 
-    train_argv = ["--shards", shards["dev"], "--out", model, "--backbone", cfg.backbone,
-                  "--image-size", cfg.image_size, "--mixed-precision", cfg.mixed_precision, *seed, *threads]
+    train_argv = [
+        "--shards",
+        shards["dev"],
+        "--out",
+        model,
+        "--backbone",
+        cfg.backbone,
+        "--image-size",
+        cfg.image_size,
+        "--mixed-precision",
+        cfg.mixed_precision,
+        *seed,
+        *threads,
+    ]
     if cfg.epochs is not None:
         train_argv += ["--epochs", cfg.epochs]
     if cfg.train_config is not None:
@@ -131,20 +142,67 @@ def run_pipeline(cfg: RunConfig) -> dict:
     stage("train", "train", train_argv, [model / "model.json"])
 
     for s in SPLITS:
-        stage(f"embed-{s}", "embed", ["--model", model, "--shards", shards[s], "--out", feats[s], "--fmaps",
-                                      "--batch-size", cfg.batch_size, "--mixed-precision", cfg.mixed_precision,
-                                      "--log", out / "log.jsonl", *seed, *threads], [feats[s]])
-        stage(f"index-{s}", "index", ["--features", feats[s], "--out", index[s], "--index-factory", cfg.index_factory,
-                                      "--log", out / "log.jsonl", *seed, *threads], [index[s]])
+        stage(
+            f"embed-{s}",
+            "embed",
+            [
+                "--model",
+                model,
+                "--shards",
+                shards[s],
+                "--out",
+                feats[s],
+                "--fmaps",
+                "--batch-size",
+                cfg.batch_size,
+                "--mixed-precision",
+                cfg.mixed_precision,
+                "--log",
+                out / "log.jsonl",
+                *seed,
+                *threads,
+            ],
+            [feats[s]],
+        )
+        stage(
+            f"index-{s}",
+            "index",
+            [
+                "--features",
+                feats[s],
+                "--out",
+                index[s],
+                "--index-factory",
+                cfg.index_factory,
+                "--log",
+                out / "log.jsonl",
+                *seed,
+                *threads,
+            ],
+            [index[s]],
+        )
 
     n_real, n_gen = _split_sizes(shards["test"])
     for scorer in ("relation", *cfg.baselines):
         if scorer == "seed_rule" and n_real * n_gen > cfg.seed_rule_max_pairs:
-            log.info("[score] seed_rule skipped: %d x %d pairs > --seed-rule-max-pairs %d", n_real, n_gen,
-                     cfg.seed_rule_max_pairs)
+            log.info(
+                "[score] seed_rule skipped: %d x %d pairs > --seed-rule-max-pairs %d",
+                n_real,
+                n_gen,
+                cfg.seed_rule_max_pairs,
+            )
             continue
         for s in SPLITS:
-            argv = ["--scorer", scorer, "--out", scores[s] / f"{scorer}.csv", "--log", out / "log.jsonl", *seed, *threads]
+            argv = [
+                "--scorer",
+                scorer,
+                "--out",
+                scores[s] / f"{scorer}.csv",
+                "--log",
+                out / "log.jsonl",
+                *seed,
+                *threads,
+            ]
             if scorer in PIXEL_BASELINES:
                 argv += ["--shards", shards[s]]
             else:
@@ -169,22 +227,57 @@ def run_pipeline(cfg: RunConfig) -> dict:
         # untrained baselines only: the dev relation/seed-rule scores come from a model trained on those images
         stacked = [b for b in cfg.baselines if b in ("dcr", "ssim", "emb_nn", "emb_topk")]
         features = ["--features", "profile,baselines", "--baselines", ",".join(stacked)] if stacked else []
-        stage("compare", "compare", ["--dev", feats["dev"], "--test", feats["test"], "--out", out, *features,
-                                     "--dev-scores", scores["dev"], "--test-scores", scores["test"],
-                                     "--n-boot", cfg.n_boot, *seed],
-              [out / "compare" / "cv.json"])
+        stage(
+            "compare",
+            "compare",
+            [
+                "--dev",
+                feats["dev"],
+                "--test",
+                feats["test"],
+                "--out",
+                out,
+                *features,
+                "--dev-scores",
+                scores["dev"],
+                "--test-scores",
+                scores["test"],
+                "--n-boot",
+                cfg.n_boot,
+                *seed,
+            ],
+            [out / "compare" / "cv.json"],
+        )
     if cfg.cluster:
-        stage("cluster", "cluster", ["--dev", feats["dev"], "--test", feats["test"], "--out", out,
-                                     "--n-boot", cfg.n_boot, *seed],
-              [out / "cluster" / "cluster.json"])
+        stage(
+            "cluster",
+            "cluster",
+            ["--dev", feats["dev"], "--test", feats["test"], "--out", out, "--n-boot", cfg.n_boot, *seed],
+            [out / "cluster" / "cluster.json"],
+        )
 
     metrics = None
     if truth is not None:
         shutil.copyfile(truth, out / "test_truth.csv")
         score_files = sorted(str(p) for p in scores["test"].glob("*.csv"))
-        stage("evaluate", "evaluate", [*score_files, "--truth", out / "test_truth.csv", "--out", out / "metrics.json",
-                                       "--split", "test", "--n-boot", cfg.n_boot, *seed],
-              [out / "metrics.json"], derived=True)
+        stage(
+            "evaluate",
+            "evaluate",
+            [
+                *score_files,
+                "--truth",
+                out / "test_truth.csv",
+                "--out",
+                out / "metrics.json",
+                "--split",
+                "test",
+                "--n-boot",
+                cfg.n_boot,
+                *seed,
+            ],
+            [out / "metrics.json"],
+            derived=True,
+        )
         metrics = read_json(out / "metrics.json")
         dev = _dev_metrics(out)
         if dev:
@@ -196,9 +289,15 @@ def run_pipeline(cfg: RunConfig) -> dict:
     if cfg.report:
         stage("report", "report", [out, *seed], [out / "report.html"], derived=True)
     total = time.perf_counter() - t0
-    summary = {"data_dir": str(data), "out": str(out), "seconds": round(total, 1), "stage_seconds": stage.timings,
-               "run_file": str(out / "run.csv"), "metrics": str(out / "metrics.json") if metrics else None,
-               "report": str(out / "report.html") if cfg.report else None}
+    summary = {
+        "data_dir": str(data),
+        "out": str(out),
+        "seconds": round(total, 1),
+        "stage_seconds": stage.timings,
+        "run_file": str(out / "run.csv"),
+        "metrics": str(out / "metrics.json") if metrics else None,
+        "report": str(out / "report.html") if cfg.report else None,
+    }
     write_json(out / "run.json", summary)
     stage.log.log(stage="run", seconds=round(total, 3))
     return summary
@@ -237,8 +336,16 @@ def _dev_metrics(out: Path) -> dict:
     return dev
 
 
-def demo(*, data_dir: Path, out: Path, level: str = "medium", seed: int = 0, force: bool = False,
-         rebuild_data: bool = False, **run_options) -> dict:
+def demo(
+    *,
+    data_dir: Path,
+    out: Path,
+    level: str = "medium",
+    seed: int = 0,
+    force: bool = False,
+    rebuild_data: bool = False,
+    **run_options,
+) -> dict:
     """Build the built-in benchmark once (cached in data_dir), then run the pipeline on it."""
     data_dir = Path(data_dir)
     if rebuild_data or not (data_dir / "synth.json").is_file():

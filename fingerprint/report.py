@@ -29,9 +29,28 @@ from fingerprint.utils import FingerprintError, write_text
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("f1", "accuracy", "precision", "recall", "specificity", "roc_auc", "kappa", "tpr_at_1fpr", "tpr_at_5fpr")
-METRIC_TITLES = {"f1": "F1", "accuracy": "accuracy", "precision": "precision", "recall": "recall", "specificity": "specificity",
-                 "roc_auc": "ROC-AUC", "kappa": "kappa", "tpr_at_1fpr": "TPR@1%FPR", "tpr_at_5fpr": "TPR@5%FPR"}
+METRIC_COLUMNS = (
+    "f1",
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "roc_auc",
+    "kappa",
+    "tpr_at_1fpr",
+    "tpr_at_5fpr",
+)
+METRIC_TITLES = {
+    "f1": "F1",
+    "accuracy": "accuracy",
+    "precision": "precision",
+    "recall": "recall",
+    "specificity": "specificity",
+    "roc_auc": "ROC-AUC",
+    "kappa": "kappa",
+    "tpr_at_1fpr": "TPR@1%FPR",
+    "tpr_at_5fpr": "TPR@5%FPR",
+}
 #: errors a broken optional part may raise; the report turns them into a note.
 PART_ERRORS = (FingerprintError, OSError, ValueError, KeyError, json.JSONDecodeError)
 
@@ -76,8 +95,11 @@ class Section:
         self.html.append(f"<h3>{html.escape(text)}</h3>")
         self.md.append(f"### {text}")
 
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]], *, best_rows: Sequence[int] = (), md_rows=None) -> None:
+    def table(
+        self, header: Sequence[str], rows: Sequence[Sequence[str]], *, best_rows: Sequence[int] = (), md_rows=None
+    ) -> None:
         """A table; cells are plain text (a `(value, ci)` pair renders the interval small)."""
+
         def hcell(c: Any) -> str:
             if isinstance(c, tuple):
                 return f"{html.escape(c[0])} <small>{html.escape(c[1])}</small>" if c[1] else html.escape(c[0])
@@ -94,14 +116,23 @@ class Section:
         )
         self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         md_rows = rows if md_rows is None else md_rows
-        self.md.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                                  *("| " + " | ".join(mcell(c) for c in r) + " |" for r in md_rows)]))
+        self.md.append(
+            "\n".join(
+                [
+                    "| " + " | ".join(header) + " |",
+                    "|" + "---|" * len(header),
+                    *("| " + " | ".join(mcell(c) for c in r) + " |" for r in md_rows),
+                ]
+            )
+        )
 
     def figure(self, png: bytes, caption: str, alt: str | None = None) -> None:
         """An embedded PNG (base64 data URI) with a caption."""
         data = base64.b64encode(png).decode("ascii")
-        self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt or caption)}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.html.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt or caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
         self.md.append(f"*Figure (in report.html): {caption}*")
 
 
@@ -144,7 +175,11 @@ def _fmt(v: Any, digits: int = 3) -> str:
 def _metric_cell(d: dict | None) -> tuple[str, str]:
     if not d or d.get("value") is None:
         return ("n/a", "")
-    ci = f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]" if d.get("ci_low") is not None and d.get("ci_high") is not None else ""
+    ci = (
+        f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}]"
+        if d.get("ci_low") is not None and d.get("ci_high") is not None
+        else ""
+    )
     return (f"{d['value']:.3f}", ci)
 
 
@@ -159,8 +194,8 @@ class RunInputs:
     truth: dict[str, int] | None = None
     truth_source: str | None = None
     truth_problem: str | None = None
-    scores: dict[str, Any] = field(default_factory=dict)        # scorer -> score.ScoreTable
-    score_meta: dict[str, dict] = field(default_factory=dict)   # scorer -> sidecar
+    scores: dict[str, Any] = field(default_factory=dict)  # scorer -> score.ScoreTable
+    score_meta: dict[str, dict] = field(default_factory=dict)  # scorer -> sidecar
     score_problems: list[str] = field(default_factory=list)
     images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # split -> key -> pixels
 
@@ -254,9 +289,14 @@ def section_overview(run: RunInputs) -> Section:
     s = Section("overview", "Overview")
     d = run.run_dir
     parts = [
-        ("shards", (d / "shards").is_dir()), ("model", (d / "model").is_dir()), ("features", (d / "features").is_dir()),
-        ("scores", bool(run.scores)), ("metrics.json", (d / "metrics.json").is_file()), ("truth", run.truth is not None),
-        ("compare", (d / "compare" / "cv.json").is_file()), ("cluster", (d / "cluster" / "cluster.json").is_file()),
+        ("shards", (d / "shards").is_dir()),
+        ("model", (d / "model").is_dir()),
+        ("features", (d / "features").is_dir()),
+        ("scores", bool(run.scores)),
+        ("metrics.json", (d / "metrics.json").is_file()),
+        ("truth", run.truth is not None),
+        ("compare", (d / "compare" / "cv.json").is_file()),
+        ("cluster", (d / "cluster" / "cluster.json").is_file()),
         ("run.csv", (d / "run.csv").is_file()),
     ]
     s.para(f"Run folder: {d.name}. Parts found: " + ", ".join(f"{n} {'yes' if ok else 'no'}" for n, ok in parts) + ".")
@@ -283,8 +323,13 @@ def _stage_timings(path: Path) -> list[list[str]]:
         except json.JSONDecodeError:
             continue
         if isinstance(rec, dict) and "stage" in rec and "seconds" in rec:
-            extra = ", ".join(f"{k} {_fmt(v)}" for k, v in rec.items()
-                              if k not in ("stage", "step", "seconds", "time") and isinstance(v, (int, float)) and not isinstance(v, bool))
+            extra = ", ".join(
+                f"{k} {_fmt(v)}"
+                for k, v in rec.items()
+                if k not in ("stage", "step", "seconds", "time")
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            )
             label = f"run: {rec['step']}" if rec.get("step") else str(rec["stage"])
             rows.append([label, f"{float(rec['seconds']):.1f}", extra])
     return rows
@@ -379,7 +424,11 @@ def section_training(run: RunInputs) -> Section:
         s.note("model/train_log.jsonl has no step or epoch records")
         return s
     plt = _plt()
-    panels = [p for p in ("loss", "lr", "val") if (p != "val" and steps) or (p == "val" and any("val_auc" in e for e in epochs))]
+    panels = [
+        p
+        for p in ("loss", "lr", "val")
+        if (p != "val" and steps) or (p == "val" and any("val_auc" in e for e in epochs))
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.2), squeeze=False)
     for ax, p in zip(axes[0], panels):
         if p == "loss":
@@ -388,7 +437,7 @@ def section_training(run: RunInputs) -> Section:
             ax.plot(x, y, lw=0.8, alpha=0.45, label="logged loss")
             w = max(1, len(y) // 20)
             if w > 1:
-                ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.6, label=f"mean of {w}")
+                ax.plot(x[w - 1 :], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.6, label=f"mean of {w}")
             ax.set_xlabel("step"), ax.set_title("training loss", fontsize=10), ax.legend(fontsize=7)
         elif p == "lr":
             ax.plot([r["step"] for r in steps], [r.get("lr", np.nan) for r in steps], lw=1.2)
@@ -400,21 +449,47 @@ def section_training(run: RunInputs) -> Section:
             handles = ax.get_lines()
             if any("val_loss" in e for e in ev):
                 ax2 = ax.twinx()
-                handles += ax2.plot([e["epoch"] for e in ev], [e.get("val_loss", np.nan) for e in ev], "s--", color="tab:red", label="val loss")
+                handles += ax2.plot(
+                    [e["epoch"] for e in ev],
+                    [e.get("val_loss", np.nan) for e in ev],
+                    "s--",
+                    color="tab:red",
+                    label="val loss",
+                )
                 ax2.set_ylabel("val loss", fontsize=8)
             ax.legend(handles=handles, fontsize=7, loc="lower right")
     fig.tight_layout()
     s.figure(fig_png(fig), "training curves (model/train_log.jsonl)")
     if epochs:
-        s.table(["epoch", "mean loss", "val AUC", "val loss", "seconds"],
-                [[str(e["epoch"]), _fmt(e.get("loss")), _fmt(e.get("val_auc")), _fmt(e.get("val_loss")), _fmt(e.get("seconds"), 1)] for e in epochs])
+        s.table(
+            ["epoch", "mean loss", "val AUC", "val loss", "seconds"],
+            [
+                [
+                    str(e["epoch"]),
+                    _fmt(e.get("loss")),
+                    _fmt(e.get("val_auc")),
+                    _fmt(e.get("val_loss")),
+                    _fmt(e.get("seconds"), 1),
+                ]
+                for e in epochs
+            ],
+        )
     if final:
-        s.para("Training summary: " + ", ".join(f"{k} {_fmt(v)}" for k, v in final.items()
-                                                 if k not in ("stage", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)) + ".")
+        s.para(
+            "Training summary: "
+            + ", ".join(
+                f"{k} {_fmt(v)}"
+                for k, v in final.items()
+                if k not in ("stage", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)
+            )
+            + "."
+        )
     return s
 
 
-def _metrics_rows(results: dict[str, dict], thresholds: dict[str, Any] | None = None) -> tuple[list[str], list[list], list[int]]:
+def _metrics_rows(
+    results: dict[str, dict], thresholds: dict[str, Any] | None = None
+) -> tuple[list[str], list[list], list[int]]:
     """Rows sorted by ROC-AUC; the threshold comes from the metrics or, failing that, the score file's sidecar."""
     thresholds = thresholds or {}
     header = ["scorer", *(METRIC_TITLES[m] for m in METRIC_COLUMNS), "threshold", "tn/fp/fn/tp"]
@@ -447,7 +522,10 @@ def section_metrics(run: RunInputs) -> Section:
         s.note("no metrics.json (written by 'fingerprint evaluate' / 'fingerprint run' when the truth is known)")
         return s
     data = read_json(path)
-    for key, title in (("scorers", f"{data.get('split', 'test')} split"), ("dev", "development split (cross-validated / calibration)")):
+    for key, title in (
+        ("scorers", f"{data.get('split', 'test')} split"),
+        ("dev", "development split (cross-validated / calibration)"),
+    ):
         results = data.get(key) or {}
         if not results:
             continue
@@ -457,8 +535,10 @@ def section_metrics(run: RunInputs) -> Section:
         s.table(header, rows, best_rows=best)
     if run.truth:
         p = sum(run.truth.values()) / len(run.truth)
-        s.para(f"Reference: labelling every image 'used' gives F1 {2 * p / (1 + p):.3f} and accuracy {p:.3f} on this truth; "
-               "ROC-AUC and TPR at low FPR cannot be gamed that way. Rows are sorted by ROC-AUC; the best F1 is highlighted.")
+        s.para(
+            f"Reference: labelling every image 'used' gives F1 {2 * p / (1 + p):.3f} and accuracy {p:.3f} on this truth; "
+            "ROC-AUC and TPR at low FPR cannot be gamed that way. Rows are sorted by ROC-AUC; the best F1 is highlighted."
+        )
     return s
 
 
@@ -473,14 +553,27 @@ def section_comparators(run: RunInputs) -> Section:
         return s
     cv = read_json(path)
     cfg = cv.get("config", {})
-    s.para(f"{cfg.get('folds')}-fold x {cfg.get('repeats')} stratified CV on {cv.get('n_dev')} labelled dev images; "
-           f"features: {', '.join(cfg.get('features', []))}; mode: {cfg.get('mode')}; ranked by {cfg.get('rank_by')}; "
-           f"best: {cv.get('best')}. Values are means over repeats with mean 95% bootstrap bounds.")
+    s.para(
+        f"{cfg.get('folds')}-fold x {cfg.get('repeats')} stratified CV on {cv.get('n_dev')} labelled dev images; "
+        f"features: {', '.join(cfg.get('features', []))}; mode: {cfg.get('mode')}; ranked by {cfg.get('rank_by')}; "
+        f"best: {cv.get('best')}. Values are means over repeats with mean 95% bootstrap bounds."
+    )
     metrics = ("roc_auc", "f1", "accuracy", "kappa", "tpr_at_5fpr")
-    rows = [[str(i), name, *(_metric_cell(cv["cv"][name].get(m)) for m in metrics), _fmt(cv.get("seconds", {}).get(name), 1)]
-            for i, name in enumerate(cv.get("ranking", []), 1)]
-    s.table(["rank", "comparator", *(METRIC_TITLES[m] for m in metrics), "CV seconds"], rows, best_rows=[0] if rows else [])
-    s.para("Caveat: if the embedding model was trained on these same dev images, dev CV numbers are optimistic; the test metrics are the honest ones.")
+    rows = [
+        [
+            str(i),
+            name,
+            *(_metric_cell(cv["cv"][name].get(m)) for m in metrics),
+            _fmt(cv.get("seconds", {}).get(name), 1),
+        ]
+        for i, name in enumerate(cv.get("ranking", []), 1)
+    ]
+    s.table(
+        ["rank", "comparator", *(METRIC_TITLES[m] for m in metrics), "CV seconds"], rows, best_rows=[0] if rows else []
+    )
+    s.para(
+        "Caveat: if the embedding model was trained on these same dev images, dev CV numbers are optimistic; the test metrics are the honest ones."
+    )
     return s
 
 
@@ -504,7 +597,9 @@ def section_roc(run: RunInputs) -> Section:
             continue
         y, sc, _ = t
         if len(y) < len(run.scores[name].keys):
-            s.note(f"scores/{name}.csv: {len(run.scores[name].keys) - len(y)} key(s) not in the truth, left out of its curve")
+            s.note(
+                f"scores/{name}.csv: {len(run.scores[name].keys) - len(y)} key(s) not in the truth, left out of its curve"
+            )
         fpr, tpr, _ = roc_curve(y, sc)
         curves.append((roc_auc_score(y, sc), name, fpr, tpr))
     if not curves:
@@ -533,7 +628,7 @@ def section_histograms(run: RunInputs) -> Section:
     ncols = min(3, len(names))
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 2.7 * nrows), squeeze=False)
-    for ax in axes.ravel()[len(names):]:
+    for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
     for ax, name in zip(axes.ravel(), names):
         table = run.scores[name]
@@ -569,24 +664,51 @@ def section_clustering(run: RunInputs) -> Section:
         return s
     res = read_json(cdir / "cluster.json")
     cfg = res.get("config", {})
-    s.para(f"{cfg.get('method')} linkage, {cfg.get('metric')} distance, cut into {cfg.get('n_clusters')} clusters"
-           + (", real and generated images together." if cfg.get("include_generated") else ", real images only."))
-    keys = ("n_real", "n_generated", "cophenetic_correlation", "silhouette", "ari_used", "nmi_used", "ari_role", "nmi_role")
+    s.para(
+        f"{cfg.get('method')} linkage, {cfg.get('metric')} distance, cut into {cfg.get('n_clusters')} clusters"
+        + (", real and generated images together." if cfg.get("include_generated") else ", real images only.")
+    )
+    keys = (
+        "n_real",
+        "n_generated",
+        "cophenetic_correlation",
+        "silhouette",
+        "ari_used",
+        "nmi_used",
+        "ari_role",
+        "nmi_role",
+    )
     splits = [sp for sp in ("dev", "test") if sp in res]
     s.table(["metric", *splits], [[k, *(_fmt(res[sp]["metrics"].get(k)) for sp in splits)] for k in keys])
     if "dev" in res:
         s.heading("dev clusters")
-        s.table(["cluster", "n", "generated", "used", "not used", "real unknown", "generated share"],
-                [[str(r["cluster"]), str(r["n"]), str(r["generated"]), str(r["used"]), str(r["not_used"]), str(r["real_unknown"]),
-                  f"{r['generated_share']:.3f}"] for r in res["dev"]["composition"]])
+        s.table(
+            ["cluster", "n", "generated", "used", "not used", "real unknown", "generated share"],
+            [
+                [
+                    str(r["cluster"]),
+                    str(r["n"]),
+                    str(r["generated"]),
+                    str(r["used"]),
+                    str(r["not_used"]),
+                    str(r["real_unknown"]),
+                    f"{r['generated_share']:.3f}",
+                ]
+                for r in res["dev"]["composition"]
+            ],
+        )
     for fname, cap in (("dendrogram.png", "dev dendrogram"), ("dendrogram_test.png", "test dendrogram")):
         if (cdir / fname).is_file():
-            s.figure((cdir / fname).read_bytes(), f"{cap} (cluster/{fname}; leaves: points | generated, used, not used)")
+            s.figure(
+                (cdir / fname).read_bytes(), f"{cap} (cluster/{fname}; leaves: points | generated, used, not used)"
+            )
         elif fname == "dendrogram.png":
             s.note(f"no cluster/{fname}")
     sc = res.get("scorer")
     if sc:
-        s.para(f"Cluster scorer: share of generated images in a real image's cluster; threshold {sc['threshold']:.4f} ({sc['rule']}).")
+        s.para(
+            f"Cluster scorer: share of generated images in a real image's cluster; threshold {sc['threshold']:.4f} ({sc['rule']})."
+        )
     return s
 
 
@@ -613,16 +735,24 @@ def section_strips(run: RunInputs, *, scorer: str, top_n: int, k: int) -> Sectio
     groups: list[tuple[str, list[str]]] = []
     if run.truth is not None:
         keys = [key for key in keys if key in run.truth]
-        cats = [("true positives (used, predicted used), highest scores", 1, 1, True),
-                ("false positives (not used, predicted used), highest scores", 0, 1, True),
-                ("false negatives (used, predicted not used), lowest scores", 1, 0, False)]
+        cats = [
+            ("true positives (used, predicted used), highest scores", 1, 1, True),
+            ("false positives (not used, predicted used), highest scores", 0, 1, True),
+            ("false negatives (used, predicted not used), lowest scores", 1, 0, False),
+        ]
         for title, t, p, high in cats:
-            members = sorted((key for key in keys if run.truth[key] == t and label[key] == p), key=lambda q: (-score[q] if high else score[q], q))
+            members = sorted(
+                (key for key in keys if run.truth[key] == t and label[key] == p),
+                key=lambda q: (-score[q] if high else score[q], q),
+            )
             groups.append((title, members[:top_n]))
     else:
         s.note("no truth: strips show the most confident 'used' and 'not used' predictions instead of hits and misses")
         ranked = sorted(keys, key=lambda q: (-score[q], q))
-        groups = [("most confident 'used' predictions", ranked[:top_n]), ("most confident 'not used' predictions", ranked[::-1][:top_n])]
+        groups = [
+            ("most confident 'used' predictions", ranked[:top_n]),
+            ("most confident 'not used' predictions", ranked[::-1][:top_n]),
+        ]
     kk = min(k, nb["neighbour_keys"].shape[1])
     wanted = {key for _, ms in groups for key in ms}
     wanted |= {str(n) for key in wanted for n in nb["neighbour_keys"][row_of[key], :kk]}
@@ -639,11 +769,23 @@ def section_strips(run: RunInputs, *, scorer: str, top_n: int, k: int) -> Sectio
         if not members:
             s.para("none")
             continue
-        rows = [[key, f"{score[key]:.4f}", ", ".join(f"{nb['neighbour_keys'][row_of[key], j]} ({nb['neighbour_sims'][row_of[key], j]:.3f})"
-                                                   for j in range(kk))] for key in members]
+        rows = [
+            [
+                key,
+                f"{score[key]:.4f}",
+                ", ".join(
+                    f"{nb['neighbour_keys'][row_of[key], j]} ({nb['neighbour_sims'][row_of[key], j]:.3f})"
+                    for j in range(kk)
+                ),
+            ]
+            for key in members
+        ]
         if any(key in pixels for key in members):
-            s.figure(_strip_figure(members, nb, row_of, kk, pixels, score, pair), f"{title}: real image, then its {kk} nearest generated images "
-                     "(cosine similarity; relation probability p where known)")
+            s.figure(
+                _strip_figure(members, nb, row_of, kk, pixels, score, pair),
+                f"{title}: real image, then its {kk} nearest generated images "
+                "(cosine similarity; relation probability p where known)",
+            )
         s.table(["real image", f"{scorer} score", "neighbours (cosine)"], rows)
     return s
 
@@ -655,7 +797,9 @@ def _strip_figure(members, nb, row_of, k, pixels, score, pair) -> bytes:
         i = row_of[key]
         cells = [(key, f"{key}\nscore {score[key]:.3f}")]
         for j in range(k):
-            cap = f"{nb['neighbour_keys'][i, j]}\nsim {nb['neighbour_sims'][i, j]:.3f}" + (f", p {pair[i, j]:.3f}" if pair is not None else "")
+            cap = f"{nb['neighbour_keys'][i, j]}\nsim {nb['neighbour_sims'][i, j]:.3f}" + (
+                f", p {pair[i, j]:.3f}" if pair is not None else ""
+            )
             cells.append((str(nb["neighbour_keys"][i, j]), cap))
         for ax, (ck, cap) in zip(row, cells):
             ax.set_xticks([]), ax.set_yticks([])
@@ -688,9 +832,11 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
     """One HTML document: inline CSS, in-page navigation, no external resources."""
     nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
     body = "".join(f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>{"".join(s.html)}</section>' for s in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
-            f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n<nav>{nav}</nav>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n<nav>{nav}</nav>\n{body}\n</body>\n</html>\n"
+    )
 
 
 def render_markdown(title: str, sections: Sequence[Section]) -> str:
@@ -742,7 +888,11 @@ def build_report(
         ("roc", "ROC curves", lambda: section_roc(run)),
         ("histograms", "Score histograms", lambda: section_histograms(run)),
         ("clustering", "Hierarchical clustering", lambda: section_clustering(run)),
-        ("neighbours", "Nearest generated neighbours", lambda: section_strips(run, scorer=strip_scorer, top_n=top_n, k=strip_k)),
+        (
+            "neighbours",
+            "Nearest generated neighbours",
+            lambda: section_strips(run, scorer=strip_scorer, top_n=top_n, k=strip_k),
+        ),
     ]
     sections = [_guard(i, t, fn) for i, t, fn in builders]
     title = f"fingerprint report: {run_dir.resolve().name}"

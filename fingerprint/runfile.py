@@ -116,7 +116,12 @@ def _check(path: Path, ids: list[str] | None) -> list[str]:
             problems.append(f"line {lineno}: blank-line: {RULES['blank-line']}")
             continue
         fields = [f.strip() for f in line.split(",")]
-        if lineno == 1 and len(fields) == 2 and fields[0].lower() in ("figure_id", "id", "key") and fields[1].lower() in ("label", "score"):
+        if (
+            lineno == 1
+            and len(fields) == 2
+            and fields[0].lower() in ("figure_id", "id", "key")
+            and fields[1].lower() in ("label", "score")
+        ):
             problems.append(f"line {lineno}: header: {RULES['header']} (found {line.strip()!r})")
             continue
         if len(fields) != 2:

@@ -177,12 +177,18 @@ def neighbours(real_emb: np.ndarray, gen_emb: np.ndarray, index=None, *, k: int)
     if index is None:
         index = build_index(gen_emb, "Flat")
     if index.ntotal != len(gen_emb):
-        raise FingerprintError(f"score: the index holds {index.ntotal} vectors, the features {len(gen_emb)} generated images")
+        raise FingerprintError(
+            f"score: the index holds {index.ntotal} vectors, the features {len(gen_emb)} generated images"
+        )
     sims, ids = search(index, real_emb, k)
     bad = (ids < 0).any(axis=1)
     rows = np.where(ids >= 0, ids if id_rows is None else id_rows[np.maximum(ids, 0)], -1)
     if bad.any():
-        log.info("score: %d queries got fewer than %d neighbours from the index; using exact search for them", int(bad.sum()), k)
+        log.info(
+            "score: %d queries got fewer than %d neighbours from the index; using exact search for them",
+            int(bad.sum()),
+            k,
+        )
         sims[bad], rows[bad] = exact_search(gen_emb, real_emb[bad], k)
     return sims, rows
 
@@ -199,9 +205,13 @@ def index_rows(index_keys: Sequence[str], gen_keys: Sequence[str], *, source: st
     pos = {k: i for i, k in enumerate(gen_keys)}
     missing = [k for k in index_keys if k not in pos]
     if missing:
-        raise FingerprintError(f"{source}: {len(missing)} indexed key(s) not among the generated features (first: {', '.join(missing[:3])})")
+        raise FingerprintError(
+            f"{source}: {len(missing)} indexed key(s) not among the generated features (first: {', '.join(missing[:3])})"
+        )
     if len(index_keys) != len(gen_keys):
-        raise FingerprintError(f"{source}: indexes {len(index_keys)} images, the features hold {len(gen_keys)} generated")
+        raise FingerprintError(
+            f"{source}: indexes {len(index_keys)} images, the features hold {len(gen_keys)} generated"
+        )
     return np.array([pos[k] for k in index_keys], dtype=np.int64)
 
 
@@ -211,7 +221,9 @@ def _model_device(model) -> torch.device:
 
 def _check_fmaps(model, feats, what: str) -> None:
     if feats.fmaps is None:
-        raise FingerprintError(f"score: the {what} features have no feature maps (re-run 'fingerprint embed' with --fmaps)")
+        raise FingerprintError(
+            f"score: the {what} features have no feature maps (re-run 'fingerprint embed' with --fmaps)"
+        )
     if feats.fmaps.shape[1] != model.channels:
         raise FingerprintError(
             f"score: the {what} feature maps have {feats.fmaps.shape[1]} channels, the model's relation head wants "
@@ -219,7 +231,9 @@ def _check_fmaps(model, feats, what: str) -> None:
         )
 
 
-def pair_logits(model, q_fmaps: np.ndarray, s_fmaps: np.ndarray, rows: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+def pair_logits(
+    model, q_fmaps: np.ndarray, s_fmaps: np.ndarray, rows: np.ndarray, *, batch_size: int = 64
+) -> np.ndarray:
     """Relation logits (Q,K) of each query map with the support maps `s_fmaps[rows]` (rows (Q,K)), batched over queries."""
     device = _model_device(model)
     dtype = next(model.parameters()).dtype

@@ -28,7 +28,15 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from fingerprint import __version__
-from fingerprint.utils import FingerprintError, atomic_path, is_main_process, read_json, sha256_bytes, sha256_file, write_json
+from fingerprint.utils import (
+    FingerprintError,
+    atomic_path,
+    is_main_process,
+    read_json,
+    sha256_bytes,
+    sha256_file,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _layout_folders(src: Path, layout: str) -> list[tuple[Path, str, str]]:
     """(folder, role, label) for the folder layouts; empty when `src` does not match."""
+
     def d(name: str) -> Path:
         return src / name
 
@@ -81,7 +90,11 @@ def _layout_folders(src: Path, layout: str) -> list[tuple[Path, str, str]]:
         spec = [("generated", "generated", "unknown"), ("used", "real", "used"), ("not_used", "real", "not_used")]
         return [(d(n), r, lab) for n, r, lab in spec if d(n).is_dir()]
     if layout == "seed":
-        spec = [("generated", "generated", "unknown"), ("real_used", "real", "used"), ("real_unused", "real", "not_used")]
+        spec = [
+            ("generated", "generated", "unknown"),
+            ("real_used", "real", "used"),
+            ("real_unused", "real", "not_used"),
+        ]
         return [(d(n), r, lab) for n, r, lab in spec if d(n).is_dir()]
     if layout == "test":
         out = []
@@ -181,8 +194,9 @@ def _manifest_sources(manifest: Path) -> list[SourceImage]:
     return out
 
 
-def find_sources(src: str | os.PathLike, layout: str = "auto", manifest: str | os.PathLike | None = None
-                 ) -> tuple[str, list[SourceImage]]:
+def find_sources(
+    src: str | os.PathLike, layout: str = "auto", manifest: str | os.PathLike | None = None
+) -> tuple[str, list[SourceImage]]:
     """List the images of `src` with role and label, sorted by relative path; returns (layout, images)."""
     src = Path(src)
     if layout not in LAYOUTS:
@@ -329,8 +343,15 @@ class _ShardSink:
     def _open(self) -> None:
         self.close()
         name = SHARD_PATTERN % len(self.shards)
-        self.writer = wds.TarWriter(str(self.folder / name), encoder=False, user=_TAR_USER, group=_TAR_USER,
-                                    mode=0o444, mtime=0, format="PAX_FORMAT")
+        self.writer = wds.TarWriter(
+            str(self.folder / name),
+            encoder=False,
+            user=_TAR_USER,
+            group=_TAR_USER,
+            mode=0o444,
+            mtime=0,
+            format="PAX_FORMAT",
+        )
         self.shards.append({"name": name, "count": 0, "payload": 0, "groups": Counter()})
 
     def write(self, key: str, files: dict[str, bytes], group: str) -> None:
@@ -426,8 +447,15 @@ def pack(
         shards = []
         for s in sink.shards:
             p = tmp / s["name"]
-            shards.append({"name": s["name"], "count": s["count"], "bytes": p.stat().st_size,
-                           "sha256": sha256_file(p), "groups": dict(sorted(s["groups"].items()))})
+            shards.append(
+                {
+                    "name": s["name"],
+                    "count": s["count"],
+                    "bytes": p.stat().st_size,
+                    "sha256": sha256_file(p),
+                    "groups": dict(sorted(s["groups"].items())),
+                }
+            )
         man = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -452,8 +480,14 @@ def pack(
             "shards": shards,
         }
         write_json(tmp / "manifest.json", man)
-    log.info("packed %d images into %d shards in %s (%d converted, %d skipped)",
-             man["count"], len(shards), out, n_converted, len(skipped))
+    log.info(
+        "packed %d images into %d shards in %s (%d converted, %d skipped)",
+        man["count"],
+        len(shards),
+        out,
+        n_converted,
+        len(skipped),
+    )
     return man
 
 
@@ -487,7 +521,9 @@ def shard_urls(shards_dir: str | os.PathLike) -> list[str]:
         listed = [s["name"] for s in man["shards"]]
         missing = [n for n in listed if not (d / n).is_file()]
         if missing:
-            raise FingerprintError(f"{d / missing[0]}: shard listed in manifest.json is missing ({len(missing)} missing)")
+            raise FingerprintError(
+                f"{d / missing[0]}: shard listed in manifest.json is missing ({len(missing)} missing)"
+            )
         urls = [str(d / n) for n in sorted(listed)]
     if not urls:
         raise FingerprintError(f"{d}: no .tar shards found")

@@ -175,7 +175,11 @@ class _Samples:
                             continue
                         key, pixels, rec = decode_sample(raw)
                     except (FingerprintError, KeyError, ValueError) as e:
-                        msg = str(e) if isinstance(e, FingerprintError) else f"{url}: sample {raw.get('__key__')}: bad record ({e})"
+                        msg = (
+                            str(e)
+                            if isinstance(e, FingerprintError)
+                            else f"{url}: sample {raw.get('__key__')}: bad record ({e})"
+                        )
                         if cfg.on_error == "raise":
                             raise FingerprintError(msg) from None
                         self._skip("samples", msg)
@@ -192,7 +196,8 @@ class _Samples:
             barren = 0 if kept else barren + 1
             if cfg.epoch_batches and barren > len(self.urls):
                 raise FingerprintError(
-                    f"no samples with roles={cfg.roles} labels={cfg.labels} in this process's shards ({url} ...)")
+                    f"no samples with roles={cfg.roles} labels={cfg.labels} in this process's shards ({url} ...)"
+                )
 
     def tag_counts(self, batches: Iterable[Batch]) -> Iterator[Batch]:
         """Attach this worker's running skip counts to each batch (read off by Loader)."""
@@ -217,11 +222,16 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
     """Samples with uint8 HxW pixels -> Batch with uint8 Bx1xHxW image (converted to float later)."""
     shapes = {s["pixels"].shape for s in samples}
     if len(shapes) > 1:
-        raise FingerprintError(f"images of different sizes in one batch {sorted(shapes)}: "
-                               "read shards packed with one --image-size")
+        raise FingerprintError(
+            f"images of different sizes in one batch {sorted(shapes)}: read shards packed with one --image-size"
+        )
     image = torch.from_numpy(np.stack([s["pixels"] for s in samples]))[:, None]
-    return {"key": [s["key"] for s in samples], "image": image,
-            "role": [s["role"] for s in samples], "label": [s["label"] for s in samples]}
+    return {
+        "key": [s["key"] for s in samples],
+        "image": image,
+        "role": [s["role"] for s in samples],
+        "label": [s["label"] for s in samples],
+    }
 
 
 def to_float(batch: Batch, image_size: int | None = None) -> Batch:
@@ -239,8 +249,16 @@ def to_float(batch: Batch, image_size: int | None = None) -> Batch:
     return {**batch, "image": x}
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, *, max_rotate: float = 7.0, max_shift: float = 0.04,
-                  max_scale: float = 0.06, contrast: float = 0.1, brightness: float = 0.05) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    *,
+    max_rotate: float = 7.0,
+    max_shift: float = 0.04,
+    max_scale: float = 0.06,
+    contrast: float = 0.1,
+    brightness: float = 0.05,
+) -> torch.Tensor:
     """Train-time augmentation of float Bx1xHxW in [0,1]: horizontal flip, small affine, intensity jitter.
 
     All random draws come from `gen`, so a seeded generator gives the same batch.
@@ -332,8 +350,13 @@ class Loader:
         pin = torch.cuda.is_available()
         if cfg.num_workers > 0:
             in_workers = self._convert_in_workers()
-            it: Iterable[Batch] = wds.WebLoader(ds, batch_size=None, num_workers=cfg.num_workers,
-                                                pin_memory=pin and in_workers, persistent_workers=False)
+            it: Iterable[Batch] = wds.WebLoader(
+                ds,
+                batch_size=None,
+                num_workers=cfg.num_workers,
+                pin_memory=pin and in_workers,
+                persistent_workers=False,
+            )
             it = self._collect_counts(it)
             if not in_workers:
                 it = (_pinned(to_float(b, cfg.image_size), pin) for b in it)
@@ -379,8 +402,13 @@ class _BufferShuffle:
         yield from wds.filters._shuffle(samples, bufsize=n, initial=n, rng=rng)
 
 
-def make_loader(urls_or_dir: str | os.PathLike | Iterable[str], cfg: StreamConfig, *,
-                rank: int | None = None, world_size: int | None = None) -> Loader:
+def make_loader(
+    urls_or_dir: str | os.PathLike | Iterable[str],
+    cfg: StreamConfig,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> Loader:
     """Batches of the selected samples for this rank (see module doc); FingerprintError if shards < ranks x workers."""
     cfg.check()
     r, w = dist_info(rank, world_size)
@@ -396,8 +424,9 @@ def make_loader(urls_or_dir: str | os.PathLike | Iterable[str], cfg: StreamConfi
     return Loader(urls, cfg, r, w)
 
 
-def load_all(urls_or_dir: str | os.PathLike | Iterable[str], cfg: StreamConfig, *,
-             skipped: dict[str, int] | None = None) -> Batch:
+def load_all(
+    urls_or_dir: str | os.PathLike | Iterable[str], cfg: StreamConfig, *, skipped: dict[str, int] | None = None
+) -> Batch:
     """Every selected sample in one Batch (single process, no split, no shuffle), sorted by key.
 
     With on_error="skip", `skipped` (if given) receives the counts of skipped shards/samples.

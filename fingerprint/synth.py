@@ -87,11 +87,25 @@ class SynthParams:
 LEVELS: dict[str, dict[str, Any]] = {
     # seconds on one core: small images and counts, a short fit; for tests and smoke runs
     "tiny": {
-        "image_size": 64, "dev_generated": 40, "dev_used": 12, "dev_not_used": 12,
-        "test_generated": 60, "test_used": 10, "test_not_used": 10,
-        "generator": {"resolution": 32, "latent_dim": 16, "hidden": 128, "epochs": 60, "batch_size": 16,
-                      "components": 11, "temperature": 0.5, "upsampler_steps": 20, "upsampler_width": 8,
-                      "upsampler_patch": 32},
+        "image_size": 64,
+        "dev_generated": 40,
+        "dev_used": 12,
+        "dev_not_used": 12,
+        "test_generated": 60,
+        "test_used": 10,
+        "test_not_used": 10,
+        "generator": {
+            "resolution": 32,
+            "latent_dim": 16,
+            "hidden": 128,
+            "epochs": 60,
+            "batch_size": 16,
+            "components": 11,
+            "temperature": 0.5,
+            "upsampler_steps": 20,
+            "upsampler_width": 8,
+            "upsampler_patch": 32,
+        },
     },
     # long training, a latent mixture with a mode per two training images: samples sit near training images
     "easy": {"generator": {"epochs": 200, "components": 90, "temperature": 1.0}},
@@ -105,8 +119,9 @@ _SYNTH_FIELDS = {f.name for f in fields(SynthParams)} - {"generator"}
 _GEN_FIELDS = {f.name for f in fields(GeneratorConfig)}
 
 
-def resolve_params(level: str = "medium", *, seed: int = 0, real_dir: str | os.PathLike | None = None,
-                   **overrides: Any) -> SynthParams:
+def resolve_params(
+    level: str = "medium", *, seed: int = 0, real_dir: str | os.PathLike | None = None, **overrides: Any
+) -> SynthParams:
     """The parameters of a build: `SynthParams` defaults <- level preset <- overrides (flat names).
 
     An override is any `SynthParams` or `GeneratorConfig` field name; None means "not given".
@@ -167,8 +182,9 @@ class RealImages:
 
 
 def phantom_images(p: SynthParams, progress: bool = False) -> RealImages:
-    cfg = PhantomConfig(size=p.image_size, tb_fraction=p.tb_fraction, slices_per_patient=p.slices_per_patient,
-                        noise=p.noise)
+    cfg = PhantomConfig(
+        size=p.image_size, tb_fraction=p.tb_fraction, slices_per_patient=p.slices_per_patient, noise=p.noise
+    )
     ps = generate(p.n_real, seed=p.seed, config=cfg, progress=progress)
     sources = [f"phantom:patient={int(a)},slice={int(b)}" for a, b in zip(ps.patient, ps.slice)]
     return RealImages(ps.images, sources, ps.patient.copy(), {})
@@ -226,7 +242,9 @@ def folder_images(p: SynthParams) -> RealImages:
                 arr, _ = to_gray(im, p.image_size)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             skipped["unreadable"] += 1
-            log.warning("%s: skipped, cannot read image (%s)", f, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            log.warning(
+                "%s: skipped, cannot read image (%s)", f, str(e).splitlines()[0] if str(e) else type(e).__name__
+            )
             continue
         digest = arr.tobytes()
         if digest in seen:
@@ -239,7 +257,8 @@ def folder_images(p: SynthParams) -> RealImages:
         raise FingerprintError(
             f"{root}: {len(images)} usable images ({skipped['unreadable']} unreadable, {skipped['duplicate']} "
             f"duplicates skipped), need {p.n_real} (dev used + dev not used + test used + test not used); "
-            f"lower --dev-used/--dev-not-used/--test-used/--test-not-used")
+            f"lower --dev-used/--dev-not-used/--test-used/--test-not-used"
+        )
     return RealImages(np.stack(images), sources, np.arange(len(images)), skipped)
 
 
@@ -256,8 +275,9 @@ def _unit_rows(x: np.ndarray):
     return torch.where(norm > 0, v / norm.clamp_min(1e-12), torch.zeros_like(v))
 
 
-def sample_checked(gen, n: int, real: np.ndarray, *, seed: int, max_correlation: float,
-                   batch: int = 256) -> tuple[np.ndarray, dict]:
+def sample_checked(
+    gen, n: int, real: np.ndarray, *, seed: int, max_correlation: float, batch: int = 256
+) -> tuple[np.ndarray, dict]:
     """Draw `n` samples, redrawing any whose pixel correlation with a real image exceeds `max_correlation`
     (or that equals one exactly). Returns the images and rejection statistics."""
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x5A3])
@@ -279,7 +299,8 @@ def sample_checked(gen, n: int, real: np.ndarray, *, seed: int, max_correlation:
         if rejected > 10 * n + 100:
             raise FingerprintError(
                 f"the generator keeps reproducing real images (rejected {rejected} of {drawn} samples with "
-                f"pixel correlation > {max_correlation}); raise --temperature or lower --epochs")
+                f"pixel correlation > {max_correlation}); raise --temperature or lower --epochs"
+            )
     return np.concatenate(out)[:n], {"drawn": drawn, "rejected": rejected, "max_kept_correlation": round(max_kept, 5)}
 
 
@@ -294,7 +315,7 @@ def nearest_distances(real: np.ndarray, generated: np.ndarray, chunk: int = 512)
     rn = (r * r).sum(1)
     best = torch.full((len(r),), float("inf"))
     for i in range(0, len(generated), chunk):
-        g = torch.from_numpy(generated[i:i + chunk].reshape(-1, r.shape[1]).astype(np.float32) / 255.0)
+        g = torch.from_numpy(generated[i : i + chunk].reshape(-1, r.shape[1]).astype(np.float32) / 255.0)
         d = rn[:, None] + (g * g).sum(1)[None, :] - 2.0 * (r @ g.T)
         best = torch.minimum(best, d.min(dim=1).values)
     return best.clamp_min(0.0).sqrt().numpy()
@@ -365,9 +386,17 @@ def _write_pngs(folder: Path, prefix: str, images: np.ndarray, digits: int, pool
     return keys
 
 
-def build_benchmark(out_dir: str | os.PathLike, *, level: str = "medium", seed: int = 0,
-                    real_dir: str | os.PathLike | None = None, force: bool = False, progress: bool = True,
-                    accelerator=None, **overrides: Any) -> dict:
+def build_benchmark(
+    out_dir: str | os.PathLike,
+    *,
+    level: str = "medium",
+    seed: int = 0,
+    real_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = True,
+    accelerator=None,
+    **overrides: Any,
+) -> dict:
     """Build a membership benchmark in `out_dir`; return the content of its synth.json.
 
     `overrides` are `SynthParams` / `GeneratorConfig` field names (e.g.
@@ -400,8 +429,9 @@ def build_benchmark(out_dir: str | os.PathLike, *, level: str = "medium", seed: 
         used_idx = np.concatenate([split["dev_used"], split["test_used"]])
         log.info("training the generator on %d used images (%s level, seed %d)", len(used_idx), level, params.seed)
         t0 = time.perf_counter()
-        gen, history = train_generator(real.images[used_idx], params.generator, seed=params.seed,
-                                       accelerator=accelerator, progress=progress)
+        gen, history = train_generator(
+            real.images[used_idx], params.generator, seed=params.seed, accelerator=accelerator, progress=progress
+        )
         timings["training"] = time.perf_counter() - t0
         if main:
             _sample_and_write(out_dir, params, real, split, gen, history, timings, t_all)
@@ -417,18 +447,21 @@ def _split(p: SynthParams, real: RealImages) -> dict[str, np.ndarray]:
     out, k = {}, 0
     for name in ("dev_used", "dev_not_used", "test_used", "test_not_used"):
         n = getattr(p, name)
-        out[name] = perm[k:k + n]
+        out[name] = perm[k : k + n]
         k += n
     return out
 
 
-def _sample_and_write(out_dir: Path, p: SynthParams, real: RealImages, split: dict, gen, history: dict,
-                      timings: dict, t_all: float) -> None:
+def _sample_and_write(
+    out_dir: Path, p: SynthParams, real: RealImages, split: dict, gen, history: dict, timings: dict, t_all: float
+) -> None:
     t0 = time.perf_counter()
-    dev_gen, dev_rej = sample_checked(gen, p.dev_generated, real.images, seed=p.seed * 2 + 1,
-                                      max_correlation=p.max_correlation)
-    test_gen, test_rej = sample_checked(gen, p.test_generated, real.images, seed=p.seed * 2 + 2,
-                                        max_correlation=p.max_correlation)
+    dev_gen, dev_rej = sample_checked(
+        gen, p.dev_generated, real.images, seed=p.seed * 2 + 1, max_correlation=p.max_correlation
+    )
+    test_gen, test_rej = sample_checked(
+        gen, p.test_generated, real.images, seed=p.seed * 2 + 2, max_correlation=p.max_correlation
+    )
     timings["sampling"] = time.perf_counter() - t0
 
     # the test real images: used and not used, shuffled together
@@ -446,9 +479,11 @@ def _sample_and_write(out_dir: Path, p: SynthParams, real: RealImages, split: di
         tmp.mkdir(parents=True)
         sources: list[tuple[str, str, str]] = []
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-            for folder, prefix, idx, digits in (("dev/used", "used", split["dev_used"], 4),
-                                                ("dev/not_used", "not_used", split["dev_not_used"], 4),
-                                                ("test/real_unknown_1", "real_unknown", test_idx, 4)):
+            for folder, prefix, idx, digits in (
+                ("dev/used", "used", split["dev_used"], 4),
+                ("dev/not_used", "not_used", split["dev_not_used"], 4),
+                ("test/real_unknown_1", "real_unknown", test_idx, 4),
+            ):
                 keys = _write_pngs(tmp / folder, prefix, real.images[idx], digits, pool)
                 sources += [(k, folder, real.sources[i]) for k, i in zip(keys, idx)]
             _write_pngs(tmp / "dev" / "generated", "generated", dev_gen, 4, pool)
@@ -469,12 +504,25 @@ def _sample_and_write(out_dir: Path, p: SynthParams, real: RealImages, split: di
         timings["total"] = time.perf_counter() - t_all
         info = _info(p, real, history, dev_rej, test_rej, difficulty, timings, siblings)
         write_json(tmp / "synth.json", info)
-    log.info("wrote %s: pixel-NN AUC dev %.3f, test %.3f (%.0f s)", out_dir, difficulty["dev"], difficulty["test"],
-             timings["total"])
+    log.info(
+        "wrote %s: pixel-NN AUC dev %.3f, test %.3f (%.0f s)",
+        out_dir,
+        difficulty["dev"],
+        difficulty["test"],
+        timings["total"],
+    )
 
 
-def _info(p: SynthParams, real: RealImages, history: dict, dev_rej: dict, test_rej: dict, difficulty: dict,
-          timings: dict, siblings: int) -> dict:
+def _info(
+    p: SynthParams,
+    real: RealImages,
+    history: dict,
+    dev_rej: dict,
+    test_rej: dict,
+    difficulty: dict,
+    timings: dict,
+    siblings: int,
+) -> dict:
     import torch
 
     params = asdict(p)
@@ -486,8 +534,12 @@ def _info(p: SynthParams, real: RealImages, history: dict, dev_rej: dict, test_r
         "source": "real_dir" if p.real_dir else "phantom",
         "counts": {
             "dev": {"generated": p.dev_generated, "used": p.dev_used, "not_used": p.dev_not_used},
-            "test": {"generated": p.test_generated, "real_unknown": p.test_used + p.test_not_used,
-                     "used": p.test_used, "not_used": p.test_not_used},
+            "test": {
+                "generated": p.test_generated,
+                "real_unknown": p.test_used + p.test_not_used,
+                "used": p.test_used,
+                "not_used": p.test_not_used,
+            },
             "generator_training_images": p.dev_used + p.test_used,
         },
         "layout": {
@@ -510,11 +562,21 @@ def _info(p: SynthParams, real: RealImages, history: dict, dev_rej: dict, test_r
             "world_size": history["world_size"],
             "device": history["device"],
         },
-        "near_duplicates": {"max_correlation": p.max_correlation, "dev": dev_rej, "test": test_rej,
-                            "rejected": dev_rej["rejected"] + test_rej["rejected"]},
-        "difficulty": {"pixel_nn_auc": difficulty,
-                       "method": "ROC-AUC of -(L2 distance to the nearest generated image), pixels in [0, 1]"},
+        "near_duplicates": {
+            "max_correlation": p.max_correlation,
+            "dev": dev_rej,
+            "test": test_rej,
+            "rejected": dev_rej["rejected"] + test_rej["rejected"],
+        },
+        "difficulty": {
+            "pixel_nn_auc": difficulty,
+            "method": "ROC-AUC of -(L2 distance to the nearest generated image), pixels in [0, 1]",
+        },
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "environment": {"fingerprint": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                        "threads": torch.get_num_threads()},
+        "environment": {
+            "fingerprint": __version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "threads": torch.get_num_threads(),
+        },
     }

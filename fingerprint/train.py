@@ -71,7 +71,15 @@ from fingerprint.episodes import (
     pair_targets,
     split_dev,
 )
-from fingerprint.models import Backbone, FingerprintModel, ModelConfig, build_model, count_parameters, describe, save_model
+from fingerprint.models import (
+    Backbone,
+    FingerprintModel,
+    ModelConfig,
+    build_model,
+    count_parameters,
+    describe,
+    save_model,
+)
 from fingerprint.stream import StreamConfig, load_all, make_loader
 from fingerprint.utils import FingerprintError, JsonlLogger, read_json, seed_everything, set_threads, write_json
 
@@ -145,13 +153,31 @@ class TrainConfig:
 
     def check(self) -> None:
         self.model_config()
-        choices = {"episodes": ("nearest", "pairs"), "support": SUPPORTS, "bn": BN_MODES, "freeze": FREEZE,
-                   "mixed_precision": MIXED_PRECISION, "calibration": CALIBRATION_RULES, "on_error": ("raise", "skip")}
+        choices = {
+            "episodes": ("nearest", "pairs"),
+            "support": SUPPORTS,
+            "bn": BN_MODES,
+            "freeze": FREEZE,
+            "mixed_precision": MIXED_PRECISION,
+            "calibration": CALIBRATION_RULES,
+            "on_error": ("raise", "skip"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed and not (name == "mixed_precision" and self.mixed_precision is None):
-                raise FingerprintError(f"train: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("queries", "k", "refresh_every", "epochs", "grad_accum", "batch_size", "keep_checkpoints",
-                     "log_every", "bn_images"):
+                raise FingerprintError(
+                    f"train: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        for name in (
+            "queries",
+            "k",
+            "refresh_every",
+            "epochs",
+            "grad_accum",
+            "batch_size",
+            "keep_checkpoints",
+            "log_every",
+            "bn_images",
+        ):
             if getattr(self, name) < 1:
                 raise FingerprintError(f"train: {name} must be >= 1, got {getattr(self, name)}")
         if self.queries % 2:
@@ -215,7 +241,9 @@ def freeze_backbone(model: FingerprintModel, upto: str) -> list[nn.Module]:
 
 
 def _backbone_bns(model: FingerprintModel) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for bb in model.backbones.values() for m in bb.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [
+        m for bb in model.backbones.values() for m in bb.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
 
 
 @contextlib.contextmanager
@@ -265,8 +293,9 @@ def recalibrate_bn(model: FingerprintModel, images: Tensor, batch_size: int, aut
         m.momentum = mom
 
 
-def _to_device(x: Tensor, device: torch.device, model: FingerprintModel | None = None, channels_last: bool = False
-               ) -> Tensor:
+def _to_device(
+    x: Tensor, device: torch.device, model: FingerprintModel | None = None, channels_last: bool = False
+) -> Tensor:
     if device.type == "cuda":
         x = x.pin_memory()
     x = x.to(device, non_blocking=True)
@@ -276,8 +305,16 @@ def _to_device(x: Tensor, device: torch.device, model: FingerprintModel | None =
 
 
 @torch.no_grad()
-def encode_images(model: FingerprintModel, images: Tensor, role: str, batch_size: int, autocast: Callable[[], Any], *,
-                  channels_last: bool = False, fmaps: bool = True) -> tuple[Tensor, Tensor | None]:
+def encode_images(
+    model: FingerprintModel,
+    images: Tensor,
+    role: str,
+    batch_size: int,
+    autocast: Callable[[], Any],
+    *,
+    channels_last: bool = False,
+    fmaps: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Eval-mode (emb, fmap) of `images` in chunks; fmap stays on the model's device."""
     device = next(model.parameters()).device
     embs, maps = [], []
@@ -294,8 +331,9 @@ def encode_images(model: FingerprintModel, images: Tensor, role: str, batch_size
     return emb, (torch.cat(maps) if fmaps and maps else None)
 
 
-def refresh_bank(accelerator: Any, model: FingerprintModel, pool_keys: list[str], pool: Tensor, calib: Tensor,
-                 cfg: TrainConfig) -> Bank:
+def refresh_bank(
+    accelerator: Any, model: FingerprintModel, pool_keys: list[str], pool: Tensor, calib: Tensor, cfg: TrainConfig
+) -> Bank:
     """Recalibrate BatchNorm, encode the generated pool (split across processes, then gathered), index it."""
     if cfg.bn != "frozen":
         recalibrate_bn(model, calib, cfg.batch_size, accelerator.autocast)
@@ -303,8 +341,15 @@ def refresh_bank(accelerator: Any, model: FingerprintModel, pool_keys: list[str]
     chunk = math.ceil(n / world)
     ids = torch.arange(rank * chunk, (rank + 1) * chunk).clamp_(max=n - 1)
     want_fmap = cfg.support_mode() == "bank"
-    emb, fmap = encode_images(model, pool[ids], "generated", cfg.batch_size, accelerator.autocast,
-                              channels_last=cfg.channels_last, fmaps=want_fmap)
+    emb, fmap = encode_images(
+        model,
+        pool[ids],
+        "generated",
+        cfg.batch_size,
+        accelerator.autocast,
+        channels_last=cfg.channels_last,
+        fmaps=want_fmap,
+    )
     if world > 1:
         emb = accelerator.gather(emb.to(accelerator.device)).cpu()
         fmap = accelerator.gather(fmap) if fmap is not None else None
@@ -328,6 +373,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Any:
     """LR multiplier: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
+
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -355,8 +401,9 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def score_queries(model: FingerprintModel, images: Tensor, bank: Bank, pool: Tensor, cfg: TrainConfig,
-                  autocast: Callable[[], Any]) -> Tensor:
+def score_queries(
+    model: FingerprintModel, images: Tensor, bank: Bank, pool: Tensor, cfg: TrainConfig, autocast: Callable[[], Any]
+) -> Tensor:
     """Membership logits of real images against their k nearest generated images (as the scorer does)."""
     device = next(model.parameters()).device
     logits = []
@@ -392,8 +439,13 @@ def validate(accelerator: Any, model: FingerprintModel, val: dict, bank: Bank, p
     y = np.array([r[2] for r in rows], dtype=np.int64)
     loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(lg), torch.from_numpy(y).double()))
     probs = 1.0 / (1.0 + np.exp(-lg))
-    return {"keys": keys, "scores": probs.tolist(), "labels": y.tolist(), "val_auc": roc_auc(y, probs),
-            "val_loss": loss}
+    return {
+        "keys": keys,
+        "scores": probs.tolist(),
+        "labels": y.tolist(),
+        "val_auc": roc_auc(y, probs),
+        "val_loss": loss,
+    }
 
 
 # ----------------------------------------------------------------------------- the run
@@ -403,8 +455,9 @@ def _make_accelerator(cfg: TrainConfig, out_dir: Path, accelerator: Any | None) 
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
-    project = ProjectConfiguration(project_dir=str(out_dir), automatic_checkpoint_naming=True,
-                                   total_limit=cfg.keep_checkpoints)
+    project = ProjectConfiguration(
+        project_dir=str(out_dir), automatic_checkpoint_naming=True, total_limit=cfg.keep_checkpoints
+    )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator is None:
         try:
@@ -423,19 +476,26 @@ def _make_accelerator(cfg: TrainConfig, out_dir: Path, accelerator: Any | None) 
         accelerator.project_configuration = project
         accelerator.gradient_accumulation_steps = cfg.grad_accum
         if cfg.mixed_precision is not None and accelerator.mixed_precision != cfg.mixed_precision:
-            log.warning("train: using the given accelerator's mixed precision %r, not %r",
-                        accelerator.mixed_precision, cfg.mixed_precision)
+            log.warning(
+                "train: using the given accelerator's mixed precision %r, not %r",
+                accelerator.mixed_precision,
+                cfg.mixed_precision,
+            )
     if accelerator.num_processes != launched:
-        raise FingerprintError(f"train: {launched} processes were launched but Accelerate formed a world of "
-                               f"{accelerator.num_processes} (set ACCELERATE_USE_CPU=1 on machines without GPUs)")
+        raise FingerprintError(
+            f"train: {launched} processes were launched but Accelerate formed a world of "
+            f"{accelerator.num_processes} (set ACCELERATE_USE_CPU=1 on machines without GPUs)"
+        )
     return accelerator
 
 
 def _prepare_out_dir(out_dir: Path, cfg: TrainConfig, accelerator: Any) -> None:
     taken = (out_dir / "model.json").exists() or (out_dir / "checkpoints").exists()
     if cfg.resume is None and taken and not cfg.force:  # checked on every rank, so all of them stop
-        raise FingerprintError(f"{out_dir}: holds a trained model or checkpoints (use --force to replace them, "
-                               "or --resume latest to continue)")
+        raise FingerprintError(
+            f"{out_dir}: holds a trained model or checkpoints (use --force to replace them, "
+            "or --resume latest to continue)"
+        )
     if cfg.resume is None and accelerator.is_main_process:
         for name in ("checkpoints", "best"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
@@ -466,12 +526,17 @@ def _real_images(shards: Path, cfg: TrainConfig, keys: list[str]) -> dict:
     """The validation images, in memory (few), with 0/1 labels."""
     if not keys:
         return {"key": [], "image": torch.zeros(0, 1, cfg.image_size, cfg.image_size), "y": []}
-    batch = load_all(shards, StreamConfig(roles=("real",), labels=("used", "not_used"), image_size=cfg.image_size,
-                                          on_error=cfg.on_error))
+    batch = load_all(
+        shards,
+        StreamConfig(roles=("real",), labels=("used", "not_used"), image_size=cfg.image_size, on_error=cfg.on_error),
+    )
     want = set(keys)
     idx = [i for i, k in enumerate(batch["key"]) if k in want]
-    return {"key": [batch["key"][i] for i in idx], "image": batch["image"][idx],
-            "y": [1 if batch["label"][i] == "used" else 0 for i in idx]}
+    return {
+        "key": [batch["key"][i] for i in idx],
+        "image": batch["image"][idx],
+        "y": [1 if batch["label"][i] == "used" else 0 for i in idx],
+    }
 
 
 def train(cfg: TrainConfig, shards: str | os.PathLike, out_dir: str | os.PathLike, *, accelerator: Any = None) -> dict:
@@ -520,23 +585,37 @@ def train(cfg: TrainConfig, shards: str | os.PathLike, out_dir: str | os.PathLik
     if not cfg.train_embed:
         model.embed_head.requires_grad_(False)
     if cfg.bn == "frozen" and cfg.weights is None and any(p.requires_grad for p in model.backbones.parameters()):
-        log.warning("train: training backbone layers from random initialisation with BatchNorm statistics frozen "
-                    "at their initial values is unstable; consider --bn recalibrate or --bn batch")
+        log.warning(
+            "train: training backbone layers from random initialisation with BatchNorm statistics frozen "
+            "at their initial values is unstable; consider --bn recalibrate or --bn batch"
+        )
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     # the prepared scheduler steps once per process per optimizer step
     sched_total = opt_total * world
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(sched_total, max(1, round(cfg.warmup * sched_total)) if cfg.warmup else 0))
+        optimizer, warmup_cosine(sched_total, max(1, round(cfg.warmup * sched_total)) if cfg.warmup else 0)
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     net: FingerprintModel = accelerator.unwrap_model(model)
     device = accelerator.device
     mode = cfg.support_mode()
     if main:
-        log.info("train: %s; %d trainable; %d train / %d val real, %d generated; %d process(es), %d episodes/epoch "
-                 "of %d queries x K=%d (%s supports)", describe(net), count_parameters(net, True), len(train_keys),
-                 len(val_keys), len(pool), world, per_epoch, cfg.queries, cfg.k, mode)
+        log.info(
+            "train: %s; %d trainable; %d train / %d val real, %d generated; %d process(es), %d episodes/epoch "
+            "of %d queries x K=%d (%s supports)",
+            describe(net),
+            count_parameters(net, True),
+            len(train_keys),
+            len(val_keys),
+            len(pool),
+            world,
+            per_epoch,
+            cfg.queries,
+            cfg.k,
+            mode,
+        )
 
     state = TrainState()
     if cfg.resume is not None:
@@ -551,7 +630,8 @@ def train(cfg: TrainConfig, shards: str | os.PathLike, out_dir: str | os.PathLik
     # with a frozen backbone, fixed BatchNorm statistics and a fixed embedding projection the bank never
     # changes: compute it once
     static_bank = cfg.bn == "frozen" and not any(
-        p.requires_grad for p in [*net.backbones.parameters(), *net.embed_head.parameters()])
+        p.requires_grad for p in [*net.backbones.parameters(), *net.embed_head.parameters()]
+    )
     train_seconds = 0.0
     episodes_done = 0
     stop_reason = "epochs"
@@ -563,15 +643,33 @@ def train(cfg: TrainConfig, shards: str | os.PathLike, out_dir: str | os.PathLik
         t0 = time.time()
         stream = make_loader(
             shards,
-            StreamConfig(roles=("real",), labels=("used", "not_used"), batch_size=cfg.queries,
-                         image_size=cfg.image_size, augment=cfg.augment, num_workers=cfg.num_workers, seed=cfg.seed,
-                         epoch=epoch, shuffle=True, shuffle_buffer=4 * cfg.queries, on_error=cfg.on_error),
-            rank=rank, world_size=world)
+            StreamConfig(
+                roles=("real",),
+                labels=("used", "not_used"),
+                batch_size=cfg.queries,
+                image_size=cfg.image_size,
+                augment=cfg.augment,
+                num_workers=cfg.num_workers,
+                seed=cfg.seed,
+                epoch=epoch,
+                shuffle=True,
+                shuffle_buffer=4 * cfg.queries,
+                on_error=cfg.on_error,
+            ),
+            rank=rank,
+            world_size=world,
+        )
         episodes = BalancedQueries(stream, train_keys, label_of, cfg.queries, per_epoch, where=f"rank {rank}")
         set_train_modes(net, cfg, frozen)
         losses = []
-        bar = tqdm(episodes, total=per_epoch, desc=f"train epoch {epoch + 1}/{cfg.epochs}", unit="ep",
-                   disable=not main, leave=False)
+        bar = tqdm(
+            episodes,
+            total=per_epoch,
+            desc=f"train epoch {epoch + 1}/{cfg.epochs}",
+            unit="ep",
+            disable=not main,
+            leave=False,
+        )
         for i, q in enumerate(bar):
             if bank is None or (i % cfg.refresh_every == 0 and bank_at != state.optimizer_steps and not static_bank):
                 bank = refresh_bank(accelerator, net, pool_keys, pool, calib, cfg)
@@ -600,7 +698,8 @@ def train(cfg: TrainConfig, shards: str | os.PathLike, out_dir: str | os.PathLik
                 if not math.isfinite(mean_loss):
                     raise NonFiniteLoss(
                         f"epoch {epoch + 1} step {i + 1}: loss is {mean_loss}; stopped before updating the weights "
-                        f"(last good checkpoint: {last_ckpt or 'none'})")
+                        f"(last good checkpoint: {last_ckpt or 'none'})"
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.clip_grad:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
@@ -628,11 +727,16 @@ def train(cfg: TrainConfig, shards: str | os.PathLike, out_dir: str | os.PathLik
                 bank_at = state.optimizer_steps
             result = validate(accelerator, net, val, bank, pool, cfg)
             record.update(val_auc=result["val_auc"], val_loss=result["val_loss"])
-            better = (result["val_auc"] > state.best_auc + 1e-9
-                      or (abs(result["val_auc"] - state.best_auc) <= 1e-9 and result["val_loss"] < state.best_loss))
+            better = result["val_auc"] > state.best_auc + 1e-9 or (
+                abs(result["val_auc"] - state.best_auc) <= 1e-9 and result["val_loss"] < state.best_loss
+            )
             if better:
                 state.best_epoch, state.best_auc, state.best_loss, state.bad_epochs = (
-                    epoch + 1, result["val_auc"], result["val_loss"], 0)
+                    epoch + 1,
+                    result["val_auc"],
+                    result["val_loss"],
+                    0,
+                )
                 if main:
                     save_model(net, out_dir / "best", extra={"epoch": epoch + 1, "validation": result})
             else:
@@ -645,27 +749,48 @@ def train(cfg: TrainConfig, shards: str | os.PathLike, out_dir: str | os.PathLik
         state.history.append(record)
         logger.log(**record)
         if main:
-            log.info("train: epoch %d/%d loss %.4f%s (%.1fs)", epoch + 1, cfg.epochs, record["loss"],
-                     f" val_auc {record['val_auc']:.3f} val_loss {record['val_loss']:.4f}" if result else "",
-                     record["seconds"])
+            log.info(
+                "train: epoch %d/%d loss %.4f%s (%.1fs)",
+                epoch + 1,
+                cfg.epochs,
+                record["loss"],
+                f" val_auc {record['val_auc']:.3f} val_loss {record['val_loss']:.4f}" if result else "",
+                record["seconds"],
+            )
         accelerator.wait_for_everyone()
         last_ckpt = save_checkpoint(accelerator, state)
         if cfg.patience and state.bad_epochs >= cfg.patience and state.epoch < cfg.epochs:
             stop_reason = "early"
             if main:
-                log.info("train: no better validation AUC for %d epochs; stopping (best epoch %d, AUC %.3f)",
-                         cfg.patience, state.best_epoch, state.best_auc)
+                log.info(
+                    "train: no better validation AUC for %d epochs; stopping (best epoch %d, AUC %.3f)",
+                    cfg.patience,
+                    state.best_epoch,
+                    state.best_auc,
+                )
             break
 
     accelerator.wait_for_everyone()
     digest = state_digest(net)
     summary = finish(out_dir, cfg, state, world, stop_reason, main)
-    summary.update(weights_sha256=digest, rank=rank, mixed_precision=accelerator.mixed_precision, seconds=time.time() - t_start, train_seconds=train_seconds,
-                   episodes_per_s=episodes_done * world / train_seconds if train_seconds else None,
-                   queries_per_s=episodes_done * world * cfg.queries / train_seconds if train_seconds else None)
-    logger.log(seconds=summary["seconds"], episodes_per_s=summary["episodes_per_s"],
-               queries_per_s=summary["queries_per_s"], epochs=state.epoch, best_epoch=state.best_epoch,
-               val_auc=summary["val_auc"], world_size=world)
+    summary.update(
+        weights_sha256=digest,
+        rank=rank,
+        mixed_precision=accelerator.mixed_precision,
+        seconds=time.time() - t_start,
+        train_seconds=train_seconds,
+        episodes_per_s=episodes_done * world / train_seconds if train_seconds else None,
+        queries_per_s=episodes_done * world * cfg.queries / train_seconds if train_seconds else None,
+    )
+    logger.log(
+        seconds=summary["seconds"],
+        episodes_per_s=summary["episodes_per_s"],
+        queries_per_s=summary["queries_per_s"],
+        epochs=state.epoch,
+        best_epoch=state.best_epoch,
+        val_auc=summary["val_auc"],
+        world_size=world,
+    )
     accelerator.wait_for_everyone()
     return summary
 
@@ -676,8 +801,11 @@ def state_digest(model: nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
-                 else t.detach().float().cpu().numpy().tobytes())
+        h.update(
+            t.detach().cpu().contiguous().numpy().tobytes()
+            if t.dtype != torch.bfloat16
+            else t.detach().float().cpu().numpy().tobytes()
+        )
     return h.hexdigest()
 
 

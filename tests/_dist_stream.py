@@ -25,8 +25,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     acc = Accelerator()
-    cfg = StreamConfig(batch_size=args.batch_size, num_workers=args.workers, shuffle=True, seed=args.seed,
-                       epoch_batches=args.epoch_batches)
+    cfg = StreamConfig(
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        shuffle=True,
+        seed=args.seed,
+        epoch_batches=args.epoch_batches,
+    )
     loader = make_loader(args.shards, cfg)  # rank/world from torch.distributed
     keys, shapes, batches = [], [], 0
     for batch in loader:
@@ -35,8 +40,14 @@ def main() -> None:
         batches += 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rec = {"rank": acc.process_index, "world_size": acc.num_processes, "distributed_type": str(acc.distributed_type),
-           "keys": keys, "batches": batches, "shapes": shapes}
+    rec = {
+        "rank": acc.process_index,
+        "world_size": acc.num_processes,
+        "distributed_type": str(acc.distributed_type),
+        "keys": keys,
+        "batches": batches,
+        "shapes": shapes,
+    }
     (out / f"rank{acc.process_index}.json").write_text(json.dumps(rec))
     acc.wait_for_everyone()
 

@@ -45,8 +45,14 @@ def main() -> None:
     from accelerate import PartialState
 
     st = PartialState()
-    rec = {"rank": st.process_index, "world_size": st.num_processes, "distributed_type": str(st.distributed_type),
-           "keys": READ, "weights_sha256": summaries[0]["weights_sha256"], "summary": summaries[0]}
+    rec = {
+        "rank": st.process_index,
+        "world_size": st.num_processes,
+        "distributed_type": str(st.distributed_type),
+        "keys": READ,
+        "weights_sha256": summaries[0]["weights_sha256"],
+        "summary": summaries[0],
+    }
     out = Path(report)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{st.process_index}.json").write_text(json.dumps(rec))

@@ -60,7 +60,9 @@ def test_ssim_candidates_equal_exhaustive():
     assert (fast_best == best).all()
     assert (best[copies.numpy()] == slots.numpy()).all()
     # exhaustive really is the max over all pairs
-    full = np.array([[bl.ssim(real[i : i + 1], gen[j : j + 1]).item() for j in range(len(gen))] for i in range(len(real))])
+    full = np.array(
+        [[bl.ssim(real[i : i + 1], gen[j : j + 1]).item() for j in range(len(gen))] for i in range(len(real))]
+    )
     np.testing.assert_allclose(exhaustive, full.max(axis=1), rtol=1e-12)
 
 
@@ -118,8 +120,20 @@ def test_pixel_scorers_through_the_score_command(tmp_path):
     pack(tmp_path / "dev", tmp_path / "shards", image_size=32, max_count=8)
     for scorer in ("dcr", "ssim"):
         out = tmp_path / f"{scorer}.csv"
-        argv = ["--scorer", scorer, "--shards", str(tmp_path / "shards"), "--calibrate-on", str(tmp_path / "shards"),
-                "--pixel-size", "32", "--ssim-candidates", "4", "--out", str(out)]
+        argv = [
+            "--scorer",
+            scorer,
+            "--shards",
+            str(tmp_path / "shards"),
+            "--calibrate-on",
+            str(tmp_path / "shards"),
+            "--pixel-size",
+            "32",
+            "--ssim-candidates",
+            "4",
+            "--out",
+            str(out),
+        ]
         assert score_cli.main(argv) == 0
         t = read_scores(out)
         assert t.keys == ["not_used_0001", "not_used_0002", "not_used_0003", "used_0001", "used_0002", "used_0003"]

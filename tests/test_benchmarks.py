@@ -28,7 +28,10 @@ def test_run_retrieval_tiny_writes_json_and_table(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, str(BENCH / "run.py"), "--quick", "--tiny", "--only", "retrieval", "--out-dir", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "retrieval.json").read_text())
@@ -47,7 +50,9 @@ def test_run_retrieval_tiny_writes_json_and_table(tmp_path):
         assert all(v > 0 for v in row["ratios"].values())
         assert row["ivf"]["nlist"] >= 1 and row["ivf"]["sweep"]
     assert {h["metric"].split(",")[0] for h in report["headline"]} == {
-        "retrieval: FAISS Flat speed-up over numpy", "retrieval: IVF speed-up over Flat"}
+        "retrieval: FAISS Flat speed-up over numpy",
+        "retrieval: IVF speed-up over Flat",
+    }
     readme = (out / "README.md").read_text()
     assert bench_run.START in readme and bench_run.END in readme
     assert "| retrieval | retrieval: FAISS Flat speed-up over numpy" in readme
@@ -69,20 +74,39 @@ def test_parse_only_keeps_pipeline_order_and_device_default():
 
 
 def _fake_result(path: Path, name: str, value: float, met: bool | None) -> None:
-    path.write_text(json.dumps({
-        "benchmark": name, "size": "tiny", "seed": 0, "wall_s": 1.0, "what": "x",
-        "load_avg": {"before": [1.0, 1.0, 1.0], "after": [1.0, 1.0, 1.0]},
-        "machine": {"cpu": "CPU-X", "cpu_flags": ["avx2"], "cores": 2, "memory_gb": 4, "torch": "t", "torchvision": "v",
-                    "faiss": "f", "numpy": "n", "python": "p"},
-        "headline": [{"metric": f"{name} figure", "value": value, "target": ">= 2x", "met": met, "note": ""}],
-        "results": [{"method": "files", "workers": 1, "images_per_s": 10.0}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "benchmark": name,
+                "size": "tiny",
+                "seed": 0,
+                "wall_s": 1.0,
+                "what": "x",
+                "load_avg": {"before": [1.0, 1.0, 1.0], "after": [1.0, 1.0, 1.0]},
+                "machine": {
+                    "cpu": "CPU-X",
+                    "cpu_flags": ["avx2"],
+                    "cores": 2,
+                    "memory_gb": 4,
+                    "torch": "t",
+                    "torchvision": "v",
+                    "faiss": "f",
+                    "numpy": "n",
+                    "python": "p",
+                },
+                "headline": [{"metric": f"{name} figure", "value": value, "target": ">= 2x", "met": met, "note": ""}],
+                "results": [{"method": "files", "workers": 1, "images_per_s": 10.0}],
+            }
+        )
+    )
 
 
 def test_readme_regeneration_keeps_prose_and_is_idempotent(tmp_path):
     _fake_result(tmp_path / "stream.json", "stream", 3.5, True)
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\nHand-written intro.\n\n{bench_run.START}\nold table\n{bench_run.END}\n\nClosing prose.\n")
+    readme.write_text(
+        f"# Title\n\nHand-written intro.\n\n{bench_run.START}\nold table\n{bench_run.END}\n\nClosing prose.\n"
+    )
     bench_run.update_readme(readme, tmp_path)
     text = readme.read_text()
     assert text.startswith("# Title\n\nHand-written intro.\n\n") and text.endswith("\n\nClosing prose.\n")
@@ -128,16 +152,18 @@ def test_fit_exponent_and_ratio():
 
 def test_time_interleaved_runs_each_way_in_turns():
     calls = []
-    timed = common.time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                    repeats=3, warmup=1)
+    timed = common.time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
+    )
     assert calls == ["a", "b"] * 4
     assert set(timed) == {"a", "b"} and all(len(t.samples) == 3 and t.best >= 0 for t in timed.values())
     assert timed["a"].as_dict()["repeats"] == 3
 
 
 def test_two_process_training_uses_a_real_multi_process_launch(tmp_path):
-    cmd, env = train_command(tmp_path / "shards", tmp_path / "out", {"queries": 4, "augment": False},
-                             processes=2, device="cpu")
+    cmd, env = train_command(
+        tmp_path / "shards", tmp_path / "out", {"queries": 4, "augment": False}, processes=2, device="cpu"
+    )
     assert Path(cmd[0]).name == "accelerate" and cmd[1] == "launch"
     assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
     assert "--cpu" not in cmd  # `--cpu --num_processes 2` silently starts one process

@@ -28,12 +28,17 @@ def blobs(*, n_used=12, n_not=12, n_gen=24, dim=8, seed=0, prefix="") -> Feature
     nused = centres[2] + 0.3 * rng.normal(size=(n_not, dim))
     emb = np.concatenate([used, nused, gen])
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    keys = ([f"{prefix}used_{i:04d}" for i in range(n_used)] + [f"{prefix}not_used_{i:04d}" for i in range(n_not)]
-            + [f"{prefix}generated_{i:05d}" for i in range(n_gen)])
+    keys = (
+        [f"{prefix}used_{i:04d}" for i in range(n_used)]
+        + [f"{prefix}not_used_{i:04d}" for i in range(n_not)]
+        + [f"{prefix}generated_{i:05d}" for i in range(n_gen)]
+    )
     roles = ["real"] * (n_used + n_not) + ["generated"] * n_gen
     labels = ["used"] * n_used + ["not_used"] * n_not + ["unknown"] * n_gen
     order = np.argsort(keys)
-    return Features(np.array(keys)[order], np.array(roles)[order], np.array(labels)[order], emb[order].astype(np.float32))
+    return Features(
+        np.array(keys)[order], np.array(roles)[order], np.array(labels)[order], emb[order].astype(np.float32)
+    )
 
 
 @pytest.mark.parametrize("method,metric", [("ward", "euclidean"), ("average", "cosine"), ("complete", "euclidean")])
@@ -74,7 +79,14 @@ def test_analyse_writes_outputs_and_score_file(tmp_path):
     table = read_scores(tmp_path / "scores" / "cluster.csv")
     assert sorted(table.keys) == sorted(test.select(role="real").keys.tolist())
     assert np.array_equal(table.labels, (table.scores >= res["scorer"]["threshold"]).astype(int))
-    for name in ("cluster.json", "summary.md", "dendrogram.png", "dendrogram_test.png", "assignments_dev.csv", "assignments_test.csv"):
+    for name in (
+        "cluster.json",
+        "summary.md",
+        "dendrogram.png",
+        "dendrogram_test.png",
+        "assignments_dev.csv",
+        "assignments_test.csv",
+    ):
         assert (tmp_path / "cluster" / name).stat().st_size > 0
     assert (tmp_path / "cluster" / "dendrogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((tmp_path / "cluster" / "cluster.json").read_text())
@@ -94,7 +106,9 @@ def test_max_generated_subsamples_and_real_only():
     c2 = cluster.cluster_split(feats, ClusterConfig(n_clusters=3, max_generated=10, seed=5))
     assert list(c.keys) == list(c2.keys)
     res = cluster.analyse(feats, None, ClusterConfig(n_clusters=3, include_generated=False, n_boot=0))
-    assert "scorer" not in res and res["dev"]["metrics"]["n_generated"] == 0 and res["dev"]["metrics"]["ari_role"] is None
+    assert (
+        "scorer" not in res and res["dev"]["metrics"]["n_generated"] == 0 and res["dev"]["metrics"]["ari_role"] is None
+    )
 
 
 def test_clear_errors(tmp_path, capsys):
@@ -103,15 +117,34 @@ def test_clear_errors(tmp_path, capsys):
     with pytest.raises(FingerprintError, match="must be below"):
         cluster.cluster_split(blobs(n_used=2, n_not=2, n_gen=2), ClusterConfig(n_clusters=8))
     blobs().save(tmp_path / "dev.npz")
-    assert cli_cluster.main(["--dev", str(tmp_path / "dev.npz"), "--out", str(tmp_path / "run"), "--metric", "cosine"]) == 2
+    assert (
+        cli_cluster.main(["--dev", str(tmp_path / "dev.npz"), "--out", str(tmp_path / "run"), "--metric", "cosine"])
+        == 2
+    )
     assert "ward linkage" in capsys.readouterr().err
 
 
 def test_cli(tmp_path, capsys):
     blobs().save(tmp_path / "dev.npz")
     blobs(seed=1, prefix="t").save(tmp_path / "test.npz")
-    argv = ["--dev", str(tmp_path / "dev.npz"), "--test", str(tmp_path / "test.npz"), "--out", str(tmp_path / "run"),
-            "--method", "average", "--metric", "cosine", "--n-clusters", "3", "--n-boot", "20", "--seed", "2"]
+    argv = [
+        "--dev",
+        str(tmp_path / "dev.npz"),
+        "--test",
+        str(tmp_path / "test.npz"),
+        "--out",
+        str(tmp_path / "run"),
+        "--method",
+        "average",
+        "--metric",
+        "cosine",
+        "--n-clusters",
+        "3",
+        "--n-boot",
+        "20",
+        "--seed",
+        "2",
+    ]
     assert cli_cluster.main(argv) == 0
     out = capsys.readouterr().out
     assert "cophenetic" in out and "cluster scorer on dev" in out

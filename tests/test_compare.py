@@ -30,15 +30,21 @@ def make_features(*, n_real=60, n_gen=40, dim=16, signal=True, seed=0, prefix=""
         gen = rng.normal(size=(n_gen, dim))
     emb = np.concatenate([real, gen])
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    keys = [f"{prefix}{'used' if v else 'not_used'}_{i:04d}" for i, v in enumerate(y)] + [f"{prefix}generated_{i:05d}" for i in range(n_gen)]
+    keys = [f"{prefix}{'used' if v else 'not_used'}_{i:04d}" for i, v in enumerate(y)] + [
+        f"{prefix}generated_{i:05d}" for i in range(n_gen)
+    ]
     roles = ["real"] * n_real + ["generated"] * n_gen
     labels = ["used" if v else "not_used" for v in y] + ["unknown"] * n_gen
     order = np.argsort(keys)
-    return Features(np.array(keys)[order], np.array(roles)[order], np.array(labels)[order], emb[order].astype(np.float32))
+    return Features(
+        np.array(keys)[order], np.array(roles)[order], np.array(labels)[order], emb[order].astype(np.float32)
+    )
 
 
 def test_cv_finds_planted_signal():
-    cfg = CompareConfig(features=("embedding", "profile"), comparators=FAST + ("hist_gb",), folds=2, repeats=2, top_k=4, n_boot=40)
+    cfg = CompareConfig(
+        features=("embedding", "profile"), comparators=FAST + ("hist_gb",), folds=2, repeats=2, top_k=4, n_boot=40
+    )
     res = compare.run_comparators(make_features(), None, cfg)
     for name in ("cmp_logreg", "cmp_svm_rbf", "cmp_knn", "cmp_hist_gb"):
         assert res["cv"][name]["roc_auc"]["value"] > 0.75, (name, res["cv"][name]["roc_auc"])
@@ -46,7 +52,9 @@ def test_cv_finds_planted_signal():
     aucs = [res["cv"][n]["roc_auc"]["value"] for n in res["ranking"]]
     assert aucs == sorted(aucs, reverse=True)
     assert res["n_dev"] == 60 and res["n_dev_pos"] == 30
-    assert res["columns"][:16] == [f"emb_{i}" for i in range(16)] and res["columns"][16:] == [f"profile_{i}" for i in range(4)]
+    assert res["columns"][:16] == [f"emb_{i}" for i in range(16)] and res["columns"][16:] == [
+        f"profile_{i}" for i in range(4)
+    ]
 
 
 def test_cv_on_noise_stays_at_chance():
@@ -70,7 +78,9 @@ def test_profile_features_are_sorted_top_k_cosines():
 
 def test_outputs_are_complete_reproducible_and_refused_without_force(tmp_path):
     dev, test = make_features(), make_features(n_real=20, seed=1, prefix="t")
-    cfg = CompareConfig(features=("embedding", "profile"), comparators=("logreg", "knn"), folds=2, repeats=2, top_k=4, n_boot=20, seed=3)
+    cfg = CompareConfig(
+        features=("embedding", "profile"), comparators=("logreg", "knn"), folds=2, repeats=2, top_k=4, n_boot=20, seed=3
+    )
     res = compare.run_comparators(dev, test, cfg, out_dir=tmp_path)
     test_real = sorted(test.select(role="real").keys.tolist())
     for name in ("cmp_logreg", "cmp_knn"):
@@ -92,7 +102,9 @@ def test_outputs_are_complete_reproducible_and_refused_without_force(tmp_path):
     with pytest.raises(FingerprintError, match="already exists"):
         compare.run_comparators(dev, test, cfg, out_dir=tmp_path)
     first = (tmp_path / "scores" / "cmp_logreg.csv").read_bytes()
-    again = compare.run_comparators(dev, test, CompareConfig(**{**cfg.__dict__, "comparators": ("logreg",)}), out_dir=tmp_path, force=True)
+    again = compare.run_comparators(
+        dev, test, CompareConfig(**{**cfg.__dict__, "comparators": ("logreg",)}), out_dir=tmp_path, force=True
+    )
     assert (tmp_path / "scores" / "cmp_logreg.csv").read_bytes() == first
     assert again["cv"]["cmp_logreg"] == res["cv"]["cmp_logreg"]
     assert not (tmp_path / "scores" / "cmp_knn.csv").exists()  # stale output of the earlier run removed
@@ -141,7 +153,13 @@ def test_relation_and_baseline_feature_sets(tmp_path):
     real = feats.select(role="real").keys
     rng = np.random.default_rng(0)
     pair = rng.random((8, 3)).astype(np.float32)
-    np.savez(tmp_path / "neighbours.npz", keys=real, neighbour_keys=np.full((8, 3), "g"), neighbour_sims=pair, pair_scores=pair)
+    np.savez(
+        tmp_path / "neighbours.npz",
+        keys=real,
+        neighbour_keys=np.full((8, 3), "g"),
+        neighbour_sims=pair,
+        pair_scores=pair,
+    )
     base = rng.normal(size=8)
     write_scores(tmp_path / "dcr.csv", list(real), base, (base > 0).astype(int))
     path = feats.save(tmp_path / "f.npz")
@@ -171,8 +189,26 @@ def test_bad_options_give_clear_errors():
 def test_cli_end_to_end(tmp_path, capsys):
     make_features().save(tmp_path / "dev.npz")
     make_features(n_real=20, seed=1, prefix="t").save(tmp_path / "test.npz")
-    argv = ["--dev", str(tmp_path / "dev.npz"), "--test", str(tmp_path / "test.npz"), "--out", str(tmp_path / "run"),
-            "--comparators", "logreg,svm_linear", "--folds", "2", "--repeats", "2", "--top-k", "4", "--n-boot", "20", "--seed", "1"]
+    argv = [
+        "--dev",
+        str(tmp_path / "dev.npz"),
+        "--test",
+        str(tmp_path / "test.npz"),
+        "--out",
+        str(tmp_path / "run"),
+        "--comparators",
+        "logreg,svm_linear",
+        "--folds",
+        "2",
+        "--repeats",
+        "2",
+        "--top-k",
+        "4",
+        "--n-boot",
+        "20",
+        "--seed",
+        "1",
+    ]
     assert cli_compare.main(argv) == 0
     out = capsys.readouterr().out
     assert "cmp_logreg" in out and "best:" in out

@@ -68,8 +68,9 @@ def fresh_accelerate():
 
 
 def test_features_roundtrip_select_merge(tmp_path):
-    f = Features(["b", "a"], ["real", "generated"], ["used", "unknown"], np.eye(2, 3),
-                 np.ones((2, 4, 2, 2)), {"image_size": 32})
+    f = Features(
+        ["b", "a"], ["real", "generated"], ["used", "unknown"], np.eye(2, 3), np.ones((2, 4, 2, 2)), {"image_size": 32}
+    )
     path = f.save(tmp_path / "f.npz")
     with np.load(path, allow_pickle=False) as z:
         assert set(z.files) == {"keys", "roles", "labels", "embeddings", "fmaps", "meta"}
@@ -125,8 +126,18 @@ def test_embed_bf16_autocast_runs_on_cpu(shards, model, fresh_accelerate):
 def test_embed_command_refuses_existing_output(shards, model, tmp_path, fresh_accelerate):
     save_model(model, tmp_path / "model", extra={})
     out = tmp_path / "f.npz"
-    argv = ["--model", str(tmp_path / "model"), "--shards", str(shards), "--out", str(out), "--batch-size", "8",
-            "--log", str(tmp_path / "log.jsonl")]
+    argv = [
+        "--model",
+        str(tmp_path / "model"),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--log",
+        str(tmp_path / "log.jsonl"),
+    ]
     assert embed_cli.main(argv) == 0
     feats = Features.load(out)
     assert feats.fmaps is None and len(feats) == 16
@@ -134,7 +145,10 @@ def test_embed_command_refuses_existing_output(shards, model, tmp_path, fresh_ac
     rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert rec["stage"] == "embed" and rec["world_size"] == 1 and rec["images"] == 16 and rec["images_per_s"] > 0
     assert embed_cli.main(argv) == 2
-    assert embed_cli.main(["--model", str(tmp_path / "nope"), "--shards", str(shards), "--out", str(tmp_path / "g.npz")]) == 2
+    assert (
+        embed_cli.main(["--model", str(tmp_path / "nope"), "--shards", str(shards), "--out", str(tmp_path / "g.npz")])
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -144,9 +158,29 @@ def test_two_processes_give_the_same_features(shards, model, tmp_path, fresh_acc
     assert embed_cli.main([*common, "--out", str(tmp_path / "one.npz")]) == 0
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fingerprint", "embed", *common,
-           "--threads", "1", "--out", str(tmp_path / "two.npz"), "--log", str(tmp_path / "log.jsonl")]
+    cmd = [
+        str(launcher),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fingerprint",
+        "embed",
+        *common,
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "two.npz"),
+        "--log",
+        str(tmp_path / "log.jsonl"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])

@@ -110,7 +110,9 @@ def test_balanced_queries_errors(dev_shards):
     keys, labels = dev_reals(dev_shards)
     only_used = [k for k in keys if k.startswith("used")]
     stream = make_loader(dev_shards, StreamConfig(roles=("real",), batch_size=4))
-    with pytest.raises(FingerprintError, match=r"rank 0: its share .* holds no 'not_used' training images \(8 used / 0"):
+    with pytest.raises(
+        FingerprintError, match=r"rank 0: its share .* holds no 'not_used' training images \(8 used / 0"
+    ):
         list(BalancedQueries(stream, only_used, dict(zip(keys, labels)), 4, 2, where="rank 0"))
     with pytest.raises(FingerprintError, match="even number"):
         BalancedQueries([], keys, {}, 3, 1)

@@ -10,8 +10,17 @@ from fingerprint.generator import GeneratorConfig, LatentMixture, fit_latent_mix
 from fingerprint.phantom import PhantomConfig, generate
 from fingerprint.utils import FingerprintError
 
-TINY = dict(resolution=16, latent_dim=8, hidden=64, epochs=40, batch_size=8, components=4, upsampler_steps=30,
-            upsampler_width=8, upsampler_patch=16)
+TINY = dict(
+    resolution=16,
+    latent_dim=8,
+    hidden=64,
+    epochs=40,
+    batch_size=8,
+    components=4,
+    upsampler_steps=30,
+    upsampler_width=8,
+    upsampler_patch=16,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -100,8 +100,20 @@ def test_index_command(tmp_path):
     Features(keys, roles, ["unknown"] * n_gen + ["used"] * n_real, emb).save(tmp_path / "f.npz")
     out = tmp_path / "index" / "generated.faiss"
     log = tmp_path / "log.jsonl"
-    argv = ["--features", str(tmp_path / "f.npz"), "--out", str(out), "--index-factory", "IVF16,Flat",
-            "--nprobe", "1", "--threads", "1", "--log", str(log)]
+    argv = [
+        "--features",
+        str(tmp_path / "f.npz"),
+        "--out",
+        str(out),
+        "--index-factory",
+        "IVF16,Flat",
+        "--nprobe",
+        "1",
+        "--threads",
+        "1",
+        "--log",
+        str(log),
+    ]
     assert index_cli.main(argv) == 0
     meta = fx.read_index_meta(out)
     assert meta["factory"] == "IVF3,Flat"  # 120 // 39

@@ -98,9 +98,7 @@ def test_calibrated_threshold_reproduces_best_f1():
     y = rng.integers(0, 2, 50)
     s = rng.normal(size=50) + y
     t = metrics.calibrate_threshold(y, s)
-    best = max(
-        metrics.evaluate(y, s, threshold=c, n_boot=0)["f1"]["value"] for c in np.unique(s)
-    )
+    best = max(metrics.evaluate(y, s, threshold=c, n_boot=0)["f1"]["value"] for c in np.unique(s))
     assert metrics.evaluate(y, s, threshold=t, n_boot=0)["f1"]["value"] == pytest.approx(best)
 
 
@@ -134,7 +132,9 @@ def test_evaluate_cli(tmp_path, capsys):
     write_scores(tmp_path / "good.csv", keys, S, P, meta={"threshold": 0.65})
     (tmp_path / "run.csv").write_text("".join(f"{k},{p}\n" for k, p in zip(keys, P)))
     out = tmp_path / "m.json"
-    rc = evaluate_cli.main([str(tmp_path / "good.csv"), str(tmp_path / "run.csv"), "--truth", str(t), "--out", str(out), "--n-boot", "50"])
+    rc = evaluate_cli.main(
+        [str(tmp_path / "good.csv"), str(tmp_path / "run.csv"), "--truth", str(t), "--out", str(out), "--n-boot", "50"]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "good" in table and "run" in table

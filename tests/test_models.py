@@ -82,7 +82,13 @@ def test_seed_relation_runs_on_small_input():
 
 def test_seed_config_is_the_seed_run1_network():
     cfg = seed_config()
-    assert (cfg.backbone, cfg.shared, cfg.relation, cfg.seed_stem, cfg.image_size) == ("resnet101", False, "seed", True, 256)
+    assert (cfg.backbone, cfg.shared, cfg.relation, cfg.seed_stem, cfg.image_size) == (
+        "resnet101",
+        False,
+        "seed",
+        True,
+        256,
+    )
     with torch.device("meta"):
         m = FingerprintModel(cfg)
     assert m.relation.features[0].weight.shape == (2048, 4096, 3, 3)  # Conv3x3 4096 -> 2048

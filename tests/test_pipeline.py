@@ -17,16 +17,43 @@ pytestmark = pytest.mark.slow
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     data, out = root / "data", root / "run"
-    argv = ["demo", "--level", "tiny", "--data-dir", str(data), "--out", str(out), "--seed", "3",
-            "--epochs", "1", "--image-size", "32", "--batch-size", "32", "--k", "4"]
+    argv = [
+        "demo",
+        "--level",
+        "tiny",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "32",
+        "--k",
+        "4",
+    ]
     assert cli(argv) == 0
     return data, out
 
 
 def test_demo_writes_every_output(demo_run):
     data, out = demo_run
-    for rel in ("shards/dev/manifest.json", "shards/test/manifest.json", "model/model.json", "features/dev.npz",
-                "features/test.npz", "index/test.faiss", "run.csv", "metrics.json", "report.html", "log.jsonl"):
+    for rel in (
+        "shards/dev/manifest.json",
+        "shards/test/manifest.json",
+        "model/model.json",
+        "features/dev.npz",
+        "features/test.npz",
+        "index/test.faiss",
+        "run.csv",
+        "metrics.json",
+        "report.html",
+        "log.jsonl",
+    ):
         assert (out / rel).exists(), rel
     truth = {r["figure_id"]: int(r["label"]) for r in csv.DictReader(open(data / "test_truth.csv"))}
     for name in ("relation", "dcr", "ssim", "emb_nn", "emb_topk"):
@@ -47,8 +74,26 @@ def test_run_file_is_official_format(demo_run):
 def test_rerun_skips_finished_stages(demo_run, capsys):
     data, out = demo_run
     before = (out / "scores" / "relation.csv").read_bytes()
-    assert cli(["run", str(data), "--out", str(out), "--seed", "3", "--epochs", "1", "--image-size", "32",
-                "--k", "4", "--no-report"]) == 0
+    assert (
+        cli(
+            [
+                "run",
+                str(data),
+                "--out",
+                str(out),
+                "--seed",
+                "3",
+                "--epochs",
+                "1",
+                "--image-size",
+                "32",
+                "--k",
+                "4",
+                "--no-report",
+            ]
+        )
+        == 0
+    )
     assert (out / "scores" / "relation.csv").read_bytes() == before
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any(r.get("skipped") and r.get("step") == "train" for r in log)

@@ -107,7 +107,9 @@ def run_dir(tmp_path_factory) -> Path:
         pixels.update(dict(zip(u_keys + n_keys + g_keys, used + nused + gen)))
         pack(data / split, run / "shards" / split, image_size=SIZE, seed=0)
 
-    dev_keys = [k for k in pixels if k.startswith(("used", "not_used")) or (k.startswith("generated_") and len(k) == 14)]
+    dev_keys = [
+        k for k in pixels if k.startswith(("used", "not_used")) or (k.startswith("generated_") and len(k) == 14)
+    ]
     test_keys = [k for k in pixels if k not in dev_keys]
     dev = _features({k: pixels[k] for k in dev_keys}, roles, labels)
     test = _features({k: pixels[k] for k in test_keys}, roles, labels)
@@ -121,24 +123,46 @@ def run_dir(tmp_path_factory) -> Path:
     nsims = np.take_along_axis(sims, nn, axis=1)
     pair = 1 / (1 + np.exp(-10 * (nsims - 0.5)))
     relation = pair.mean(axis=1)
-    write_scores(run / "scores" / "relation.csv", real.keys.tolist(), relation, (relation >= 0.5).astype(int),
-                 meta={"scorer": "relation", "threshold": 0.5, "rule": "max_f1"})
+    write_scores(
+        run / "scores" / "relation.csv",
+        real.keys.tolist(),
+        relation,
+        (relation >= 0.5).astype(int),
+        meta={"scorer": "relation", "threshold": 0.5, "rule": "max_f1"},
+    )
     emb_nn = nsims[:, 0]
-    write_scores(run / "scores" / "emb_nn.csv", real.keys.tolist(), emb_nn, (emb_nn >= 0.6).astype(int),
-                 meta={"scorer": "emb_nn", "threshold": 0.6})
-    np.savez(run / "scores" / "neighbours.npz", keys=real.keys, neighbour_keys=gen.keys[nn],
-             neighbour_sims=nsims.astype(np.float32), pair_scores=pair.astype(np.float32))
+    write_scores(
+        run / "scores" / "emb_nn.csv",
+        real.keys.tolist(),
+        emb_nn,
+        (emb_nn >= 0.6).astype(int),
+        meta={"scorer": "emb_nn", "threshold": 0.6},
+    )
+    np.savez(
+        run / "scores" / "neighbours.npz",
+        keys=real.keys,
+        neighbour_keys=gen.keys[nn],
+        neighbour_sims=nsims.astype(np.float32),
+        pair_scores=pair.astype(np.float32),
+    )
     (run / "test_truth.csv").write_text("figure_id,label\n" + "".join(f"{k},{v}\n" for k, v in sorted(truth.items())))
 
     (run / "model").mkdir()
-    lines = [{"stage": "train", "step": s, "epoch": 1 + s // 5, "loss": 0.7 - 0.02 * s, "lr": 1e-3} for s in range(1, 11)]
-    lines += [{"stage": "train", "epoch": e, "loss": 0.6, "seconds": 1.0, "val_auc": 0.6 + 0.1 * e, "val_loss": 0.6} for e in (1, 2)]
+    lines = [
+        {"stage": "train", "step": s, "epoch": 1 + s // 5, "loss": 0.7 - 0.02 * s, "lr": 1e-3} for s in range(1, 11)
+    ]
+    lines += [
+        {"stage": "train", "epoch": e, "loss": 0.6, "seconds": 1.0, "val_auc": 0.6 + 0.1 * e, "val_loss": 0.6}
+        for e in (1, 2)
+    ]
     lines += [{"stage": "train", "seconds": 2.0, "epochs": 2, "best_epoch": 2, "val_auc": 0.8}]
     (run / "model" / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (run / "log.jsonl").write_text(json.dumps({"stage": "pack", "seconds": 0.5, "images": 36}) + "\n")
 
     cluster.analyse(dev, test, cluster.ClusterConfig(n_clusters=3, n_boot=0, dendrogram_leaves=8), out_dir=run)
-    cmp = compare.run_comparators(dev, test, compare.CompareConfig(comparators=("logreg",), folds=2, repeats=1, top_k=3, n_boot=0), out_dir=run)
+    cmp = compare.run_comparators(
+        dev, test, compare.CompareConfig(comparators=("logreg",), folds=2, repeats=1, top_k=3, n_boot=0), out_dir=run
+    )
 
     scorers = {}
     for name in ("relation", "emb_nn", "cluster", "cmp_logreg"):
@@ -170,8 +194,17 @@ def test_full_report_is_self_contained(run_dir, tmp_path):
     assert all(link.startswith("#") for link in page.links)
     assert page.notes == 0, [t for t in page.text if "could not" in t or t.startswith("no ")]
     body = " ".join(page.text)
-    for needed in ("relation", "emb_nn", "cmp_logreg", "cluster", "ROC-AUC", "true positives", "false negatives",
-                   "cophenetic_correlation", "real_unknown_"):
+    for needed in (
+        "relation",
+        "emb_nn",
+        "cmp_logreg",
+        "cluster",
+        "ROC-AUC",
+        "true positives",
+        "false negatives",
+        "cophenetic_correlation",
+        "real_unknown_",
+    ):
         assert needed in body, needed
     md = md_path.read_text()
     assert md.startswith("# fingerprint report") and "| scorer | F1 |" in md and "base64" not in md
@@ -196,8 +229,15 @@ def test_missing_parts_become_notes(run_dir, tmp_path):
     page = _page(html_path)
     body = " ".join(page.text)
     assert page.notes >= 6
-    for note in ("no cluster output", "no truth", "no metrics.json", "no model/train_log.jsonl", "no compare/cv.json",
-                 "broken.csv", "without images"):
+    for note in (
+        "no cluster output",
+        "no truth",
+        "no metrics.json",
+        "no model/train_log.jsonl",
+        "no compare/cv.json",
+        "broken.csv",
+        "without images",
+    ):
         assert note in body, note
     assert "Note: no cluster output" in md_path.read_text()
     assert len(page.imgs) >= 1  # histograms of all scores still render
@@ -212,6 +252,11 @@ def test_bad_inputs_give_one_line_errors(run_dir, tmp_path, capsys):
     assert cli_report.main([str(run_dir), "--truth", str(bad), "--out-dir", str(tmp_path / "o")]) == 2
     assert "label must be 0 or 1" in capsys.readouterr().err
     out = tmp_path / "cli"
-    assert cli_report.main([str(run_dir), "--out-dir", str(out), "--top-n", "1", "--strip-k", "2", "--samples-per-group", "1"]) == 0
+    assert (
+        cli_report.main(
+            [str(run_dir), "--out-dir", str(out), "--top-n", "1", "--strip-k", "2", "--samples-per-group", "1"]
+        )
+        == 0
+    )
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     assert not list(out.glob(".*tmp*"))

@@ -36,9 +36,12 @@ def features_of(model, n_real=6, n_gen=20, seed=0, sha=None) -> Features:
     keys = [f"used_{i:04d}" for i in range(half)] + [f"not_used_{i:04d}" for i in range(n_real - half)]
     keys += [f"generated_{i:04d}" for i in range(n_gen)]
     return Features(
-        keys, ["real"] * n_real + ["generated"] * n_gen,
+        keys,
+        ["real"] * n_real + ["generated"] * n_gen,
         ["used"] * half + ["not_used"] * (n_real - half) + ["unknown"] * n_gen,
-        torch.cat([re, ge]).numpy(), torch.cat([rf, gf]).numpy(), {"model_sha256": sha} if sha else {},
+        torch.cat([re, ge]).numpy(),
+        torch.cat([rf, gf]).numpy(),
+        {"model_sha256": sha} if sha else {},
     )
 
 
@@ -49,9 +52,14 @@ def test_score_file_roundtrip_and_errors(tmp_path):
     assert keys == ["a", "b"] and scores[1] == 1 / 3 and labels.tolist() == [0, 1]
     assert sc.read_score_meta(p) == {"threshold": 0.2}
     assert p.read_text().splitlines()[0] == "key,score,label"
-    for text, msg in [("key,score\n", "header"), ("key,score,label\na,x,1\n", "line 2: score"),
-                      ("key,score,label\na,0.1,2\n", "line 2: label"), ("key,score,label\na,1,1\na,2,0\n", "line 3: key"),
-                      ("key,score,label\na,nan,1\n", "not finite"), ("key,score,label\n", "no rows")]:
+    for text, msg in [
+        ("key,score\n", "header"),
+        ("key,score,label\na,x,1\n", "line 2: score"),
+        ("key,score,label\na,0.1,2\n", "line 2: label"),
+        ("key,score,label\na,1,1\na,2,0\n", "line 3: key"),
+        ("key,score,label\na,nan,1\n", "not finite"),
+        ("key,score,label\n", "no rows"),
+    ]:
         p.write_text(text)
         with pytest.raises(FingerprintError, match=msg):
             sc.read_scores(p)
@@ -135,8 +143,20 @@ def test_score_command_relation(model, tmp_path):
     real_keys = sorted(test.select(role="real").keys.tolist())
     (tmp_path / "ids.txt").write_text("\n".join(real_keys) + "\n")
     out = tmp_path / "scores" / "relation.csv"
-    argv = ["--features", str(tmp_path / "test.npz"), "--model", str(mdir), "--out", str(out), "--k", "4",
-            "--run-file", str(tmp_path / "run.csv"), "--ids", str(tmp_path / "ids.txt")]
+    argv = [
+        "--features",
+        str(tmp_path / "test.npz"),
+        "--model",
+        str(mdir),
+        "--out",
+        str(out),
+        "--k",
+        "4",
+        "--run-file",
+        str(tmp_path / "run.csv"),
+        "--ids",
+        str(tmp_path / "ids.txt"),
+    ]
     assert score_cli.main([*argv, "--calibrate-on", str(tmp_path / "dev.npz"), "--rule", "youden"]) == 0
     table = sc.read_scores(out)
     assert sorted(table.keys) == real_keys
@@ -172,8 +192,22 @@ def test_score_command_errors(model, tmp_path, capsys):
     test = features_of(model)
     test.labels[test.roles == "real"] = "unknown"
     test.save(tmp_path / "t.npz")
-    argv = ["--scorer", "emb_nn", "--features", str(tmp_path / "t.npz"), "--calibrate-on", str(tmp_path / "t.npz"), "--out", out]
+    argv = [
+        "--scorer",
+        "emb_nn",
+        "--features",
+        str(tmp_path / "t.npz"),
+        "--calibrate-on",
+        str(tmp_path / "t.npz"),
+        "--out",
+        out,
+    ]
     assert score_cli.main(argv) == 2
     assert "used/not_used" in capsys.readouterr().err
-    assert score_cli.main(["--scorer", "emb_topk", "--features", str(tmp_path / "t.npz"), "--threshold", "0.5", "--out", out]) == 0
+    assert (
+        score_cli.main(
+            ["--scorer", "emb_topk", "--features", str(tmp_path / "t.npz"), "--threshold", "0.5", "--out", out]
+        )
+        == 0
+    )
     assert sorted(sc.read_scores(out).keys) == sorted(test.select(role="real").keys.tolist())

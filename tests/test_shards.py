@@ -36,8 +36,16 @@ def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
 def make_layout(root: Path, layout: str = "dev", n_gen: int = 8, n_real: int = 4) -> dict[str, np.ndarray]:
     """Write a tiny image set in one of the layouts; returns {key: pixels}."""
     folders = {
-        "dev": [("generated", "generated_{:04d}", n_gen), ("used", "used_{:04d}", n_real), ("not_used", "not_used_{:04d}", n_real)],
-        "seed": [("generated", "generated_{:04d}", n_gen), ("real_used", "used_{:04d}", n_real), ("real_unused", "unused_{:04d}", n_real)],
+        "dev": [
+            ("generated", "generated_{:04d}", n_gen),
+            ("used", "used_{:04d}", n_real),
+            ("not_used", "not_used_{:04d}", n_real),
+        ],
+        "seed": [
+            ("generated", "generated_{:04d}", n_gen),
+            ("real_used", "used_{:04d}", n_real),
+            ("real_unused", "unused_{:04d}", n_real),
+        ],
         "test": [("generated_1", "generated_{:05d}", n_gen), ("real_unknown_1", "real_unknown_{:04d}", 2 * n_real)],
     }[layout]
     pixels = {}
@@ -82,7 +90,9 @@ def test_pack_roundtrip_every_pixel_and_key(tmp_path, encoding):
     assert read_json(tmp_path / "out" / "manifest.json") == man
     if encoding == "png":  # unchanged 8-bit gray PNGs are stored byte for byte
         src = (tmp_path / "dev" / "used" / "used_0001.png").read_bytes()
-        raw = next(s for u in shards.shard_urls(tmp_path / "out") for s in shards.iter_shard(u) if s["__key__"] == "used_0001")
+        raw = next(
+            s for u in shards.shard_urls(tmp_path / "out") for s in shards.iter_shard(u) if s["__key__"] == "used_0001"
+        )
         assert raw["png"] == src
 
 
@@ -132,8 +142,12 @@ def test_layout_errors(tmp_path):
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_manifest_layout(tmp_path, fmt):
     src = tmp_path / "src"
-    rows = [("a/x.png", "real", "used"), ("a/y.png", "real", "not_used"), ("b/x.png", "generated", ""),
-            ("b/z.v1.png", "generated", "unknown")]
+    rows = [
+        ("a/x.png", "real", "used"),
+        ("a/y.png", "real", "not_used"),
+        ("b/x.png", "generated", ""),
+        ("b/z.v1.png", "generated", "unknown"),
+    ]
     pix = {}
     for i, (p, _, _) in enumerate(rows):
         pix[p] = gray(i)
@@ -173,8 +187,10 @@ def test_manifest_errors(tmp_path):
 
 
 def test_make_keys_unique_and_dot_free():
-    imgs = [shards.SourceImage(Path("/x"), rel, "real", "used")
-            for rel in ["a/k.png", "b/k.png", "c/k_2.png", "d/k.png", "e/a.b.c.png"]]
+    imgs = [
+        shards.SourceImage(Path("/x"), rel, "real", "used")
+        for rel in ["a/k.png", "b/k.png", "c/k_2.png", "d/k.png", "e/a.b.c.png"]
+    ]
     keys = shards.make_keys(imgs)
     assert keys == ["k", "k_3", "k_2", "k_4", "a_b_c"]
     assert len(set(keys)) == len(keys) and not any("." in k for k in keys)
@@ -185,7 +201,7 @@ def test_conversion_rgb_16bit_and_size(tmp_path):
     make_layout(src, "dev", n_gen=2, n_real=1)
     rgb = np.stack([gray(1, 24), gray(2, 24), gray(3, 24)], -1)
     write_png(src / "used" / "rgb.png", rgb)
-    g16 = (gray(4).astype(np.uint16) * 257)
+    g16 = gray(4).astype(np.uint16) * 257
     Image.fromarray(g16).save(src / "used" / "deep.png")
     Image.fromarray(gray(5, 32)).save(src / "not_used" / "big.tif")
     man = shards.pack(src, tmp_path / "out", image_size=SIZE, encoding="png")

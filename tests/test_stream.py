@@ -75,8 +75,10 @@ def test_two_ranks_two_workers_each_sample_once(packed):
 
 def test_shard_shuffle_follows_seed_and_epoch(packed):
     out, _ = packed
+
     def order(seed, epoch):
         return keys_of(make_loader(out, StreamConfig(batch_size=4, shuffle=True, seed=seed, epoch=epoch)))
+
     assert order(1, 0) == order(1, 0)
     assert order(1, 0) != order(1, 1) and sorted(order(1, 0)) == sorted(order(1, 1))
     loader = make_loader(out, StreamConfig(batch_size=4, shuffle=True, seed=1))
@@ -89,8 +91,10 @@ def test_shard_shuffle_follows_seed_and_epoch(packed):
 def test_epoch_batches_equal_per_rank(tmp_path):
     make_layout(tmp_path / "dev", "dev", n_gen=9, n_real=3)  # 15 images in shards of 2: 8 shards, last holds 1
     shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, max_count=2)
-    plain = [sum(1 for _ in make_loader(tmp_path / "out", StreamConfig(batch_size=2), rank=r, world_size=3))
-             for r in range(3)]
+    plain = [
+        sum(1 for _ in make_loader(tmp_path / "out", StreamConfig(batch_size=2), rank=r, world_size=3))
+        for r in range(3)
+    ]
     assert len(set(plain)) > 1  # uneven without epoch_batches
     for workers in (0, 2):
         counts, seen = [], set()
@@ -162,8 +166,10 @@ def test_corrupt_sample_named_or_counted(tmp_path):
 
 def test_augment_seeded_and_in_range(packed):
     out, _ = packed
+
     def first(seed, augment=True):
         return next(iter(make_loader(out, StreamConfig(batch_size=8, augment=augment, seed=seed))))["image"]
+
     a, b, c, plain = first(1), first(1), first(2), first(1, False)
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, plain)
     assert a.min() >= 0 and a.max() <= 1 and a.shape == plain.shape
@@ -198,13 +204,26 @@ def test_real_two_process_launch(tmp_path):
     shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, max_count=2)  # 9 shards
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    base = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "tests" / "_dist_stream.py"),
-            str(tmp_path / "out")]
+    base = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(ROOT / "tests" / "_dist_stream.py"),
+        str(tmp_path / "out"),
+    ]
 
     def launch(out: Path, *extra: str) -> list[dict]:
-        proc = subprocess.run(base + [str(out), "--workers", "2", *extra], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=240)
+        proc = subprocess.run(
+            base + [str(out), "--workers", "2", *extra], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         recs = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
         assert [r["world_size"] for r in recs] == [2, 2] and [r["rank"] for r in recs] == [0, 1]
@@ -226,8 +245,9 @@ def test_stock_webdataset_reads_the_shards(tmp_path, encoding):
 
     pixels = make_layout(tmp_path / "dev", "dev", n_gen=3, n_real=2)
     shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, encoding=encoding, max_count=3)
-    ds = wds.WebDataset(shards.shard_urls(tmp_path / "out"), shardshuffle=False,
-                        nodesplitter=wds.split_by_node).decode("l8")
+    ds = wds.WebDataset(shards.shard_urls(tmp_path / "out"), shardshuffle=False, nodesplitter=wds.split_by_node).decode(
+        "l8"
+    )
     got = {s["__key__"]: s for s in ds}
     assert set(got) == set(pixels)
     for key, s in got.items():

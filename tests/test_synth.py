@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fingerprint.cli.synth import main as synth_main
-from fingerprint.synth import (LEVELS, build_benchmark, measure_difficulty, read_truth, resolve_params, to_gray)
+from fingerprint.synth import LEVELS, build_benchmark, measure_difficulty, read_truth, resolve_params, to_gray
 from fingerprint.utils import FingerprintError
 
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -31,8 +31,11 @@ def _pngs(folder: Path) -> list[str]:
 
 
 def _hashes(root: Path, skip=("synth.json",)) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
 
 
 def _load(folder: Path) -> np.ndarray:
@@ -46,8 +49,7 @@ def test_layout_and_counts(tiny):
     assert _pngs(out / "dev" / "generated") == [f"generated_{i:04d}.png" for i in range(1, p["dev_generated"] + 1)]
     assert _pngs(out / "dev" / "used") == [f"used_{i:04d}.png" for i in range(1, p["dev_used"] + 1)]
     assert _pngs(out / "dev" / "not_used") == [f"not_used_{i:04d}.png" for i in range(1, p["dev_not_used"] + 1)]
-    assert _pngs(out / "test" / "generated_1") == [f"generated_{i:05d}.png"
-                                                   for i in range(1, p["test_generated"] + 1)]
+    assert _pngs(out / "test" / "generated_1") == [f"generated_{i:05d}.png" for i in range(1, p["test_generated"] + 1)]
     n_unknown = p["test_used"] + p["test_not_used"]
     assert _pngs(out / "test" / "real_unknown_1") == [f"real_unknown_{i:04d}.png" for i in range(1, n_unknown + 1)]
     for f in (out / "dev" / "used").iterdir():
@@ -73,8 +75,9 @@ def test_truth_is_beside_test_and_balanced(tiny):
 
 def test_real_images_are_all_different_and_sourced(tiny):
     out, info = tiny
-    real = np.concatenate([_load(out / "dev" / "used"), _load(out / "dev" / "not_used"),
-                           _load(out / "test" / "real_unknown_1")])
+    real = np.concatenate(
+        [_load(out / "dev" / "used"), _load(out / "dev" / "not_used"), _load(out / "test" / "real_unknown_1")]
+    )
     assert len({r.tobytes() for r in real}) == len(real)
     with open(out / "real_sources.csv") as f:
         rows = list(csv.DictReader(f))
@@ -86,10 +89,18 @@ def test_real_images_are_all_different_and_sourced(tiny):
 
 def test_no_synthetic_image_nearly_equals_a_real_one(tiny):
     out, info = tiny
-    real = np.concatenate([_load(out / "dev" / "used"), _load(out / "dev" / "not_used"),
-                           _load(out / "test" / "real_unknown_1")]).reshape(-1, 64 * 64).astype(float)
-    gen = np.concatenate([_load(out / "dev" / "generated"),
-                          _load(out / "test" / "generated_1")]).reshape(-1, 64 * 64).astype(float)
+    real = (
+        np.concatenate(
+            [_load(out / "dev" / "used"), _load(out / "dev" / "not_used"), _load(out / "test" / "real_unknown_1")]
+        )
+        .reshape(-1, 64 * 64)
+        .astype(float)
+    )
+    gen = (
+        np.concatenate([_load(out / "dev" / "generated"), _load(out / "test" / "generated_1")])
+        .reshape(-1, 64 * 64)
+        .astype(float)
+    )
 
     def unit(x):
         x = x - x.mean(1, keepdims=True)
@@ -132,6 +143,7 @@ def test_same_seed_same_files_other_seed_different(tiny, tmp_path):
     again = tmp_path / "again"
     info2 = build_benchmark(again, level="tiny", seed=0, progress=False)
     assert _hashes(out) == _hashes(again)
+
     def strip(i):
         return {k: v for k, v in i.items() if k not in ("timings", "generator")}
 
@@ -267,8 +279,22 @@ def test_to_gray_conversions():
 
 def test_cli_builds_and_reports(tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = synth_main([str(out), "--level", "tiny", "--seed", "1", "--dev-generated", "8", "--test-generated", "9",
-                     "--epochs", "5", "--no-progress"])
+    rc = synth_main(
+        [
+            str(out),
+            "--level",
+            "tiny",
+            "--seed",
+            "1",
+            "--dev-generated",
+            "8",
+            "--test-generated",
+            "9",
+            "--epochs",
+            "5",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "pixel-NN AUC dev" in capsys.readouterr().out
     info = json.loads((out / "synth.json").read_text())
@@ -291,9 +317,30 @@ def test_two_process_launch(tmp_path):
     """Generator training under `accelerate launch` with two gloo processes; rank 0 writes."""
     out = tmp_path / "mp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fingerprint", "synth", str(out),
-           "--level", "tiny", "--seed", "0", "--epochs", "10", "--no-progress"]
+    cmd = [
+        str(ACCELERATE),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fingerprint",
+        "synth",
+        str(out),
+        "--level",
+        "tiny",
+        "--seed",
+        "0",
+        "--epochs",
+        "10",
+        "--no-progress",
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads((out / "synth.json").read_text())

@@ -31,9 +31,25 @@ def tiny_cfg(**kw) -> TrainConfig:
     Everything trains (backbone, embedding, BatchNorm recalibrated at each bank refresh, augmented
     queries): the most stateful path, for the resume and NaN tests.
     """
-    base = dict(image_size=32, queries=4, k=4, k_random=1, epochs=2, batch_size=32, bn_images=16, threads=1,
-                refresh_every=2, patience=0, val_fraction=0.25, keep_checkpoints=1, lr=2e-3, freeze="none",
-                train_embed=True, bn="recalibrate", augment=True)
+    base = dict(
+        image_size=32,
+        queries=4,
+        k=4,
+        k_random=1,
+        epochs=2,
+        batch_size=32,
+        bn_images=16,
+        threads=1,
+        refresh_every=2,
+        patience=0,
+        val_fraction=0.25,
+        keep_checkpoints=1,
+        lr=2e-3,
+        freeze="none",
+        train_embed=True,
+        bn="recalibrate",
+        augment=True,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -120,8 +136,28 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dev, tmp_path, m
         return loss * float("nan") if calls["n"] == 4 else loss
 
     monkeypatch.setattr(train_mod, "episode_loss", nan_in_epoch_2)
-    flags = ["--image-size", "32", "--queries", "4", "--k", "4", "--k-random", "1", "--epochs", "2", "--batch-size",
-             "32", "--threads", "1", "--patience", "0", "--val-fraction", "0.25", "--keep-checkpoints", "1"]
+    flags = [
+        "--image-size",
+        "32",
+        "--queries",
+        "4",
+        "--k",
+        "4",
+        "--k-random",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        "--patience",
+        "0",
+        "--val-fraction",
+        "0.25",
+        "--keep-checkpoints",
+        "1",
+    ]
     rc = train_cli.main(["--shards", str(dev), "--out", str(out), *flags])
     err = capsys.readouterr().err
     assert rc == 2
@@ -155,8 +191,21 @@ def test_bad_settings_are_clear_errors(dev, tmp_path):
 
 def test_seed_style_pairs_with_separate_backbones(dev, tmp_path):
     """The seed's setup: two backbones, seed head, supports re-encoded with gradients, per-pair labels."""
-    s = train(tiny_cfg(shared=False, relation="seed", pool="mean", seed_stem=True, episodes="pairs", epochs=1,
-                       freeze="none", k=2, k_random=0), dev, tmp_path / "m")
+    s = train(
+        tiny_cfg(
+            shared=False,
+            relation="seed",
+            pool="mean",
+            seed_stem=True,
+            episodes="pairs",
+            epochs=1,
+            freeze="none",
+            k=2,
+            k_random=0,
+        ),
+        dev,
+        tmp_path / "m",
+    )
     model, meta = load_model(tmp_path / "m")
     assert s["steps"] == 3 and len(model.backbones) == 2 and meta["config"]["relation"] == "seed"
 
@@ -165,10 +214,41 @@ def test_seed_style_pairs_with_separate_backbones(dev, tmp_path):
 def test_bf16_under_accelerate_launch_with_module_entry(dev, tmp_path):
     """`accelerate launch -m fingerprint train` works, and bf16 autocast runs on CPU (tiny input)."""
     out = tmp_path / "m"
-    cmd = [str(VENV_BIN / "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "bf16", "--dynamo_backend", "no", "-m", "fingerprint", "train",
-           "--shards", str(dev), "--out", str(out), "--image-size", "32", "--queries", "4", "--k", "2",
-           "--k-random", "0", "--epochs", "1", "--bn-images", "8", "--threads", "1", "--val-fraction", "0.25"]
+    cmd = [
+        str(VENV_BIN / "accelerate"),
+        "launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "bf16",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fingerprint",
+        "train",
+        "--shards",
+        str(dev),
+        "--out",
+        str(out),
+        "--image-size",
+        "32",
+        "--queries",
+        "4",
+        "--k",
+        "2",
+        "--k-random",
+        "0",
+        "--epochs",
+        "1",
+        "--bn-images",
+        "8",
+        "--threads",
+        "1",
+        "--val-fraction",
+        "0.25",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -180,11 +260,39 @@ def test_bf16_under_accelerate_launch_with_module_entry(dev, tmp_path):
 def test_two_process_cpu_launch(dev, tmp_path):
     """launch/cpu.yaml gives 2 gloo processes: disjoint query shards, identical final weights."""
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}  # the config alone must suffice
-    cmd = [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "cpu.yaml"),
-           str(ROOT / "tests" / "_dist_train.py"), str(dev), str(tmp_path / "m"), str(tmp_path / "report"),
-           "--image-size", "32", "--queries", "2", "--k", "2", "--k-random", "1", "--epochs", "2",
-           "--bn-images", "8", "--threads", "1", "--val-fraction", "0.25", "--refresh-every", "1",
-           "--freeze", "none", "--train-embed", "--bn", "recalibrate"]  # DDP over every layer, bank gathered each step
+    cmd = [
+        str(VENV_BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ROOT / "launch" / "cpu.yaml"),
+        str(ROOT / "tests" / "_dist_train.py"),
+        str(dev),
+        str(tmp_path / "m"),
+        str(tmp_path / "report"),
+        "--image-size",
+        "32",
+        "--queries",
+        "2",
+        "--k",
+        "2",
+        "--k-random",
+        "1",
+        "--epochs",
+        "2",
+        "--bn-images",
+        "8",
+        "--threads",
+        "1",
+        "--val-fraction",
+        "0.25",
+        "--refresh-every",
+        "1",
+        "--freeze",
+        "none",
+        "--train-embed",
+        "--bn",
+        "recalibrate",
+    ]  # DDP over every layer, bank gathered each step
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / "report" / f"rank{i}.json").read_text()) for i in range(2)]

@@ -14,7 +14,10 @@ from fingerprint import __version__
 
 #: subcommand -> (module, one-line help), in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("fingerprint.cli.synth", "build a membership benchmark: CT-like images + a generator trained on the used ones"),
+    "synth": (
+        "fingerprint.cli.synth",
+        "build a membership benchmark: CT-like images + a generator trained on the used ones",
+    ),
     "pack": ("fingerprint.cli.pack", "pack image folders into WebDataset shards"),
     "inspect": ("fingerprint.cli.inspect", "summarise shards; --verify re-checks every checksum"),
     "train": ("fingerprint.cli.train", "episodic relation-network training with Accelerate"),

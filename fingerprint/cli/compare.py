@@ -32,22 +32,47 @@ def add_arguments(p) -> None:
     p.add_argument("--dev", required=True, help="features .npz of the labelled development split (fingerprint embed)")
     p.add_argument("--test", help="features .npz of the split to score (optional: CV only without it)")
     p.add_argument("--out", required=True, help="run folder: writes scores/cmp_<name>.csv and compare/")
-    p.add_argument("--dev-scores", help="score folder of the dev split (neighbours.npz, <baseline>.csv) for relation/baselines")
+    p.add_argument(
+        "--dev-scores", help="score folder of the dev split (neighbours.npz, <baseline>.csv) for relation/baselines"
+    )
     p.add_argument("--test-scores", help="score folder of the test split (default: OUT/scores)")
-    p.add_argument("--features", default="embedding,profile", help=f"comma-separated feature sets, or 'all': {','.join(FEATURE_SETS)}")
+    p.add_argument(
+        "--features",
+        default="embedding,profile",
+        help=f"comma-separated feature sets, or 'all': {','.join(FEATURE_SETS)}",
+    )
     p.add_argument("--comparators", default="all", help=f"comma-separated, or 'all': {','.join(COMPARATORS)}")
-    p.add_argument("--mode", default="per-image", choices=MODES,
-                   help="per-image features, the seed's run-3 pair features with a majority vote, or both")
-    p.add_argument("--pair-comparators", default="svm_rbf", help="comparators used in seed-pairs mode (the seed used svm_rbf)")
-    p.add_argument("--baselines", default="dcr,ssim,emb_nn,emb_topk", help="baseline score files used by the baselines feature set")
+    p.add_argument(
+        "--mode",
+        default="per-image",
+        choices=MODES,
+        help="per-image features, the seed's run-3 pair features with a majority vote, or both",
+    )
+    p.add_argument(
+        "--pair-comparators", default="svm_rbf", help="comparators used in seed-pairs mode (the seed used svm_rbf)"
+    )
+    p.add_argument(
+        "--baselines", default="dcr,ssim,emb_nn,emb_topk", help="baseline score files used by the baselines feature set"
+    )
     p.add_argument("--folds", type=int, default=5, help="stratified k-fold splits on dev")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold split")
     p.add_argument("--top-k", type=int, default=16, help="length of the similarity profile to the generated set")
-    p.add_argument("--max-pairs", type=int, default=4000,
-                   help="seed-pairs: training pairs (each real image gets max-pairs / n_real random generated partners)")
-    p.add_argument("--threshold-rule", default="max_f1", choices=("max_f1", "youden"), help="threshold rule on out-of-fold dev scores")
+    p.add_argument(
+        "--max-pairs",
+        type=int,
+        default=4000,
+        help="seed-pairs: training pairs (each real image gets max-pairs / n_real random generated partners)",
+    )
+    p.add_argument(
+        "--threshold-rule",
+        default="max_f1",
+        choices=("max_f1", "youden"),
+        help="threshold rule on out-of-fold dev scores",
+    )
     p.add_argument("--rank-by", default="roc_auc", choices=METRICS, help="metric that ranks the comparators")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (spread over repeats)")
+    p.add_argument(
+        "--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (spread over repeats)"
+    )
     p.add_argument("--n-jobs", type=int, default=1, choices=(1, 2), help="scikit-learn parallel jobs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing compare outputs")
@@ -76,21 +101,35 @@ def run(args) -> int:
     out = Path(args.out)
     needs_scores = {"relation", "baselines"} & set(cfg.features)
     if needs_scores and not args.dev_scores:
-        raise FingerprintError(f"--features {','.join(sorted(needs_scores))} needs --dev-scores (the dev split's score folder)")
+        raise FingerprintError(
+            f"--features {','.join(sorted(needs_scores))} needs --dev-scores (the dev split's score folder)"
+        )
     t0 = time.perf_counter()
-    dev = load_split(args.dev, scores_dir=args.dev_scores, feature_sets=cfg.features, baselines=cfg.baselines, name="dev")
+    dev = load_split(
+        args.dev, scores_dir=args.dev_scores, feature_sets=cfg.features, baselines=cfg.baselines, name="dev"
+    )
     test = None
     if args.test:
-        test = load_split(args.test, scores_dir=args.test_scores or out / "scores", feature_sets=cfg.features,
-                          baselines=cfg.baselines, name="test")
+        test = load_split(
+            args.test,
+            scores_dir=args.test_scores or out / "scores",
+            feature_sets=cfg.features,
+            baselines=cfg.baselines,
+            name="test",
+        )
     result = run_comparators(dev, test, cfg, out_dir=out, force=args.force)
     seconds = time.perf_counter() - t0
-    print(f"Comparators, {cfg.folds}-fold x {cfg.repeats} CV on {result['n_dev']} labelled dev images "
-          f"(features: {','.join(cfg.features)}; ranked by {cfg.rank_by}):")
+    print(
+        f"Comparators, {cfg.folds}-fold x {cfg.repeats} CV on {result['n_dev']} labelled dev images "
+        f"(features: {','.join(cfg.features)}; ranked by {cfg.rank_by}):"
+    )
     print(result["table"])
-    print(f"best: {result['best']}; wrote {out / 'compare'}" + (f" and {len(result['test'])} score files" if test else ""))
-    JsonlLogger(out / "log.jsonl").log(stage=NAME, seconds=round(seconds, 3), best=result["best"], n_dev=result["n_dev"],
-                                       comparators=len(result["cv"]))
+    print(
+        f"best: {result['best']}; wrote {out / 'compare'}" + (f" and {len(result['test'])} score files" if test else "")
+    )
+    JsonlLogger(out / "log.jsonl").log(
+        stage=NAME, seconds=round(seconds, 3), best=result["best"], n_dev=result["n_dev"], comparators=len(result["cv"])
+    )
     return 0
 
 

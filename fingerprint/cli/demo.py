@@ -18,11 +18,18 @@ NAME = "demo"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path,
-                   help="where the benchmark is built and cached (default: data/benchmark-<level>-seed<seed>)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the benchmark is built and cached (default: data/benchmark-<level>-seed<seed>)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder to write")
-    p.add_argument("--level", default="medium", choices=("easy", "medium", "hard", "tiny"),
-                   help="benchmark difficulty (tiny: seconds, for tests)")
+    p.add_argument(
+        "--level",
+        default="medium",
+        choices=("easy", "medium", "hard", "tiny"),
+        help="benchmark difficulty (tiny: seconds, for tests)",
+    )
     p.add_argument("--rebuild-data", action="store_true", help="rebuild the benchmark even if it is cached")
     add_run_options(p)
 
@@ -31,8 +38,15 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or Path(f"data/benchmark-{args.level}-seed{args.seed}")
     cfg = config_from_args(args, data_dir, args.out)
     options = {k: v for k, v in vars(cfg).items() if k not in ("data_dir", "out", "seed", "force")}
-    summary = demo(data_dir=data_dir, out=args.out, level=args.level, seed=args.seed, force=args.force,
-                   rebuild_data=args.rebuild_data, **options)
+    summary = demo(
+        data_dir=data_dir,
+        out=args.out,
+        level=args.level,
+        seed=args.seed,
+        force=args.force,
+        rebuild_data=args.rebuild_data,
+        **options,
+    )
     print_summary(summary)
     return 0
 

@@ -23,11 +23,17 @@ def add_arguments(p):
     p.add_argument("--fmaps", action="store_true", help="also store the fp16 feature maps the relation scorer needs")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass and rank")
     p.add_argument("--image-size", type=int, help="input size (default: the model's)")
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
-                   help="autocast dtype; 'no' (fp32) is the default because CPUs without bf16 units run bf16 ~60x slower")
+    p.add_argument(
+        "--mixed-precision",
+        choices=("no", "fp16", "bf16"),
+        default="no",
+        help="autocast dtype; 'no' (fp32) is the default because CPUs without bf16 units run bf16 ~60x slower",
+    )
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per rank")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: cores / local processes)")
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise", help="unreadable samples: stop, or skip and count")
+    p.add_argument(
+        "--on-error", choices=("raise", "skip"), default="raise", help="unreadable samples: stop, or skip and count"
+    )
     p.add_argument("--log", help="append JSON-lines records here (stage, seconds, images/s, world size)")
     p.add_argument("--seed", type=int, default=0, help="random seed (embedding is deterministic; kept for uniformity)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -49,17 +55,30 @@ def run(args) -> int:
     stats: dict = {}
     t0 = time.perf_counter()
     feats = embed_shards(
-        model, args.shards, batch_size=args.batch_size, fmaps=args.fmaps, image_size=args.image_size,
-        accelerator=accelerator, num_workers=args.num_workers, on_error=args.on_error, stats=stats,
+        model,
+        args.shards,
+        batch_size=args.batch_size,
+        fmaps=args.fmaps,
+        image_size=args.image_size,
+        accelerator=accelerator,
+        num_workers=args.num_workers,
+        on_error=args.on_error,
+        stats=stats,
     )
     feats.meta.update({"model_sha256": meta.get("sha256"), "shards": str(args.shards)})
     if is_main_process():
         feats.save(out)
-        log.info("wrote %d keyed features (%s) -> %s", len(feats), "with fmaps" if args.fmaps else "embeddings only", out)
+        log.info(
+            "wrote %d keyed features (%s) -> %s", len(feats), "with fmaps" if args.fmaps else "embeddings only", out
+        )
     accelerator.wait_for_everyone()
     JsonlLogger(args.log).log(
-        stage="embed", seconds=round(time.perf_counter() - t0, 3), mixed_precision=args.mixed_precision,
-        device=str(accelerator.device), distributed_type=str(accelerator.distributed_type), **stats,
+        stage="embed",
+        seconds=round(time.perf_counter() - t0, 3),
+        mixed_precision=args.mixed_precision,
+        device=str(accelerator.device),
+        distributed_type=str(accelerator.distributed_type),
+        **stats,
     )
     return 0
 

@@ -62,7 +62,16 @@ def run(args) -> int:
         results[name] = evaluate_file(path, truth, truth_path=args.truth, n_boot=args.n_boot, seed=args.seed)
     print(format_table(results))
     if args.out:
-        write_json(args.out, {"split": args.split, "truth": str(args.truth), "n_boot": args.n_boot, "seed": args.seed, "scorers": results})
+        write_json(
+            args.out,
+            {
+                "split": args.split,
+                "truth": str(args.truth),
+                "n_boot": args.n_boot,
+                "seed": args.seed,
+                "scorers": results,
+            },
+        )
         log.info("wrote %s", args.out)
     return 0
 

@@ -20,14 +20,21 @@ log = logging.getLogger(__name__)
 def add_arguments(p):
     p.add_argument("--features", required=True, help="features .npz from 'fingerprint embed'")
     p.add_argument("--out", required=True, help="index file to write, e.g. RUN/index/test.faiss (+ .json sidecar)")
-    p.add_argument("--index-factory", default="Flat",
-                   help="FAISS factory string, inner product: Flat (exact, default), IVF64,Flat, IVF64,PQ16, HNSW32; "
-                        "IVF nlist is capped at N // 39")
+    p.add_argument(
+        "--index-factory",
+        default="Flat",
+        help="FAISS factory string, inner product: Flat (exact, default), IVF64,Flat, IVF64,PQ16, HNSW32; "
+        "IVF nlist is capped at N // 39",
+    )
     p.add_argument("--nprobe", type=int, help="IVF lists searched per query (default min(nlist, 16))")
     p.add_argument("--ef-search", type=int, help="HNSW search depth (default 64)")
     p.add_argument("--recall-k", type=int, default=10, help="k for recall@k against exact search")
-    p.add_argument("--recall-queries", type=int, default=1000,
-                   help="queries sampled for recall@k: real embeddings first, then generated ones")
+    p.add_argument(
+        "--recall-queries",
+        type=int,
+        default=1000,
+        help="queries sampled for recall@k: real embeddings first, then generated ones",
+    )
     p.add_argument("--threads", type=int, help="FAISS/torch CPU threads (default: all cores)")
     p.add_argument("--log", help="append a JSON-lines record here")
     p.add_argument("--seed", type=int, default=0, help="seeds IVF k-means and the recall sample")
@@ -68,7 +75,9 @@ def run(args) -> int:
     save_index(index, out, gen.keys.tolist(), meta=meta)
     seconds = time.perf_counter() - t0
     log.info("indexed %d generated embeddings (%s) in %.2f s -> %s", len(gen), factory, seconds, out)
-    JsonlLogger(args.log).log(stage="index", seconds=round(seconds, 3), n=len(gen), factory=factory, recall=meta["recall"]["value"])
+    JsonlLogger(args.log).log(
+        stage="index", seconds=round(seconds, 3), n=len(gen), factory=factory, recall=meta["recall"]["value"]
+    )
     return 0
 
 

@@ -13,8 +13,11 @@ NAME = "inspect"
 
 def add_arguments(p):
     p.add_argument("shards", help="folder written by 'fingerprint pack'")
-    p.add_argument("--verify", action="store_true",
-                   help="re-read every sample and check shard sha256, pixel_sha256 and (for stored source PNGs) sha256")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-read every sample and check shard sha256, pixel_sha256 and (for stored source PNGs) sha256",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--seed", type=int, default=0, help="unused by inspect (every command takes --seed)")
 
@@ -29,9 +32,11 @@ def run(args) -> int:
         print(json.dumps(summary, indent=2))
     else:
         c = summary["counts"]
-        print(f"{summary['folder']}: {summary['count']} images in {summary['shards']} shards "
-              f"({summary['bytes'] / 1e6:.1f} MB), {summary['encoding']}, "
-              f"{summary['image_size']}x{summary['image_size']}, layout {summary['layout']}")
+        print(
+            f"{summary['folder']}: {summary['count']} images in {summary['shards']} shards "
+            f"({summary['bytes'] / 1e6:.1f} MB), {summary['encoding']}, "
+            f"{summary['image_size']}x{summary['image_size']}, layout {summary['layout']}"
+        )
         print("  roles:  " + ", ".join(f"{k} {v}" for k, v in c["role"].items()))
         print("  labels: " + ", ".join(f"{k} {v}" for k, v in c["label"].items()))
         print("  groups: " + ", ".join(f"{k} {v}" for k, v in c["role_label"].items()))
@@ -45,8 +50,10 @@ def run(args) -> int:
                     print(f"    {line}")
     if result is not None and not result["ok"]:
         more = len(result["problems"]) - 1
-        print(f"fingerprint inspect: error: {result['problems'][0]}" + (f" (+{more} more)" if more else ""),
-              file=sys.stderr)
+        print(
+            f"fingerprint inspect: error: {result['problems'][0]}" + (f" (+{more} more)" if more else ""),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -38,8 +38,12 @@ INDEX_SCORERS = ("relation", "emb_nn", "emb_topk")
 
 
 def add_arguments(p):
-    p.add_argument("--scorer", choices=SCORERS, default="relation",
-                   help="relation (trained, default) or a baseline: dcr, ssim, emb_nn, emb_topk, seed_rule")
+    p.add_argument(
+        "--scorer",
+        choices=SCORERS,
+        default="relation",
+        help="relation (trained, default) or a baseline: dcr, ssim, emb_nn, emb_topk, seed_rule",
+    )
     p.add_argument("--out", required=True, help="score file to write: key,score,label (+ a .json sidecar)")
     p.add_argument("--features", help="features .npz with real and generated rows (relation, emb_*, seed_rule)")
     p.add_argument("--model", help="model folder (relation, seed_rule)")
@@ -47,19 +51,38 @@ def add_arguments(p):
     p.add_argument("--shards", help="shard folder with real and generated images (dcr, ssim)")
     p.add_argument("--k", type=int, default=16, help="generated neighbours per real image (relation, emb_topk)")
     p.add_argument("--batch-size", type=int, default=64, help="real images per relation-head batch (relation)")
-    p.add_argument("--pixel-size", type=int, default=64,
-                   help="side the pixel baselines resize images to (10,000 images at 64px are 164 MB as float32)")
-    p.add_argument("--ssim-candidates", type=int, default=64,
-                   help="exact SSIM only on each real image's M nearest generated images by pixel L2 (0 = all)")
+    p.add_argument(
+        "--pixel-size",
+        type=int,
+        default=64,
+        help="side the pixel baselines resize images to (10,000 images at 64px are 164 MB as float32)",
+    )
+    p.add_argument(
+        "--ssim-candidates",
+        type=int,
+        default=64,
+        help="exact SSIM only on each real image's M nearest generated images by pixel L2 (0 = all)",
+    )
     p.add_argument("--max-pairs", type=int, default=2_000_000, help="seed_rule: refuse more real x generated pairs")
-    p.add_argument("--calibrate-on", help="labelled dev set to calibrate the threshold on: its features .npz "
-                   "(relation, emb_*, seed_rule) or its shard folder (dcr, ssim)")
+    p.add_argument(
+        "--calibrate-on",
+        help="labelled dev set to calibrate the threshold on: its features .npz "
+        "(relation, emb_*, seed_rule) or its shard folder (dcr, ssim)",
+    )
     p.add_argument("--dev-index", help="saved FAISS index over the dev set's generated embeddings (default: exact)")
-    p.add_argument("--rule", choices=RULES, default="max_f1",
-                   help="calibration rule: max_f1 (default; F1 is the official metric) or youden (TPR - FPR)")
+    p.add_argument(
+        "--rule",
+        choices=RULES,
+        default="max_f1",
+        help="calibration rule: max_f1 (default; F1 is the official metric) or youden (TPR - FPR)",
+    )
     p.add_argument("--threshold", type=float, help="use this threshold instead of calibrating")
-    p.add_argument("--store-calibration", action=argparse.BooleanOptionalAction, default=True,
-                   help="relation: save a --calibrate-on threshold into the model's model.json")
+    p.add_argument(
+        "--store-calibration",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="relation: save a --calibrate-on threshold into the model's model.json",
+    )
     p.add_argument("--run-file", help="also write the official run file (<figure_id>,<0|1>)")
     p.add_argument("--ids", help="check the run file against these official ids (one per line)")
     p.add_argument("--neighbours", help="relation: where to write neighbours.npz (default: beside --out)")
@@ -152,6 +175,7 @@ def check_model_features(model_meta: dict, feats: Features, source: str) -> None
 
 def _same_split(dev_source: str, dev_index: str | None, source: str, index: str | None) -> bool:
     """True when the calibration set is the split being scored (then its scores are reused, not recomputed)."""
+
     def same(a, b):
         return (a is None and b is None) or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
 
@@ -201,25 +225,45 @@ def run(args) -> int:
         y = _labels_of(args, dev, dev_result.keys, args.calibrate_on)
         threshold = calibrate_threshold(y, dev_result.score, args.rule)
         how = f"calibrated on {args.calibrate_on}"
-        calibration = {"threshold": threshold, "rule": args.rule, "scorer": args.scorer, "k": args.k,
-                       "n": int(len(y)), "n_pos": int(y.sum()), "source": str(args.calibrate_on)}
+        calibration = {
+            "threshold": threshold,
+            "rule": args.rule,
+            "scorer": args.scorer,
+            "k": args.k,
+            "n": int(len(y)),
+            "n_pos": int(y.sum()),
+            "source": str(args.calibrate_on),
+        }
         if args.scorer == "relation" and args.store_calibration:
             meta = store_calibration(args.model, model, meta, calibration)
             log.info("stored the calibration in %s/model.json", args.model)
-    elif model is not None and (meta.get("calibration") or {}).get("threshold") is not None and \
-            meta["calibration"].get("scorer", "relation") == args.scorer:
+    elif (
+        model is not None
+        and (meta.get("calibration") or {}).get("threshold") is not None
+        and meta["calibration"].get("scorer", "relation") == args.scorer
+    ):
         threshold, how = float(meta["calibration"]["threshold"]), f"stored in {args.model}/model.json"
         calibration = meta["calibration"]
     elif args.scorer == "relation":
         threshold, how = 0.5, "0.5 (uncalibrated probability: no --calibrate-on and none stored with the model)"
         log.warning("score: no calibration; using threshold 0.5 on the membership probability")
     else:
-        raise FingerprintError(f"--scorer {args.scorer} needs --calibrate-on DEV or --threshold (its scores are not probabilities)")
+        raise FingerprintError(
+            f"--scorer {args.scorer} needs --calibrate-on DEV or --threshold (its scores are not probabilities)"
+        )
 
     labels = apply_threshold(result.score, threshold)
-    sidecar = {"scorer": args.scorer, "threshold": threshold, "threshold_from": how, "rule": args.rule if args.calibrate_on else None,
-               "calibration": calibration, "source": str(source), "k": args.k if args.scorer in ("relation", "emb_topk") else None,
-               "n": len(result.keys), "n_predicted_used": int(labels.sum())}
+    sidecar = {
+        "scorer": args.scorer,
+        "threshold": threshold,
+        "threshold_from": how,
+        "rule": args.rule if args.calibrate_on else None,
+        "calibration": calibration,
+        "source": str(source),
+        "k": args.k if args.scorer in ("relation", "emb_topk") else None,
+        "n": len(result.keys),
+        "n_predicted_used": int(labels.sum()),
+    }
     if args.scorer in PIXEL_SCORERS:
         sidecar["pixel_size"] = args.pixel_size
     if args.scorer == "ssim":
@@ -236,10 +280,24 @@ def run(args) -> int:
             if problems:
                 raise FingerprintError(f"{args.run_file}: {problems[0]} ({len(problems)} problem(s))")
     seconds = time.perf_counter() - t0
-    log.info("%s: %d real images scored, %d predicted used (threshold %.4g, %s) in %.1f s -> %s",
-             args.scorer, len(result.keys), int(labels.sum()), threshold, how, seconds, out)
-    JsonlLogger(args.log).log(stage="score", scorer=args.scorer, seconds=round(seconds, 3), n=len(result.keys),
-                              threshold=threshold, n_predicted_used=int(labels.sum()))
+    log.info(
+        "%s: %d real images scored, %d predicted used (threshold %.4g, %s) in %.1f s -> %s",
+        args.scorer,
+        len(result.keys),
+        int(labels.sum()),
+        threshold,
+        how,
+        seconds,
+        out,
+    )
+    JsonlLogger(args.log).log(
+        stage="score",
+        scorer=args.scorer,
+        seconds=round(seconds, 3),
+        n=len(result.keys),
+        threshold=threshold,
+        n_predicted_used=int(labels.sum()),
+    )
     return 0
 
 

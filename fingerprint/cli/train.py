@@ -37,7 +37,7 @@ HELP = {
     "support": "bank: support maps from a no-grad memory bank; encode: re-encode with gradients; auto: bank if shared",
     "refresh_every": "episodes between memory-bank and FAISS-index refreshes",
     "bn": "frozen: backbone BatchNorm statistics kept as built/loaded; recalibrate: recomputed on generated images "
-          "at each refresh; batch: batch statistics for the queries",
+    "at each refresh; batch: batch statistics for the queries",
     "bn_images": "generated images used to recalibrate BatchNorm",
     "augment": "flips, small affine and intensity jitter on the real queries",
     "val_fraction": "share of the labelled real images held out (stratified) for validation and calibration",
@@ -50,7 +50,7 @@ HELP = {
     "patience": "stop after this many epochs without a better validation AUC (0: never)",
     "calibration": "rule for the decision threshold on the validation scores",
     "mixed_precision": "autocast precision (default: the accelerate launch setting, else no; keep 'no' on CPUs "
-                       "without fast bf16)",
+    "without fast bf16)",
     "channels_last": "channels-last memory format (faster on recent GPUs)",
     "batch_size": "images per forward pass when encoding the generated pool and validating",
     "num_workers": "DataLoader workers reading the query stream",
@@ -87,8 +87,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         TrainConfig,
     )
 
-    choices = {**CHOICES, "freeze": FREEZE, "episodes": ("nearest", "pairs"), "support": SUPPORTS, "bn": BN_MODES,
-               "mixed_precision": MIXED_PRECISION, "calibration": CALIBRATION_RULES, "on_error": ("raise", "skip")}
+    choices = {
+        **CHOICES,
+        "freeze": FREEZE,
+        "episodes": ("nearest", "pairs"),
+        "support": SUPPORTS,
+        "bn": BN_MODES,
+        "mixed_precision": MIXED_PRECISION,
+        "calibration": CALIBRATION_RULES,
+        "on_error": ("raise", "skip"),
+    }
     p.add_argument("--shards", required=True, help="labelled development shard folder (from 'fingerprint pack')")
     p.add_argument("--out", required=True, help="model folder to write")
     for f in dataclasses.fields(TrainConfig):
@@ -98,8 +106,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
-            p.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name),
-                           help=f"{text} (default: {f.default})")
+            p.add_argument(
+                flag, type=kind, default=f.default, choices=choices.get(f.name), help=f"{text} (default: {f.default})"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,9 +118,25 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     summary = train(cfg, args.shards, args.out)
     if is_main_process():
-        print(json.dumps({k: summary[k] for k in ("model_dir", "epochs", "best_epoch", "val_auc", "threshold",
-                                                   "stopped", "world_size", "mixed_precision", "seconds",
-                                                   "episodes_per_s")}))
+        print(
+            json.dumps(
+                {
+                    k: summary[k]
+                    for k in (
+                        "model_dir",
+                        "epochs",
+                        "best_epoch",
+                        "val_auc",
+                        "threshold",
+                        "stopped",
+                        "world_size",
+                        "mixed_precision",
+                        "seconds",
+                        "episodes_per_s",
+                    )
+                }
+            )
+        )
     return 0
 
 

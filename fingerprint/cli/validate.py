@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 def add_arguments(p):
     p.add_argument("runfile", help="the run file to check (<figure_id>,<0|1> rows, no header)")
     p.add_argument("--ids", help="file with one official figure_id per line (default: the 2023 test ids)")
-    p.add_argument("--seed", type=int, default=0, help="unused (the check is deterministic); accepted like every command")
+    p.add_argument(
+        "--seed", type=int, default=0, help="unused (the check is deterministic); accepted like every command"
+    )
 
 
 def run(args) -> int:
