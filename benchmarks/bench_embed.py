@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import (
     BenchArgs,
     check_device,
@@ -154,7 +153,8 @@ def feed_check(
 
 def run(args: BenchArgs) -> dict:
     """Measure the limit, the model's FLOPs and its images/s in each variant; return and write the report."""
-    from fingerprint.models import ModelConfig, build_model, describe
+    from fingerprint.model_io import build_model
+    from fingerprint.models import ModelConfig, describe
 
     check_device(args.device)
     started, load_before = time.perf_counter(), load_average()

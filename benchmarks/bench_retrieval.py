@@ -23,7 +23,6 @@ import math
 import time
 
 import numpy as np
-
 from common import (
     BenchArgs,
     finish,
@@ -121,7 +120,9 @@ def run(args: BenchArgs) -> dict:
         flat = build_index(x, "Flat")
         flat_build = time.perf_counter() - t0
         timed = time_interleaved(
-            {"numpy": lambda: numpy_topk(x, q, K), "flat": lambda: search(flat, q, K)}, repeats=repeats, warmup=1
+            {"numpy": lambda x=x, q=q: numpy_topk(x, q, K), "flat": lambda flat=flat, q=q: search(flat, q, K)},
+            repeats=repeats,
+            warmup=1,
         )
         t_np, t_flat = timed["numpy"], timed["flat"]
         _, np_ids = numpy_topk(x, q, K)

@@ -25,7 +25,6 @@ import tracemalloc
 
 import numpy as np
 import torch
-
 from common import (
     BenchArgs,
     check_device,
@@ -51,7 +50,7 @@ TOLERANCE = 0.1
 
 def random_features(n: int, role: str, model, rng: np.random.Generator, *, chunk: int = 4096):
     """Features of n images: random unit embeddings and random non-negative fp16 maps of the model's shape."""
-    from fingerprint.embed import Features
+    from fingerprint.features import Features
 
     side = model.fmap_size()
     maps = np.empty((n, model.channels, side, side), np.float16)
@@ -71,7 +70,7 @@ def random_features(n: int, role: str, model, rng: np.random.Generator, *, chunk
 def score_once(model, real, gen, k: int):
     """The scorer's path after embedding: Flat index over gen, then relation_scores."""
     from fingerprint.index import build_index
-    from fingerprint.score import relation_scores
+    from fingerprint.inference import relation_scores
 
     index = build_index(gen.embeddings, "Flat")
     return relation_scores(model, real, gen, index, k=k)
@@ -92,7 +91,8 @@ def embed_rate(model, device: str, *, batch: int, repeats: int, seed: int) -> fl
 
 def run(args: BenchArgs) -> dict:
     """Score at each generated-set size; fit the growth; return and write the report."""
-    from fingerprint.models import ModelConfig, build_model, describe
+    from fingerprint.model_io import build_model
+    from fingerprint.models import ModelConfig, describe
 
     check_device(args.device)
     started, load_before = time.perf_counter(), load_average()
@@ -109,7 +109,7 @@ def run(args: BenchArgs) -> dict:
     for g in sizes:
         gen = random_features(g, "generated", model, rng)
         score_once(model, real, gen, K)  # warm-up (and a check that it runs)
-        t = time_it(lambda: score_once(model, real, gen, K), repeats=repeats, warmup=0, device=args.device)
+        t = time_it(lambda gen=gen: score_once(model, real, gen, K), repeats=repeats, warmup=0, device=args.device)
         gc.collect()
         tracemalloc.start()
         result = score_once(model, real, gen, K)
@@ -206,7 +206,8 @@ def table(report: dict) -> list[str]:
     for r in report["rows"]:
         lines.append(
             f"| {r['generated']:,} | {r['score']['best_s']:.3f} | {r['total_extrapolated_s']:,.1f} | "
-            f"{r['features_mb']:,.1f} | {r['index_mb']:,.1f} | {r['scorer_peak_alloc_mb']:,.1f} | {r['peak_rss_mb']:,.0f} |"
+            f"{r['features_mb']:,.1f} | {r['index_mb']:,.1f} | {r['scorer_peak_alloc_mb']:,.1f} | "
+            f"{r['peak_rss_mb']:,.0f} |"
         )
     e = report["exponents"]
     lines += [

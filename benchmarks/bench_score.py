@@ -30,8 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from common import (
     BenchArgs,
     check_device,
@@ -46,6 +44,7 @@ from common import (
     time_it,
     write_dev_folder,
 )
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,8 @@ def read_png(path: Path) -> torch.Tensor:
 
 @torch.inference_mode()
 def seed_method(model, real_paths: list[Path], gen_paths: list[Path], *, batch: int = SEED_BATCH) -> np.ndarray:
-    """Mean relation probability of each real image over all generated ones, every pair from PNGs through both backbones."""
+    """Mean relation probability of each real image over all generated ones, every pair from PNGs through both
+    backbones (the seed's method)."""
     device = next(model.parameters()).device
     model.eval()
     pairs = [(r, g) for r in range(len(real_paths)) for g in range(len(gen_paths))]
@@ -84,7 +84,7 @@ def ours(model, src: Path, work: Path, *, k: int, image_size: int, device: str) 
     from fingerprint import shards
     from fingerprint.embed import embed_shards
     from fingerprint.index import build_index
-    from fingerprint.score import relation_scores
+    from fingerprint.inference import relation_scores
 
     t: dict[str, float] = {}
     with stopwatch(t, "pack"):
@@ -106,7 +106,7 @@ def ours(model, src: Path, work: Path, *, k: int, image_size: int, device: str) 
 
 def head_cost(model, n_real: int, k: int, *, device: str, seed: int) -> dict:
     """Seconds of the relation head on n_real x k pairs of random feature maps (the test-scale head workload)."""
-    from fingerprint.score import pair_logits
+    from fingerprint.inference import relation_logits
 
     side = model.fmap_size()
     rng = np.random.default_rng(seed)
@@ -114,7 +114,7 @@ def head_cost(model, n_real: int, k: int, *, device: str, seed: int) -> dict:
     q = rng.random((n_real, model.channels, side, side), dtype=np.float32).astype(np.float16)
     s = rng.random((pool, model.channels, side, side), dtype=np.float32).astype(np.float16)
     rows = rng.integers(0, pool, (n_real, k))
-    t = time_it(lambda: pair_logits(model, q, s, rows), repeats=2, warmup=1, device=device)
+    t = time_it(lambda: relation_logits(model, q, s, rows), repeats=2, warmup=1, device=device)
     return {"pairs": n_real * k, **t.as_dict()}
 
 
@@ -132,7 +132,8 @@ def faiss_cost(n_real: int, n_gen: int, d: int, k: int, *, seed: int) -> dict:
 
 def run(args: BenchArgs) -> dict:
     """Score the same small set both ways, then extrapolate to the 2023 test scale."""
-    from fingerprint.models import ModelConfig, build_model, describe, seed_config
+    from fingerprint.model_io import build_model
+    from fingerprint.models import ModelConfig, describe, seed_config
 
     check_device(args.device)
     started, load_before = time.perf_counter(), load_average()

@@ -40,6 +40,7 @@ from common import (
     standalone_main,
     write_dev_folder,
 )
+
 from fingerprint.utils import FingerprintError
 
 log = logging.getLogger(__name__)

@@ -156,7 +156,7 @@ def peak_rss_mb() -> float:
 
 def set_threads(n: int | None = None) -> int:
     """Use every usable core for torch and FAISS (an accelerate-launched parent may have set 1)."""
-    from fingerprint.utils import set_threads as _set
+    from fingerprint.distributed import set_threads as _set
 
     n = n or usable_cores()
     _set(n)
@@ -277,7 +277,7 @@ def write_dev_folder(
     seed: int = 0,
     unique: int | None = None,
 ) -> dict[str, list[Path]]:
-    """A challenge dev-layout folder of CT-like PNGs (fingerprint.phantom), seeded.
+    """A challenge dev-layout folder of CT-like PNGs (fingerprint.benchdata.phantom), seeded.
 
     generated/generated_NNNN.png, used/used_NNNN.png, not_used/not_used_NNNN.png.
     Which images are "used" does not matter for throughput, so all are drawn
@@ -286,7 +286,8 @@ def write_dev_folder(
     """
     from PIL import Image
 
-    from fingerprint.phantom import PhantomConfig, generate
+    from fingerprint.benchdata.anatomy import PhantomConfig
+    from fingerprint.benchdata.phantom import generate
 
     groups = (("generated", n_generated), ("used", n_used), ("not_used", n_not_used))
     total = sum(n for _, n in groups)

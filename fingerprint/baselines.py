@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fingerprint.score import _check_fmaps, neighbours, pair_logits
+from fingerprint.index import neighbours
+from fingerprint.inference import check_fmaps, relation_logits
 from fingerprint.utils import FingerprintError, is_main_process
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def pixel_neighbours(real: torch.Tensor, gen: torch.Tensor, k: int) -> tuple[np.
         raise FingerprintError("pixel baseline: needs real and generated images")
     if r.shape[1] != g.shape[1]:
         raise FingerprintError(
-            f"pixel baseline: real images have {r.shape[1]} pixels, generated {g.shape[1]} (same --pixel-size needed)"
+            f"pixel baseline: real images have {r.shape[1]} pixels, generated {g.shape[1]} "
+            "(score.pixel_size must be the same)"
         )
     index = faiss.IndexFlatL2(g.shape[1])
     index.add(g)
@@ -181,8 +183,8 @@ def seed_rule(
     Cost grows with R x N pairs (the 2023 test set: 2,000,000), so it is meant
     for small sets; more than `max_pairs` pairs is refused (None: no limit).
     """
-    _check_fmaps(model, real, "real")
-    _check_fmaps(model, gen, "generated")
+    check_fmaps(model, real, "real")
+    check_fmaps(model, gen, "generated")
     r, n = len(real), len(gen)
     if r == 0 or n == 0:
         raise FingerprintError("seed_rule: needs real and generated images")
@@ -195,6 +197,6 @@ def seed_rule(
     for j in tqdm(chunks, desc="seed_rule", unit="chunk", disable=not is_main_process() or len(chunks) < 4):
         cols = np.arange(j, min(j + gen_chunk, n))
         rows = np.broadcast_to(cols, (r, len(cols)))
-        logits = pair_logits(model, real.fmaps, gen.fmaps, rows, batch_size=batch_size)
+        logits = relation_logits(model, real.fmaps, gen.fmaps, rows, batch_size=batch_size)
         total += (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).sum(axis=1)
     return total / n

@@ -1,64 +1,98 @@
 """Hierarchical clustering of embeddings: do used and not-used images separate, and a cluster scorer.
 
 The seed's run 2 clustered ImageNet features of used + not-used + generated
-images with Ward linkage (cophenetic correlation 0.568; used and not-used did
-not separate). Here the same analysis runs over `fingerprint embed` features:
+images with Ward linkage, and used and not-used did not separate (its
+reported numbers are in docs/design-notes.md). Here the same analysis runs over `fingerprint embed` features:
 scipy linkage (ward, average or complete; euclidean or cosine distances),
 cophenetic correlation, silhouette, adjusted Rand index and NMI of the cut
 against used / not used (scikit-learn), a per-cluster composition table and a
 truncated dendrogram. The cluster scorer gives a real image the share of
 generated images in its cluster at the cut: if the generator memorised its
 training images, its outputs gather around them. Its score file goes through
-the same evaluate path as every other scorer.
+the same evaluate path as every other scorer. `run_cluster(ClusterConfig)` is
+the stage entry.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from scipy.cluster.hierarchy import cophenet, dendrogram, fcluster, linkage
+from scipy.spatial.distance import pdist, squareform
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
-from fingerprint.utils import FingerprintError, atomic_path, write_json, write_text
+from fingerprint.config import check_fields, fail, option, require
+from fingerprint.features import Features
+from fingerprint.metrics import calibrate_threshold, evaluate
+from fingerprint.scorefiles import write_scores
+from fingerprint.utils import FingerprintError, JsonlLogger, atomic_path, write_json, write_text
+from fingerprint.vocab import THRESHOLD_RULES, label_code
 
+matplotlib.use("Agg")  # figures are only ever written to files
 log = logging.getLogger(__name__)
 
 LINKAGES = ("ward", "average", "complete")
+#: what each split's clustering reports, in table order
+SPLIT_METRICS = ("n_real", "n_generated", "cophenetic_correlation", "silhouette", "ari_used", "nmi_used", "ari_role",
+                 "nmi_role")  # fmt: skip
+#: the count columns of a composition row, in table order
+COMPOSITION = ("cluster", "n", "generated", "used", "not_used", "real_unknown")
 DISTANCES = ("euclidean", "cosine")
-LABEL_CODES = {"used": 1, "not_used": 0}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ClusterConfig:
-    """Options of `analyse` (the CLI flags of `fingerprint cluster`)."""
+    """Options of the cluster stage (`fingerprint cluster`); the paths are needed by `run_cluster` only."""
 
-    method: str = "ward"
-    metric: str = "euclidean"
-    include_generated: bool = True
-    n_clusters: int = 8
-    max_generated: int = 3000
-    dendrogram_leaves: int = 30
-    threshold_rule: str = "max_f1"
-    n_boot: int = 1000
-    seed: int = 0
+    SECTION = "cluster"
 
-    def check(self) -> None:
-        """Raise FingerprintError for an option out of range or a linkage/metric mismatch."""
-        if self.method not in LINKAGES:
-            raise FingerprintError(f"unknown linkage {self.method!r}; choose from {', '.join(LINKAGES)}")
-        if self.metric not in DISTANCES:
-            raise FingerprintError(f"unknown metric {self.metric!r}; choose from {', '.join(DISTANCES)}")
+    dev: Path | None = option(None, required=True, help="features .npz of the development split (fingerprint embed)")
+    test: Path | None = option(None, help="features .npz of the split to score with the cluster scorer")
+    out: Path | None = option(None, required=True, help="run folder: writes cluster/ and scores/cluster.csv")
+    method: str = option("ward", choices=LINKAGES, help="linkage (ward needs metric euclidean)")
+    metric: str = option("euclidean", choices=DISTANCES, help="distance between embeddings")
+    n_clusters: int = option(8, min=2, help="where to cut the tree (metrics and the cluster scorer)")
+    real_only: bool = option(False, help="cluster the real images only (no cluster scorer)")
+    max_generated: int = option(
+        3000, min=1, help="cluster at most this many generated images per split (random subset; memory grows as n^2)"
+    )
+    dendrogram_leaves: int = option(30, min=2, help="leaves shown in the truncated dendrogram")
+    threshold_rule: str = option("max_f1", choices=THRESHOLD_RULES, help="threshold rule on dev scores")
+    n_boot: int = option(1000, min=0, help="bootstrap resamples for the dev intervals")
+    seed: int = option(0, help="seeds the subsample of generated images and the bootstrap")
+    force: bool = option(False, help="replace existing cluster outputs")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
         if self.method == "ward" and self.metric != "euclidean":
-            raise FingerprintError(
-                "ward linkage is defined for euclidean distances only: use --metric euclidean, or --method average/complete with cosine"
+            raise fail(
+                self,
+                "method",
+                "ward: ward linkage is defined for euclidean distances only "
+                "(use cluster.metric euclidean, or cluster.method average/complete with cosine)",
             )
-        if self.n_clusters < 2:
-            raise FingerprintError(f"--n-clusters must be >= 2 (got {self.n_clusters})")
-        if self.max_generated < 1 or self.dendrogram_leaves < 2:
-            raise FingerprintError("--max-generated must be >= 1 and --dendrogram-leaves >= 2")
+
+
+def run_cluster(cfg: ClusterConfig) -> dict:
+    """Cluster the dev (and test) features from files; write cluster/ and scores/cluster.csv into `cfg.out`."""
+    require(cfg, "dev", "out")
+    t0 = time.perf_counter()
+    dev = Features.load(cfg.dev, fmaps=False)
+    test = Features.load(cfg.test, fmaps=False) if cfg.test else None
+    result = analyse(dev, test, cfg, out_dir=cfg.out, force=cfg.force)
+    points = sum(result[s]["metrics"]["n_points"] for s in ("dev", "test") if s in result)
+    JsonlLogger(Path(cfg.out) / "log.jsonl").log(
+        stage="cluster", seconds=round(time.perf_counter() - t0, 3), points=points
+    )
+    return result
 
 
 @dataclass
@@ -85,10 +119,7 @@ class Clustering:
 
 def linkage_matrix(X: np.ndarray, method: str = "ward", metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
     """(scipy linkage matrix, condensed distances) of the rows of X."""
-    from scipy.cluster.hierarchy import linkage
-    from scipy.spatial.distance import pdist
-
-    ClusterConfig(method=method, metric=metric).check()
+    ClusterConfig(method=method, metric=metric)
     if len(X) < 3:
         raise FingerprintError(f"clustering needs at least 3 points (got {len(X)})")
     d = pdist(np.asarray(X, dtype=np.float64), metric=metric)
@@ -100,11 +131,7 @@ def linkage_matrix(X: np.ndarray, method: str = "ward", metric: str = "euclidean
 def cluster_metrics(
     d: np.ndarray, Z: np.ndarray, assign: np.ndarray, roles: np.ndarray, labels: np.ndarray
 ) -> dict[str, Any]:
-    """Cophenetic correlation, silhouette of the cut, and ARI / NMI of the cut against used/not-used (and real/generated)."""
-    from scipy.cluster.hierarchy import cophenet
-    from scipy.spatial.distance import squareform
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
-
+    """Cophenetic correlation, silhouette of the cut, ARI / NMI of the cut against used/not-used and real/generated."""
     n_found = len(np.unique(assign))
     out: dict[str, Any] = {"cophenetic_correlation": float(cophenet(Z, d)[0]), "n_clusters_found": int(n_found)}
     out["silhouette"] = (
@@ -112,7 +139,7 @@ def cluster_metrics(
         if 2 <= n_found <= len(assign) - 1
         else None
     )
-    y = np.array([LABEL_CODES.get(str(v), -1) for v in labels])
+    y = np.array([label_code(v) for v in labels])
     lab = (roles == "real") & (y >= 0)
     both = lab.any() and len(np.unique(y[lab])) == 2
     out["n_labelled_real"] = int(lab.sum())
@@ -155,24 +182,21 @@ def _points(features: Any, cfg: ClusterConfig, name: str) -> tuple[np.ndarray, n
     if len(real) == 0:
         raise FingerprintError(f"{name}: no real images in the features")
     take = real
-    if cfg.include_generated:
+    if not cfg.real_only:
         if len(gen) == 0:
-            raise FingerprintError(f"{name}: no generated images to cluster with (use --real-only)")
+            raise FingerprintError(f"{name}: no generated images to cluster with (use cluster.real_only)")
         if len(gen) > cfg.max_generated:
             gen = np.sort(np.random.default_rng(cfg.seed).choice(gen, size=cfg.max_generated, replace=False))
-            log.info("%s: clustering a random %d of the generated images (--max-generated)", name, cfg.max_generated)
+            log.info("%s: clustering a random %d of the generated images (cluster.max_generated)", name, len(gen))
         take = np.sort(np.concatenate([real, gen]))
     return keys[take], roles[take], labels[take], emb[take], int((roles == "generated").sum())
 
 
 def cluster_split(features: Any, cfg: ClusterConfig, *, name: str = "split") -> Clustering:
-    """Cluster one split's real images (with its generated ones, subsampled to `max_generated`) and cut into `n_clusters`."""
-    from scipy.cluster.hierarchy import fcluster
-
-    cfg.check()
+    """Cluster one split's real images (with its generated ones, at most `max_generated`); cut into `n_clusters`."""
     keys, roles, labels, X, n_gen_total = _points(features, cfg, name)
     if cfg.n_clusters >= len(X):
-        raise FingerprintError(f"{name}: --n-clusters {cfg.n_clusters} must be below the {len(X)} clustered points")
+        raise fail(cfg, "n_clusters", f"{cfg.n_clusters} must be below the {len(X)} clustered points of {name}")
     Z, d = linkage_matrix(X, cfg.method, cfg.metric)
     assign = fcluster(Z, t=cfg.n_clusters, criterion="maxclust")
     # between the last merge kept and the first one undone by cutting into k clusters
@@ -194,12 +218,6 @@ def dendrogram_png(clustering: Clustering, path: str | Path, *, leaves: int = 30
     Leaf labels read `n | g G u U n N` (points, generated, used, not used); the
     dashed line is the cut that gives the scorer's clusters.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy.cluster.hierarchy import dendrogram
-
     n = len(clustering.keys)
     counts = np.zeros((2 * n - 1, 3), dtype=np.int64)
     counts[np.arange(n), 0] = clustering.roles == "generated"
@@ -244,10 +262,7 @@ def composition_table(rows: Sequence[dict]) -> str:
     head = (
         "| cluster | n | generated | used | not used | real unknown | generated share |\n|---|---|---|---|---|---|---|"
     )
-    body = [
-        f"| {r['cluster']} | {r['n']} | {r['generated']} | {r['used']} | {r['not_used']} | {r['real_unknown']} | {r['generated_share']:.3f} |"
-        for r in rows
-    ]
+    body = ["| " + " | ".join(str(r[c]) for c in COMPOSITION) + f" | {r['generated_share']:.3f} |" for r in rows]
     return "\n".join([head, *body])
 
 
@@ -259,7 +274,8 @@ def summary_markdown(result: dict) -> str:
     """The cluster stage's Markdown summary: metrics and composition per split, and the scorer."""
     cfg = result["config"]
     lines = [
-        f"# Hierarchical clustering ({cfg['method']} linkage, {cfg['metric']} distance, cut into {cfg['n_clusters']} clusters)",
+        f"# Hierarchical clustering ({cfg['method']} linkage, {cfg['metric']} distance, "
+        f"cut into {cfg['n_clusters']} clusters)",
         "",
     ]
     for split in ("dev", "test"):
@@ -268,33 +284,22 @@ def summary_markdown(result: dict) -> str:
             continue
         m = s["metrics"]
         lines += [f"## {split}", "", "| metric | value |", "|---|---|"]
-        lines += [
-            f"| {k} | {_fmt(m.get(k))} |"
-            for k in (
-                "n_points",
-                "n_real",
-                "n_generated",
-                "cophenetic_correlation",
-                "silhouette",
-                "ari_used",
-                "nmi_used",
-                "ari_role",
-                "nmi_role",
-            )
-        ]
+        lines += [f"| {k} | {_fmt(m.get(k))} |" for k in ("n_points", *SPLIT_METRICS)]
         lines += ["", composition_table(s["composition"]), ""]
     sc = result.get("scorer")
     if sc:
         lines += [
             "## Cluster scorer",
             "",
-            f"Score: share of generated images in a real image's cluster; threshold {sc['threshold']:.4f} ({sc['rule']}).",
+            "Score: share of generated images in a real image's cluster; "
+            f"threshold {sc['threshold']:.4f} ({sc['rule']}).",
             "",
         ]
         dev = sc.get("dev")
         if dev:
             lines.append(
-                f"Dev (threshold fitted on these images, so F1 is optimistic; ROC-AUC is not): ROC-AUC {_fmt(dev['roc_auc']['value'])}, "
+                "Dev (threshold fitted on these images, so F1 is optimistic; ROC-AUC is not): "
+                f"ROC-AUC {_fmt(dev['roc_auc']['value'])}, "
                 f"F1 {_fmt(dev['f1']['value'])}."
             )
     return "\n".join(lines) + "\n"
@@ -317,15 +322,12 @@ def analyse(
     `cluster/` with `cluster.json` (the returned dict), `summary.md`,
     `dendrogram.png` (dev), `dendrogram_test.png` and `assignments_<split>.csv`.
     """
-    from fingerprint.metrics import calibrate_threshold, evaluate
-
     cfg = cfg or ClusterConfig()
-    cfg.check()
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
         existing = [p for p in (out_dir / "cluster", out_dir / "scores" / "cluster.csv") if p.exists()]
         if existing and not force:
-            raise FingerprintError(f"{existing[0]}: already exists (use --force to replace it)")
+            raise FingerprintError(f"{existing[0]}: already exists (use cluster.force to replace it)")
     splits = {"dev": cluster_split(dev, cfg, name="dev")}
     if test is not None:
         splits["test"] = cluster_split(test, cfg, name="test")
@@ -348,10 +350,10 @@ def analyse(
         )
 
     test_scores = None
-    if cfg.include_generated:
+    if not cfg.real_only:
         dkeys, dscores = splits["dev"].real_scores()
         dlabels = splits["dev"].labels[splits["dev"].roles == "real"]
-        y = np.array([LABEL_CODES.get(str(v), -1) for v in dlabels])
+        y = np.array([label_code(v) for v in dlabels])
         lab = y >= 0
         scorer: dict[str, Any] = {"name": "cluster"}
         if lab.any() and len(np.unique(y[lab])) == 2:
@@ -381,8 +383,6 @@ def analyse(
 
 def _write_outputs(out_dir: Path, result: dict, splits: dict[str, Clustering], test_scores, cfg: ClusterConfig) -> None:
     """The score file first, then the cluster/ folder in one atomic rename."""
-    from fingerprint.score import write_scores
-
     score_path = out_dir / "scores" / "cluster.csv"
     if test_scores is not None:
         keys, s, pred = test_scores
@@ -411,7 +411,8 @@ def _write_outputs(out_dir: Path, result: dict, splits: dict[str, Clustering], t
                 c,
                 tmp / fname,
                 leaves=cfg.dendrogram_leaves,
-                title=f"{name}: {cfg.method} linkage, {cfg.metric}; {c.metrics['n_real']} real + {c.metrics['n_generated']} generated",
+                title=f"{name}: {cfg.method} linkage, {cfg.metric}; "
+                f"{c.metrics['n_real']} real + {c.metrics['n_generated']} generated",
             )
             rows = ["key,role,label,cluster"] + [
                 f"{k},{r},{lab},{a}" for k, r, lab, a in zip(c.keys, c.roles, c.labels, c.assign)

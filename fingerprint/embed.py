@@ -1,168 +1,160 @@
-"""Keyed feature export: every image of a shard set through the model once.
+"""Feature export: every image of a shard set through the model once (`run_embed(EmbedConfig)`).
 
 Each rank reads its own shards (stream.make_loader split by node; the loader
 is not prepared), encodes them under the accelerator's autocast, and the
 per-rank results are gathered with `gather_object`, de-duplicated by key and
 sorted by key, so the output does not depend on the number of processes.
 Embeddings are unit-norm float32; the spatial feature maps the relation head
-needs are kept in float16 when asked for.
+needs are kept in float16 when asked for. The seed method ran the backbone on
+every (real, generated) pair; here each image passes it once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
+from fingerprint.config import check_fields, exists_error, option
+from fingerprint.distributed import make_accelerator, seed_everything, set_process_threads
+from fingerprint.features import Features, merge
+from fingerprint.model_io import load_model
 from fingerprint.stream import StreamConfig, make_loader
-from fingerprint.utils import FingerprintError, atomic_path, is_main_process
+from fingerprint.utils import JsonlLogger, is_main_process
+from fingerprint.vocab import MIXED_PRECISION, ON_ERROR
 
 log = logging.getLogger(__name__)
 
-_ARRAYS = ("keys", "roles", "labels", "embeddings")
 
+@dataclass(kw_only=True)
+class EmbedConfig:
+    """Options of the embed stage (`fingerprint embed`)."""
 
-@dataclass
-class Features:
-    """Rows of keyed features; `fmaps` (float16 N x C x h x w) only when exported with fmaps."""
+    SECTION = "embed"
 
-    keys: np.ndarray
-    roles: np.ndarray
-    labels: np.ndarray
-    embeddings: np.ndarray
-    fmaps: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    model: Path = option(help="trained model folder (model.safetensors + model.json)")
+    shards: Path = option(help="shard folder from 'fingerprint pack'")
+    out: Path = option(help="features file to write (.npz)")
+    fmaps: bool = option(False, help="also store the fp16 feature maps the relation scorer needs")
+    batch_size: int = option(64, min=1, help="images per forward pass and rank")
+    image_size: int | None = option(None, min=1, help="input size (default: the model's)")
+    mixed_precision: str = option(
+        "no",
+        choices=MIXED_PRECISION,
+        help="autocast dtype; 'no' (fp32) by default because CPUs without bf16 units run bf16 ~60x slower",
+    )
+    num_workers: int = option(0, min=0, help="DataLoader workers per rank")
+    threads: int | None = option(None, min=1, help="torch CPU threads per process (default: cores / local processes)")
+    on_error: str = option("raise", choices=ON_ERROR, help="unreadable samples: stop, or skip and count")
+    log: Path | None = option(None, help="append JSON-lines records here (stage, seconds, images/s, world size)")
+    seed: int = option(0, help="random seed (embedding is deterministic; kept for uniformity)")
+    force: bool = option(False, help="replace the output if it exists")
 
     def __post_init__(self) -> None:
-        self.keys = np.asarray(self.keys, dtype=str)
-        self.roles = np.asarray(self.roles, dtype=str)
-        self.labels = np.asarray(self.labels, dtype=str)
-        self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
-        n = len(self.keys)
-        if self.embeddings.ndim != 2:
-            raise FingerprintError(f"features: embeddings must be N x D, got shape {self.embeddings.shape}")
-        if not (len(self.roles) == len(self.labels) == len(self.embeddings) == n):
-            raise FingerprintError(
-                f"features: {n} keys, {len(self.roles)} roles, {len(self.labels)} labels, {len(self.embeddings)} embeddings"
-            )
-        if self.fmaps is not None:
-            self.fmaps = np.asarray(self.fmaps, dtype=np.float16)
-            if self.fmaps.ndim != 4 or len(self.fmaps) != n:
-                raise FingerprintError(f"features: fmaps must be N x C x h x w for {n} rows, got {self.fmaps.shape}")
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    @property
-    def dim(self) -> int:
-        return int(self.embeddings.shape[1])
-
-    def take(self, idx: np.ndarray | Sequence[int]) -> "Features":
-        """The rows `idx`, in that order."""
-        idx = np.asarray(idx, dtype=np.int64)
-        return Features(
-            self.keys[idx],
-            self.roles[idx],
-            self.labels[idx],
-            self.embeddings[idx],
-            None if self.fmaps is None else self.fmaps[idx],
-            dict(self.meta),
-        )
-
-    def select(self, role: str | Iterable[str] | None = None, label: str | Iterable[str] | None = None) -> "Features":
-        """The rows with this role and label (each a name or a collection of names; None = any)."""
-        mask = np.ones(len(self), dtype=bool)
-        for values, want in ((self.roles, role), (self.labels, label)):
-            if want is not None:
-                mask &= np.isin(values, [want] if isinstance(want, str) else list(want))
-        return self.take(np.flatnonzero(mask))
-
-    def rows_of(self, keys: Sequence[str], *, source: str = "features") -> np.ndarray:
-        """Row numbers of `keys`; a clear error for any key these features lack."""
-        pos = {k: i for i, k in enumerate(self.keys.tolist())}
-        missing = [k for k in keys if k not in pos]
-        if missing:
-            raise FingerprintError(
-                f"{source}: {len(missing)} key(s) not in the features (first: {', '.join(missing[:3])})"
-            )
-        return np.array([pos[k] for k in keys], dtype=np.int64)
-
-    def save(self, path: str | Path) -> Path:
-        """One .npz (no pickle), written atomically."""
-        arrays = {
-            "keys": self.keys,
-            "roles": self.roles,
-            "labels": self.labels,
-            "embeddings": self.embeddings,
-            "meta": np.array(json.dumps(self.meta, sort_keys=True)),
-        }
-        if self.fmaps is not None:
-            arrays["fmaps"] = self.fmaps
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path, *, fmaps: bool = True) -> "Features":
-        """Read a features file; `fmaps=False` skips the (large) feature maps."""
-        path = Path(path)
-        if not path.is_file():
-            raise FingerprintError(f"{path}: features file not found")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [a for a in _ARRAYS if a not in z.files]
-                if missing:
-                    raise FingerprintError(f"{path}: not a features file (missing {', '.join(missing)})")
-                meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-                feats = cls(
-                    z["keys"],
-                    z["roles"],
-                    z["labels"],
-                    z["embeddings"],
-                    z["fmaps"] if fmaps and "fmaps" in z.files else None,
-                    meta,
-                )
-        except FingerprintError:
-            raise
-        except (OSError, ValueError, EOFError) as e:
-            raise FingerprintError(f"{path}: cannot read features ({e})") from None
-        if len(set(feats.keys.tolist())) != len(feats):
-            raise FingerprintError(f"{path}: a key appears more than once")
-        return feats
+        check_fields(self)
 
 
-def merge(parts: Sequence[Features]) -> tuple[Features, int]:
-    """Concatenate, drop repeated keys (first kept) and sort by key; returns (features, duplicates dropped)."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        raise FingerprintError("embed: no images were read")
-    with_fmaps = {p.fmaps is not None for p in parts}
-    if len(with_fmaps) != 1:
-        raise FingerprintError("embed: some parts have feature maps and some do not")
-    keys = np.concatenate([p.keys for p in parts])
-    _, first = np.unique(keys, return_index=True)  # np.unique sorts by key
-    cat = Features(
-        keys,
-        np.concatenate([p.roles for p in parts]),
-        np.concatenate([p.labels for p in parts]),
-        np.concatenate([p.embeddings for p in parts]),
-        np.concatenate([p.fmaps for p in parts]) if parts[0].fmaps is not None else None,
-        dict(parts[0].meta),
+def run_embed(cfg: EmbedConfig, *, accelerator: Any = None) -> dict:
+    """Embed every image of `cfg.shards` with the model in `cfg.model`; write `cfg.out` (rank 0); return stats."""
+    if Path(cfg.out).exists() and not cfg.force:
+        raise exists_error(cfg, cfg.out)
+    accelerator = accelerator or make_accelerator(cfg.mixed_precision)
+    set_process_threads(cfg.threads, accelerator)
+    seed_everything(cfg.seed)
+    model, meta = load_model(cfg.model)
+    stats: dict = {}
+    t0 = time.perf_counter()
+    feats = embed_shards(
+        model,
+        cfg.shards,
+        batch_size=cfg.batch_size,
+        fmaps=cfg.fmaps,
+        image_size=cfg.image_size,
+        accelerator=accelerator,
+        num_workers=cfg.num_workers,
+        on_error=cfg.on_error,
+        stats=stats,
     )
-    return cat.take(first), len(keys) - len(first)
+    feats.meta.update({"model_sha256": meta.get("sha256"), "shards": str(cfg.shards)})
+    if is_main_process():
+        feats.save(cfg.out)
+        kind = "with fmaps" if cfg.fmaps else "embeddings only"
+        log.info("wrote %d keyed features (%s) -> %s", len(feats), kind, cfg.out)
+    accelerator.wait_for_everyone()
+    JsonlLogger(cfg.log).log(
+        stage="embed",
+        seconds=round(time.perf_counter() - t0, 3),
+        mixed_precision=cfg.mixed_precision,
+        device=str(accelerator.device),
+        distributed_type=str(accelerator.distributed_type),
+        **stats,
+    )
+    return stats
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=1)
+
+
+@dataclass
+class _Encoded:
+    """One rank's encoded rows, in reading order."""
+
+    keys: list[str]
+    roles: list[str]
+    labels: list[str]
+    embs: list[np.ndarray]
+    maps: list[np.ndarray]
+
+    def features(self, fmaps: bool) -> Features:
+        dim = int(self.embs[0].shape[1]) if self.embs else 0
+        emb = np.concatenate(self.embs) if self.embs else np.zeros((0, dim), np.float32)
+        maps = (np.concatenate(self.maps) if self.maps else np.zeros((0, 1, 1, 1), np.float16)) if fmaps else None
+        return Features(self.keys, self.roles, self.labels, emb, maps)
+
+
+def _encode_loader(model, loader, device, autocast, *, fmaps: bool, channels_last: bool, desc: str) -> _Encoded:
+    """Encode every batch; a batch is split by role because an unshared model has one backbone per role."""
+    out = _Encoded([], [], [], [], [])
+    bar = tqdm(desc=desc, unit="img", disable=not is_main_process())
+    with torch.inference_mode(), autocast():
+        for batch in loader:
+            x = batch["image"].to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            batch_roles = np.asarray(batch["role"])
+            for role in sorted(set(batch_roles.tolist())):
+                idx = np.flatnonzero(batch_roles == role)
+                emb, fmap = model.encode(x[torch.from_numpy(idx).to(device)], role=role)
+                out.embs.append(_unit(emb).cpu().numpy())
+                if fmaps:
+                    out.maps.append(fmap.to(torch.float16).cpu().numpy())
+                out.keys += [batch["key"][i] for i in idx]
+                out.roles += [role] * len(idx)
+                out.labels += [batch["label"][i] for i in idx]
+            bar.update(len(x))
+    bar.close()
+    return out
+
+
+def _gather(local: Features, skipped: dict, seconds: float, world: int) -> tuple[list[Features], dict, float]:
+    """Every rank's rows, summed skip counts and the slowest rank's seconds."""
+    if world == 1:
+        return [local], skipped, seconds
+    gathered = gather_object([(local, skipped, seconds)])
+    total: dict[str, int] = {}
+    for _, counts, _ in gathered:
+        for k, n in counts.items():
+            total[k] = total.get(k, 0) + n
+    return [g[0] for g in gathered], total, max(g[2] for g in gathered)
 
 
 def embed_shards(
@@ -179,20 +171,18 @@ def embed_shards(
 ) -> Features:
     """Encode every image of `shards` once; the same Features (sorted by key) on every rank.
 
-    `model.encode(x, role)` gives (unit-norm embedding, feature map); images are
-    split by role inside a batch because an unshared model has one backbone
-    per role. `image_size` defaults to the model's. With an accelerator, each
-    rank reads its own shards and runs under `accelerator.autocast()`; the
-    model is put in eval mode on the accelerator's device. `stats`
-    (if given) receives images, unique, encode_seconds, images_per_s, world_size, per_rank, duplicates,
-    skipped.
+    `model.encode(x, role)` gives (unit-norm embedding, feature map).
+    `image_size` defaults to the model's. With an accelerator, each rank
+    reads its own shards and runs under `accelerator.autocast()`; the model
+    is put in eval mode on the accelerator's device. `stats` (if given)
+    receives images, unique, encode_seconds, images_per_s, world_size,
+    per_rank, duplicates, skipped.
     """
     if accelerator is not None:
         rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
         autocast = accelerator.autocast
     else:
-        rank, world = 0, 1
-        device = next(model.parameters()).device
+        rank, world, device = 0, 1, next(model.parameters()).device
         autocast = contextlib.nullcontext
     size = int(image_size or model.cfg.image_size)
     cfg = StreamConfig(batch_size=batch_size, image_size=size, num_workers=num_workers, on_error=on_error)
@@ -201,56 +191,14 @@ def embed_shards(
     channels_last = device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-
-    keys: list[str] = []
-    roles: list[str] = []
-    labels: list[str] = []
-    embs: list[np.ndarray] = []
-    maps: list[np.ndarray] = []
     start = time.perf_counter()
-    bar = tqdm(desc=f"embed (rank {rank}/{world})", unit="img", disable=not is_main_process())
-    with torch.inference_mode(), autocast():
-        for batch in loader:
-            x = batch["image"].to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            batch_roles = np.asarray(batch["role"])
-            for role in sorted(set(batch_roles.tolist())):
-                idx = np.flatnonzero(batch_roles == role)
-                emb, fmap = model.encode(x[torch.from_numpy(idx).to(device)], role=role)
-                embs.append(_unit(emb).cpu().numpy())
-                if fmaps:
-                    maps.append(fmap.to(torch.float16).cpu().numpy())
-                keys += [batch["key"][i] for i in idx]
-                roles += [role] * len(idx)
-                labels += [batch["label"][i] for i in idx]
-            bar.update(len(x))
-    bar.close()
+    desc = f"embed (rank {rank}/{world})"
+    local = _encode_loader(model, loader, device, autocast, fmaps=fmaps, channels_last=channels_last, desc=desc)
     seconds = time.perf_counter() - start
-    dim = int(embs[0].shape[1]) if embs else 0
-    local = Features(
-        keys,
-        roles,
-        labels,
-        np.concatenate(embs) if embs else np.zeros((0, dim), np.float32),
-        (np.concatenate(maps) if maps else np.zeros((0, 1, 1, 1), np.float16)) if fmaps else None,
-    )
-    parts = [local]
-    skipped = dict(loader.skipped)
-    counts = [len(local)]
-    if world > 1:
-        from accelerate.utils import gather_object
-
-        gathered = gather_object([(local, skipped, seconds)])
-        parts = [g[0] for g in gathered]
-        counts = [len(p) for p in parts]
-        skipped = {}
-        for g in gathered:
-            for k, n in g[1].items():
-                skipped[k] = skipped.get(k, 0) + n
-        seconds = max(g[2] for g in gathered)
+    parts, skipped, seconds = _gather(local.features(fmaps), dict(loader.skipped), seconds, world)
     feats, dupes = merge(parts)
     feats.meta.update({"image_size": size, "fmaps": bool(fmaps)})
+    counts = [len(p) for p in parts]
     images = int(sum(counts))
     rate = images / seconds if seconds > 0 else float("nan")
     if skipped:

@@ -30,11 +30,11 @@ from torch import Tensor
 from fingerprint.index import build_index, search
 from fingerprint.shards import iter_shard, shard_urls
 from fingerprint.utils import FingerprintError
+from fingerprint.vocab import LABEL_CODES
 
 log = logging.getLogger(__name__)
 
 MODES = ("nearest", "pairs")
-LABEL_VALUE = {"used": 1, "not_used": 0}
 
 
 # ----------------------------------------------------------------------------- dev set and split
@@ -52,7 +52,7 @@ def dev_reals(shards: str | Path) -> tuple[list[str], list[str]]:
                 rec = json.loads(raw["json"])
             except (KeyError, ValueError) as e:
                 raise FingerprintError(f"{url}: sample {raw.get('__key__')}: bad json record ({e})") from None
-            if rec.get("role") != "real" or rec.get("label") not in LABEL_VALUE:
+            if rec.get("role") != "real" or rec.get("label") not in LABEL_CODES:
                 continue
             key = rec.get("key", raw["__key__"])
             if key in found:
@@ -78,7 +78,7 @@ def split_dev(
         raise FingerprintError(f"split: val fraction must be in [0, 1), got {val_fraction}")
     by_class: dict[int, list[str]] = {0: [], 1: []}
     for k, lab in zip(keys, labels):
-        v = LABEL_VALUE.get(lab, lab) if isinstance(lab, str) else int(lab)
+        v = LABEL_CODES.get(lab, lab) if isinstance(lab, str) else int(lab)
         if v not in (0, 1):
             raise FingerprintError(f"split: key {k} has label {lab!r}; expected used/not_used or 1/0")
         by_class[v].append(k)
@@ -156,14 +156,14 @@ class BalancedQueries:
                             f"{self.where}: its share of the query shards holds no "
                             f"{' and no '.join(repr('used' if c else 'not_used') for c in short)} training images "
                             f"({this_pass[1]} used / {this_pass[0]} not-used in one pass); repack with smaller shards "
-                            "(--max-count) or use fewer processes"
+                            "(pack.max_count) or use fewer processes"
                         ) from None
                     this_pass = {0: 0, 1: 0}
                     it = iter(self.stream)
                     continue
                 for i, key in enumerate(batch["key"]):
                     if key in self.keys:
-                        v = LABEL_VALUE[self.labels[key]]
+                        v = LABEL_CODES[self.labels[key]]
                         buf[v].append((key, batch["image"][i]))
                         this_pass[v] += 1
             picked = [buf[1].popleft() for _ in range(half)] + [buf[0].popleft() for _ in range(half)]

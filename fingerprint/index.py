@@ -8,25 +8,101 @@ search. IVF k-means wants >= 39 training points per centroid, so an IVF
 `nlist` larger than N // 39 is capped automatically (logged, and the factory
 actually used is stored); below 39 points in total IVF is refused.
 Indexes are saved with FAISS's own write_index/read_index plus a JSON
-sidecar holding the keys in index order.
+sidecar holding the keys in index order. `neighbours` is the retrieval every
+embedding scorer uses: top-k generated rows of each real embedding, with
+exact search filling whatever an approximate index could not.
+`run_index(IndexConfig)` is the index stage.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import faiss
 import numpy as np
 
-from fingerprint.utils import FingerprintError, atomic_path, read_json, write_json
+from fingerprint.config import check_fields, exists_error, option
+from fingerprint.distributed import seed_everything, set_threads
+from fingerprint.features import Features
+from fingerprint.utils import FingerprintError, JsonlLogger, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 MIN_POINTS_PER_CENTROID = 39
 _IVF = re.compile(r"IVF(\d+)")
+
+
+@dataclass(kw_only=True)
+class IndexConfig:
+    """Options of the index stage (`fingerprint index`)."""
+
+    SECTION = "index"
+
+    features: Path = option(help="features .npz from 'fingerprint embed'")
+    out: Path = option(help="index file to write, e.g. RUN/index/test.faiss (+ .json sidecar)")
+    index_factory: str = option(
+        "Flat",
+        help="FAISS factory string, inner product: Flat (exact), IVF64,Flat, IVF64,PQ16, HNSW32; "
+        "IVF nlist is capped at N // 39",
+    )
+    nprobe: int | None = option(None, min=1, help="IVF lists searched per query (default min(nlist, 16))")
+    ef_search: int | None = option(None, min=1, help="HNSW search depth (default 64)")
+    recall_k: int = option(10, min=1, help="k for recall@k against exact search")
+    recall_queries: int = option(
+        1000, min=1, help="queries sampled for recall@k: real embeddings first, then generated ones"
+    )
+    threads: int | None = option(None, min=1, help="FAISS/torch CPU threads (default: all cores)")
+    log: Path | None = option(None, help="append a JSON-lines record here")
+    seed: int = option(0, help="seeds IVF k-means and the recall sample")
+    force: bool = option(False, help="replace the output if it exists")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def run_index(cfg: IndexConfig) -> dict:
+    """Index the generated embeddings of `cfg.features` into `cfg.out` (+ sidecar); return the sidecar's meta."""
+    if Path(cfg.out).exists() and not cfg.force:
+        raise exists_error(cfg, cfg.out)
+    seed_everything(cfg.seed)
+    set_threads(cfg.threads)
+    t0 = time.perf_counter()
+    feats = Features.load(cfg.features, fmaps=False)
+    gen = feats.select(role="generated")
+    if len(gen) == 0:
+        raise FingerprintError(f"{cfg.features}: no generated images to index")
+    factory = cap_factory(cfg.index_factory, len(gen))
+    index = build_index(gen.embeddings, factory, seed=cfg.seed, nprobe=cfg.nprobe, ef_search=cfg.ef_search)
+    meta = {"factory": factory, "requested_factory": cfg.index_factory, "features": str(cfg.features)}
+    k = min(cfg.recall_k, len(gen))
+    if factory != "Flat":
+        queries = recall_queries(feats, cfg.recall_queries, cfg.seed)
+        meta["recall"] = {"k": k, "queries": len(queries), "value": recall_at_k(index, gen.embeddings, queries, k)}
+        log.info("recall@%d against exact search over %d queries: %.4f", k, len(queries), meta["recall"]["value"])
+    else:
+        meta["recall"] = {"k": k, "queries": 0, "value": 1.0, "exact": True}
+    save_index(index, cfg.out, gen.keys.tolist(), meta=meta)
+    seconds = time.perf_counter() - t0
+    log.info("indexed %d generated embeddings (%s) in %.2f s -> %s", len(gen), factory, seconds, cfg.out)
+    JsonlLogger(cfg.log).log(
+        stage="index", seconds=round(seconds, 3), n=len(gen), factory=factory, recall=meta["recall"]["value"]
+    )
+    return meta
+
+
+def recall_queries(feats: Features, n: int, seed: int) -> np.ndarray:
+    """Up to `n` query embeddings for the recall check: the real images (the actual queries), then generated."""
+    real = feats.select(role="real").embeddings
+    gen = feats.select(role="generated").embeddings
+    pool = np.concatenate([real, gen]) if len(real) < n else real
+    if len(pool) > n:
+        pool = pool[np.sort(np.random.default_rng(seed).choice(len(pool), n, replace=False))]
+    return pool
 
 
 def as_unit(x: np.ndarray) -> np.ndarray:
@@ -210,3 +286,60 @@ def load_index(path: str | Path, *, mmap: bool = False) -> tuple[faiss.Index, li
 def read_index_meta(path: str | Path) -> dict:
     """The sidecar of a saved index (keys, factory, recall, ...)."""
     return read_json(sidecar_path(path))
+
+
+# ----------------------------------------------------------------------------- retrieval for scorers
+
+
+def neighbours(real_emb: np.ndarray, gen_emb: np.ndarray, index=None, *, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k generated neighbours of each real embedding: (cosine sims (R,k) float32, gen rows (R,k) int64).
+
+    `index`: None (exact IndexFlatIP over gen_emb), a faiss index whose ids are
+    rows of gen_emb, or `(index, keys)` as load_index returns it together with
+    `gen_keys` (use `resolve_index`). Rows an approximate index could not fill
+    (id -1) are filled by exact search, so every row has k neighbours.
+    """
+    if len(gen_emb) == 0:
+        raise FingerprintError("score: no generated images to compare with")
+    k = min(int(k), len(gen_emb))
+    index, id_rows = index if isinstance(index, tuple) else (index, None)
+    if index is None:
+        index = build_index(gen_emb, "Flat")
+    if index.ntotal != len(gen_emb):
+        raise FingerprintError(
+            f"score: the index holds {index.ntotal} vectors, the features {len(gen_emb)} generated images"
+        )
+    sims, ids = search(index, real_emb, k)
+    bad = (ids < 0).any(axis=1)
+    rows = np.where(ids >= 0, ids if id_rows is None else id_rows[np.maximum(ids, 0)], -1)
+    if bad.any():
+        log.info(
+            "score: %d queries got fewer than %d neighbours from the index; using exact search for them",
+            int(bad.sum()),
+            k,
+        )
+        sims[bad], rows[bad] = exact_search(gen_emb, real_emb[bad], k)
+    return sims, rows
+
+
+def resolve_index(index, index_keys: Sequence[str] | None, gen_keys: Sequence[str], *, source: str = "index"):
+    """What `neighbours` takes: the index alone (ids are gen rows) or (index, id -> gen row) from saved keys."""
+    if index is None or index_keys is None:
+        return index
+    return index, index_rows(index_keys, gen_keys, source=source)
+
+
+def index_rows(index_keys: Sequence[str], gen_keys: Sequence[str], *, source: str = "index") -> np.ndarray:
+    """Positions in gen_keys of each index key (so index ids can be mapped to feature rows)."""
+    pos = {k: i for i, k in enumerate(gen_keys)}
+    missing = [k for k in index_keys if k not in pos]
+    if missing:
+        raise FingerprintError(
+            f"{source}: {len(missing)} indexed key(s) not among the generated features "
+            f"(first: {', '.join(missing[:3])})"
+        )
+    if len(index_keys) != len(gen_keys):
+        raise FingerprintError(
+            f"{source}: indexes {len(index_keys)} images, the features hold {len(gen_keys)} generated"
+        )
+    return np.array([pos[k] for k in index_keys], dtype=np.int64)

@@ -1,9 +1,13 @@
 """Membership metrics with bootstrap intervals, threshold calibration and truth files.
 
-Every metric is a scikit-learn function (precision_recall_fscore_support, roc_curve, ...); this
-module only decides what to do where a metric is undefined (one class in the
-truth: reported as None) and how to resample. "used" (1) is the positive class,
-as in the official 2023 F1.
+The one place where ROC-AUC, the other metrics and decision thresholds are
+computed (training validation, compare, cluster, report and the benchmark
+builder call it). Every metric is a scikit-learn function
+(precision_recall_fscore_support, roc_curve, ...); this module only decides
+what to do where a metric is undefined (one class in the truth: reported as
+None) and how to resample (stratified bootstrap, Efron & Tibshirani 1993).
+"used" (1) is the positive class, as in the official 2023 F1. Thresholds
+are max-F1 or Youden's J (Youden 1950) on labelled scores.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from sklearn.exceptions import UndefinedMetricWarning
 from sklearn import config_context
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
     auc,
@@ -29,14 +33,9 @@ from sklearn.metrics import (
 )
 
 from fingerprint.utils import FingerprintError
+from fingerprint.vocab import METRICS, SCORE_METRICS, THRESHOLD_RULES
 
 log = logging.getLogger(__name__)
-
-#: Metrics in every evaluate() dict, in report order.
-METRICS = ("f1", "accuracy", "precision", "recall", "specificity", "roc_auc", "kappa", "tpr_at_1fpr", "tpr_at_5fpr")
-#: Metrics that need continuous scores (None when only labels are known).
-SCORE_METRICS = ("roc_auc", "tpr_at_1fpr", "tpr_at_5fpr")
-RULES = ("max_f1", "youden")
 
 
 def _none_if_nan(x: float | None) -> float | None:
@@ -46,10 +45,19 @@ def _none_if_nan(x: float | None) -> float | None:
     return None if math.isnan(x) else x
 
 
-def tpr_at_fpr(y_true: np.ndarray, scores: np.ndarray, max_fprs: Sequence[float]) -> list[float]:
-    """Highest TPR reachable with FPR <= each max_fpr on the ROC curve (thresholds that exist)."""
-    fpr, tpr, _ = roc_curve(y_true, scores)
-    return _tpr_at(fpr, tpr, max_fprs)
+def roc_points(
+    y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) of the ROC curve (scikit-learn's roc_curve, intermediate points dropped)."""
+    fpr, tpr, _ = roc_curve(np.asarray(y_true), np.asarray(scores, dtype=np.float64))
+    return fpr, tpr
+
+
+def roc_auc(y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve; NaN when the labels hold one class only."""
+    if len(np.unique(np.asarray(y_true))) != 2:
+        return float("nan")
+    return float(auc(*roc_points(y_true, scores)))
 
 
 def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, max_fprs: Sequence[float]) -> list[float]:
@@ -80,7 +88,7 @@ def point_metrics(y_true: np.ndarray, scores: np.ndarray | None, y_pred: np.ndar
             "kappa": _none_if_nan(cohen_kappa_score(y_true, y_pred, labels=[0, 1])),
         }
         if scores is not None and both:
-            fpr, tpr, _ = roc_curve(y_true, np.asarray(scores, dtype=np.float64))
+            fpr, tpr = roc_points(y_true, scores)
             out["roc_auc"] = float(auc(fpr, tpr))
             out["tpr_at_1fpr"], out["tpr_at_5fpr"] = _tpr_at(fpr, tpr, (0.01, 0.05))
         else:
@@ -177,8 +185,8 @@ def calibrate_threshold(
     returned is the midpoint between the chosen score and the next lower one,
     so it separates the same calibration images but does not sit on one.
     """
-    if rule not in RULES:
-        raise FingerprintError(f"calibrate: unknown rule {rule!r} (choose from {', '.join(RULES)})")
+    if rule not in THRESHOLD_RULES:
+        raise FingerprintError(f"calibrate: unknown rule {rule!r} (choose from {', '.join(THRESHOLD_RULES)})")
     y = np.asarray(y_true)
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape or y.ndim != 1 or len(y) == 0:

@@ -12,9 +12,8 @@ and DDP cover them:
 
 The embedding is a linear projection of the layer4 map average-pooled to a
 small grid (`embed_grid`, default 4x4), not globally pooled: for aligned CT
-slices, where things are is much of what makes two images near-copies
-(measured: nearest-neighbour ROC-AUC 0.83 with the grid vs 0.80 with global
-pooling, random ResNet-18, medium synthetic benchmark).
+slices, where things are is much of what makes two images near-copies (the
+measured comparison is in docs/design-notes.md).
 
 The "light" relation head is built to be cheap per pair, because the scorer
 runs it on many (real, generated) pairs while each image's backbone runs once:
@@ -27,34 +26,23 @@ output logits.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import math
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from fingerprint.utils import FingerprintError, atomic_path, read_json, sha256_file, write_json
-
-log = logging.getLogger(__name__)
-
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
-RELATIONS = ("light", "seed")
-POOLS = ("max", "mean", "attention")
-ROLES = ("real", "generated")
+from fingerprint.utils import FingerprintError
+from fingerprint.vocab import BACKBONES, POOLS, RELATIONS, ROLES
 
 #: grey-level statistics used to normalise [0,1] input (the mean of ImageNet's
 #: per-channel mean/std, which is what a summed-RGB conv1 expects).
 GRAY_MEAN = 0.449
 GRAY_STD = 0.226
-
-MODEL_FILE = "model.safetensors"
-META_FILE = "model.json"
-FORMAT = "fingerprint-model/1"
 
 
 @dataclass
@@ -313,133 +301,9 @@ class FingerprintModel(nn.Module):
         return {"logit": self.pool(pair_logits), "pair_logits": pair_logits, "q_emb": q_emb, "s_emb": s_emb}
 
 
-# -- construction, weights, artifacts ----------------------------------------------------------
-
-
-def build_model(cfg: ModelConfig, weights: str | None = None) -> FingerprintModel:
-    """Build a randomly initialised model; `weights` is a local torchvision ResNet state-dict file.
-
-    conv1 is adapted from 3 channels to 1 by summing over the RGB axis; the
-    classifier (`fc.*`) is dropped. Nothing is ever downloaded.
-    """
-    model = FingerprintModel(cfg)
-    if weights is not None:
-        state = _read_backbone_weights(Path(weights), cfg.backbone)
-        for bb in model.backbones.values():
-            _load_backbone_state(bb, state, Path(weights), cfg.backbone)
-        log.info("loaded %s backbone weights from %s", cfg.backbone, weights)
-    return model
-
-
-def _read_backbone_weights(path: Path, backbone: str) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise FingerprintError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FingerprintError(
-            f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-        ) from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise FingerprintError(f"{path}: not a state dict of tensors (expected torchvision {backbone} weights)")
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
-    w = state.get("conv1.weight")
-    if w is not None and w.ndim == 4 and w.shape[1] == 3:
-        state["conv1.weight"] = w.sum(dim=1, keepdim=True)
-    return state
-
-
-def _load_backbone_state(bb: Backbone, state: dict[str, Tensor], path: Path, backbone: str) -> None:
-    own = bb.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if bad:
-            parts.append(f"{len(bad)} shape mismatches (e.g. {bad[0]})")
-        raise FingerprintError(f"{path}: weights do not fit {backbone}: {'; '.join(parts)}")
-    bb.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
-
-
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (trainable ones only if asked)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def save_model(model: nn.Module, out_dir: str | Path, *, extra: dict) -> None:
-    """Write out_dir/model.safetensors and out_dir/model.json (config, extra, sha256), atomically.
-
-    `extra`'s keys are stored at the top level of model.json (e.g. "calibration",
-    "train"), next to "format", "config", "sha256" and "n_params".
-    """
-    from safetensors.torch import save_file
-
-    model = getattr(model, "module", model)
-    if not isinstance(model, FingerprintModel):
-        raise TypeError(f"save_model wants a FingerprintModel, got {type(model).__name__}")
-    reserved = {"format", "config", "sha256", "n_params", "weights_file"}
-    clash = reserved & set(extra)
-    if clash:
-        raise ValueError(f"extra keys {sorted(clash)} are reserved in model.json")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out_dir / MODEL_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-    meta = {
-        "format": FORMAT,
-        "config": asdict(model.cfg),
-        "weights_file": MODEL_FILE,
-        "sha256": sha256_file(out_dir / MODEL_FILE),
-        "n_params": count_parameters(model),
-        **extra,
-    }
-    write_json(out_dir / META_FILE, meta)
-
-
-def load_model(model_dir: str | Path) -> tuple[FingerprintModel, dict]:
-    """Load a saved model (eval mode, CPU) and its model.json; FingerprintError if missing, altered or unfit."""
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
-    meta_path = model_dir / META_FILE
-    if not meta_path.is_file():
-        raise FingerprintError(f"{meta_path}: not found (is {model_dir} a trained model folder?)")
-    meta = read_json(meta_path)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("config"), dict):
-        raise FingerprintError(f"{meta_path}: not a fingerprint model description (format {FORMAT})")
-    weights = model_dir / meta.get("weights_file", MODEL_FILE)
-    if not weights.is_file():
-        raise FingerprintError(f"{weights}: weights file not found")
-    digest = sha256_file(weights)
-    if digest != meta.get("sha256"):
-        raise FingerprintError(
-            f"{weights}: sha256 {digest[:12]}... does not match model.json ({str(meta.get('sha256'))[:12]}...)"
-        )
-    model = FingerprintModel(ModelConfig.from_dict(meta["config"]))
-    try:
-        state = load_file(str(weights))
-        model.load_state_dict(state)
-    except Exception as e:
-        raise FingerprintError(f"{weights}: does not fit its config ({str(e).splitlines()[0][:200]})") from None
-    model.eval()
-    return model, meta
 
 
 def describe(model: FingerprintModel) -> str:
@@ -450,3 +314,14 @@ def describe(model: FingerprintModel) -> str:
         f"{'shared' if cfg.shared else 'separate'} {cfg.backbone}{' (seed stem)' if cfg.seed_stem else ''}, "
         f"{cfg.relation} relation, {cfg.pool} pool, {cfg.image_size}px, {n / 1e6:.1f}M params"
     )
+
+
+@contextlib.contextmanager
+def preserved_modes(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, t in flags:
+            m.training = t

@@ -1,55 +1,162 @@
-"""The whole pipeline on one data set: pack -> train -> embed -> index -> score -> compare/cluster -> evaluate -> report.
+"""The whole pipeline on one data set (`run_pipeline(RunConfig)`), and the demo on the built-in benchmark.
 
-`run_pipeline` is what `fingerprint run` calls; `demo` builds (or reuses) the
-built-in `medium` benchmark with `fingerprint.synth` and runs the pipeline on
-it. Every stage writes into one run folder (layout in docs/design.md); a stage
-whose outputs already exist is skipped, so an interrupted run picks up where it
-stopped, and `force=True` redoes everything.
+pack -> train -> embed -> index -> score (every registered scorer) ->
+compare / cluster -> evaluate -> report, each stage a library call with its
+config object (`run_pack(PackConfig)`, `run_train(TrainConfig)`, ...). Every
+stage writes into one run folder (layout in docs/design.md); `Stages` is the
+one place a stage is run: it skips a stage whose outputs exist (so an
+interrupted run picks up where it stopped; `force` redoes everything), logs
+the stage's equivalent command line, and times it. `run_demo(DemoConfig)`
+builds (or reuses) the built-in benchmark with `benchdata.synth`, then runs
+the pipeline on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+from fingerprint.benchdata.synth import LEVELS, SynthConfig, run_synth
+from fingerprint.cluster import ClusterConfig, run_cluster
+from fingerprint.compare import CompareConfig, run_compare
+from fingerprint.config import check_fields, command_line, config_from_file, option, section_of
+from fingerprint.embed import EmbedConfig, run_embed
+from fingerprint.evaluate import EvaluateConfig, run_evaluate
+from fingerprint.index import IndexConfig, run_index
+from fingerprint.metrics import format_table
+from fingerprint.report import ReportConfig, run_report
+from fingerprint.score import ScoreConfig, run_score
+from fingerprint.scorefiles import read_score_meta
+from fingerprint.scorers import get_scorer, scorer_names, untrained_scorers
+from fingerprint.shards import PackConfig, read_manifest, run_pack
+from fingerprint.train import TrainConfig, run_train
 from fingerprint.utils import FingerprintError, JsonlLogger, read_json, write_json
+from fingerprint.vocab import BACKBONES, DEVICES, MIXED_PRECISION, SPLITS
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("dev", "test")
-BASELINES = ("dcr", "ssim", "emb_nn", "emb_topk", "seed_rule")
-PIXEL_BASELINES = ("dcr", "ssim")
+#: the scorer whose labels become the run's official run file (run.csv)
+RUN_FILE_SCORER = "relation"
+#: the other registered scorers, run as baselines by default
+BASELINES = tuple(n for n in scorer_names() if n != RUN_FILE_SCORER)
 
 
-@dataclass
-class RunConfig:
-    """Options of `fingerprint run`; the defaults suit 2 CPU cores."""
+@dataclass(kw_only=True)
+class RunOptions:
+    """Options shared by `fingerprint run` and `fingerprint demo`; the defaults suit 2 CPU cores."""
 
-    data_dir: Path
+    seed: int = option(0, help="seed of every stage")
+    backbone: str = option("resnet18", choices=BACKBONES, help="ResNet trunk of the relation network")
+    image_size: int = option(128, min=32, help="model input size (images are packed at 256)")
+    epochs: int | None = option(None, min=1, help="training epochs (default: the trainer's, sized for 2 CPU cores)")
+    k: int = option(8, min=1, help="generated neighbours per real image when scoring (training uses 8)")
+    batch_size: int = option(64, min=1, help="images per forward pass when embedding")
+    device: str = option("auto", choices=DEVICES, help="where training and embedding run")
+    mixed_precision: str = option(
+        "no", choices=MIXED_PRECISION, help="autocast for training and embedding (fp32 'no' on CPUs)"
+    )
+    threads: int | None = option(None, min=1, help="torch/FAISS CPU threads per stage (default: each stage's own)")
+    baselines: tuple[str, ...] = option(
+        BASELINES, choices=BASELINES, help=f"comma-separated baseline scorers ({', '.join(BASELINES)}; '' for none)"
+    )
+    seed_rule_max_pairs: int = option(
+        500_000, min=0, help="run pairwise scorers (the seed's rule) only when real x generated is at most this"
+    )
+    index_factory: str = option("Flat", help="FAISS index over generated embeddings (Flat = exact)")
+    n_boot: int = option(500, min=0, help="bootstrap resamples for every metric's 95%% interval")
+    train_config: Path | None = option(None, help="TOML/YAML config of the training stage (any train option)")
+    compare: bool = option(True, help="run the scikit-learn comparators")
+    cluster: bool = option(True, help="run hierarchical clustering")
+    report: bool = option(True, help="write the HTML report")
+    force: bool = option(False, help="redo every stage even if its outputs exist")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(kw_only=True)
+class RunConfig(RunOptions):
+    """Options of `fingerprint run`."""
+
+    SECTION = "run"
+
+    data_dir: Path = option(positional=True, help="folder with dev/ and test/ (2023 layouts), optional test_truth.csv")
+    out: Path = option(help="run folder to write")
+
+
+@dataclass(kw_only=True)
+class DemoConfig(RunOptions):
+    """Options of `fingerprint demo`."""
+
+    SECTION = "demo"
+
+    data_dir: Path | None = option(
+        None, help="where the benchmark is built and cached (default: data/benchmark-<level>-seed<seed>)"
+    )
+    out: Path = option(Path("runs/demo"), help="run folder to write")
+    level: str = option("medium", choices=tuple(LEVELS), help="benchmark difficulty (tiny: seconds, for tests)")
+    rebuild_data: bool = option(False, help="rebuild the benchmark even if it is cached")
+
+
+class Stages:
+    """The one place a run's stage is run: skipped when its outputs exist, logged as a command line, timed."""
+
+    def __init__(self, out: Path, force: bool):
+        self.out = out
+        self.force = force
+        self.log = JsonlLogger(out / "log.jsonl")
+        self.timings: dict[str, float] = {}
+
+    def __call__(
+        self, name: str, fn: Callable[[Any], Any], cfg: Any, outputs: Sequence[Path], derived: bool = False
+    ) -> Any:
+        """Run `fn(cfg)` as stage `name`; `derived` stages (evaluate, report) are cheap and always redone."""
+        if not self.force and not derived and outputs and all(Path(p).exists() for p in outputs):
+            log.info("[%s] outputs exist: skipped", name)
+            self.log.log(stage="run", step=name, skipped=True)
+            return None
+        redo = self.force or derived or any(Path(p).exists() for p in outputs)
+        cfg = dataclasses.replace(cfg, force=redo)
+        log.info("[%s] %s", name, command_line(cfg))
+        t0 = time.perf_counter()
+        result = fn(cfg)
+        dt = time.perf_counter() - t0
+        self.timings[name] = round(dt, 2)
+        self.log.log(stage="run", step=name, command=section_of(cfg), seconds=round(dt, 3))
+        return result
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each stage writes inside the run folder."""
+
     out: Path
-    seed: int = 0
-    backbone: str = "resnet18"
-    image_size: int = 128
-    epochs: int | None = None
-    k: int = 8
-    batch_size: int = 64
-    device: str = "auto"
-    mixed_precision: str = "no"
-    threads: int | None = None
-    baselines: tuple[str, ...] = BASELINES
-    seed_rule_max_pairs: int = 500_000
-    index_factory: str = "Flat"
-    n_boot: int = 500
-    comparators: bool = True
-    cluster: bool = True
-    report: bool = True
-    train_config: Path | None = None
-    force: bool = False
+
+    def shards(self, split: str) -> Path:
+        return self.out / "shards" / split
+
+    def features(self, split: str) -> Path:
+        return self.out / "features" / f"{split}.npz"
+
+    def index(self, split: str) -> Path:
+        return self.out / "index" / f"{split}.faiss"
+
+    def scores(self, split: str) -> Path:
+        return self.out / ("scores_dev" if split == "dev" else "scores")
+
+    @property
+    def model(self) -> Path:
+        return self.out / "model"
+
+    @property
+    def log(self) -> Path:
+        return self.out / "log.jsonl"
 
 
 def check_data_dir(data_dir: Path) -> Path | None:
@@ -64,230 +171,29 @@ def check_data_dir(data_dir: Path) -> Path | None:
     return truth if truth.is_file() else None
 
 
-class Stages:
-    """Runs a run's stages in order: each a subcommand's `main(argv)`, timed, skipped when its outputs exist."""
-
-    def __init__(self, out: Path, force: bool):
-        self.out = out
-        self.force = force
-        self.log = JsonlLogger(out / "log.jsonl")
-        self.timings: dict[str, float] = {}
-
-    def __call__(
-        self, name: str, command: str, argv: Sequence[object], outputs: Sequence[Path], derived: bool = False
-    ) -> None:
-        """Run one stage; `derived` stages (evaluate, report) are cheap and always redone."""
-        if not self.force and not derived and outputs and all(Path(p).exists() for p in outputs):
-            log.info("[%s] outputs exist: skipped", name)
-            self.log.log(stage="run", step=name, skipped=True)
-            return
-        from fingerprint.cli import COMMANDS
-        import importlib
-
-        redo = self.force or derived or any(Path(p).exists() for p in outputs)
-        argv = [str(a) for a in argv] + (["--force"] if redo else [])
-        log.info("[%s] fingerprint %s %s", name, command, " ".join(argv))
-        t0 = time.perf_counter()
-        rc = importlib.import_module(COMMANDS[command][0]).main(argv)
-        dt = time.perf_counter() - t0
-        if rc != 0:
-            raise FingerprintError(f"stage '{name}' (fingerprint {command}) failed with exit code {rc}")
-        self.timings[name] = round(dt, 2)
-        self.log.log(stage="run", step=name, command=command, seconds=round(dt, 3))
-
-
 def run_pipeline(cfg: RunConfig) -> dict:
     """pack -> train -> embed -> index -> score (+ baselines) -> compare -> cluster -> evaluate -> report."""
     data, out = Path(cfg.data_dir), Path(cfg.out)
     truth = check_data_dir(data)
-    unknown = set(cfg.baselines) - set(BASELINES)
-    if unknown:
-        raise FingerprintError(f"unknown baseline(s) {', '.join(sorted(unknown))}; choose from {', '.join(BASELINES)}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise FingerprintError(f"--device must be auto, cpu or cuda, got {cfg.device!r}")
     if cfg.device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "1"
     out.mkdir(parents=True, exist_ok=True)
-    stage = Stages(out, cfg.force)
+    stage, paths = Stages(out, cfg.force), RunPaths(out)
     t0 = time.perf_counter()
-    seed = ["--seed", cfg.seed]
-    threads = ["--threads", cfg.threads] if cfg.threads else []
-    shards = {s: out / "shards" / s for s in SPLITS}
-    feats = {s: out / "features" / f"{s}.npz" for s in SPLITS}
-    index = {s: out / "index" / f"{s}.faiss" for s in SPLITS}
-    scores = {"dev": out / "scores_dev", "test": out / "scores"}
-    model = out / "model"
-
-    for s in SPLITS:
-        stage(f"pack-{s}", "pack", [data / s, shards[s], *seed], [shards[s] / "manifest.json"])
-
-    train_argv = [
-        "--shards",
-        shards["dev"],
-        "--out",
-        model,
-        "--backbone",
-        cfg.backbone,
-        "--image-size",
-        cfg.image_size,
-        "--mixed-precision",
-        cfg.mixed_precision,
-        *seed,
-        *threads,
-    ]
-    if cfg.epochs is not None:
-        train_argv += ["--epochs", cfg.epochs]
-    if cfg.train_config is not None:
-        train_argv += ["--config", cfg.train_config]
-    stage("train", "train", train_argv, [model / "model.json"])
-
-    for s in SPLITS:
-        stage(
-            f"embed-{s}",
-            "embed",
-            [
-                "--model",
-                model,
-                "--shards",
-                shards[s],
-                "--out",
-                feats[s],
-                "--fmaps",
-                "--batch-size",
-                cfg.batch_size,
-                "--mixed-precision",
-                cfg.mixed_precision,
-                "--log",
-                out / "log.jsonl",
-                *seed,
-                *threads,
-            ],
-            [feats[s]],
-        )
-        stage(
-            f"index-{s}",
-            "index",
-            [
-                "--features",
-                feats[s],
-                "--out",
-                index[s],
-                "--index-factory",
-                cfg.index_factory,
-                "--log",
-                out / "log.jsonl",
-                *seed,
-                *threads,
-            ],
-            [index[s]],
-        )
-
-    n_real, n_gen = _split_sizes(shards["test"])
-    for scorer in ("relation", *cfg.baselines):
-        if scorer == "seed_rule" and n_real * n_gen > cfg.seed_rule_max_pairs:
-            log.info(
-                "[score] seed_rule skipped: %d x %d pairs > --seed-rule-max-pairs %d",
-                n_real,
-                n_gen,
-                cfg.seed_rule_max_pairs,
-            )
-            continue
-        for s in SPLITS:
-            argv = [
-                "--scorer",
-                scorer,
-                "--out",
-                scores[s] / f"{scorer}.csv",
-                "--log",
-                out / "log.jsonl",
-                *seed,
-                *threads,
-            ]
-            if scorer in PIXEL_BASELINES:
-                argv += ["--shards", shards[s]]
-            else:
-                argv += ["--features", feats[s], "--k", cfg.k]
-                if scorer != "seed_rule":
-                    argv += ["--index", index[s]]
-                if scorer in ("relation", "seed_rule"):
-                    argv += ["--model", model]
-            if s == "dev":
-                # calibrated on the labelled dev split it scores; relation stores the threshold with the model
-                argv += ["--calibrate-on", shards["dev"] if scorer in PIXEL_BASELINES else feats["dev"]]
-                if scorer != "seed_rule" and scorer not in PIXEL_BASELINES:
-                    argv += ["--dev-index", index["dev"]]
-            else:
-                # the dev stage's threshold, not a second computation of every dev score
-                argv += ["--threshold", _threshold(scores["dev"] / f"{scorer}.csv")]
-                if scorer == "relation":
-                    argv += ["--run-file", out / "run.csv"]
-            stage(f"score-{scorer}-{s}", "score", argv, [scores[s] / f"{scorer}.csv"])
-
-    if cfg.comparators:
-        # untrained baselines only: the dev relation/seed-rule scores come from a model trained on those images
-        stacked = [b for b in cfg.baselines if b in ("dcr", "ssim", "emb_nn", "emb_topk")]
-        features = ["--features", "profile,baselines", "--baselines", ",".join(stacked)] if stacked else []
-        stage(
-            "compare",
-            "compare",
-            [
-                "--dev",
-                feats["dev"],
-                "--test",
-                feats["test"],
-                "--out",
-                out,
-                *features,
-                "--dev-scores",
-                scores["dev"],
-                "--test-scores",
-                scores["test"],
-                "--n-boot",
-                cfg.n_boot,
-                *seed,
-            ],
-            [out / "compare" / "cv.json"],
-        )
+    _pack_and_train(stage, paths, data, cfg)
+    _embed_and_index(stage, paths, cfg)
+    _score(stage, paths, cfg)
+    if cfg.compare:
+        _compare(stage, paths, cfg)
     if cfg.cluster:
-        stage(
-            "cluster",
-            "cluster",
-            ["--dev", feats["dev"], "--test", feats["test"], "--out", out, "--n-boot", cfg.n_boot, *seed],
-            [out / "cluster" / "cluster.json"],
-        )
-
-    metrics = None
-    if truth is not None:
-        shutil.copyfile(truth, out / "test_truth.csv")
-        score_files = sorted(str(p) for p in scores["test"].glob("*.csv"))
-        stage(
-            "evaluate",
-            "evaluate",
-            [
-                *score_files,
-                "--truth",
-                out / "test_truth.csv",
-                "--out",
-                out / "metrics.json",
-                "--split",
-                "test",
-                "--n-boot",
-                cfg.n_boot,
-                *seed,
-            ],
-            [out / "metrics.json"],
-            derived=True,
-        )
-        metrics = read_json(out / "metrics.json")
-        dev = _dev_metrics(out)
-        if dev:
-            metrics["dev"] = dev
-            write_json(out / "metrics.json", metrics)
-    else:
+        feats = {"dev": paths.features("dev"), "test": paths.features("test")}
+        cluster = ClusterConfig(**feats, out=out, n_boot=cfg.n_boot, seed=cfg.seed)
+        stage("cluster", run_cluster, cluster, [out / "cluster" / "cluster.json"])
+    metrics = _evaluate(stage, paths, truth, cfg) if truth is not None else None
+    if truth is None:
         log.info("no test_truth.csv in %s: scores and run file written, nothing to evaluate", data)
-
     if cfg.report:
-        stage("report", "report", [out, *seed], [out / "report.html"], derived=True)
+        stage("report", run_report, ReportConfig(run_dir=out, seed=cfg.seed), [out / "report.html"], derived=True)
     total = time.perf_counter() - t0
     summary = {
         "data_dir": str(data),
@@ -303,23 +209,131 @@ def run_pipeline(cfg: RunConfig) -> dict:
     return summary
 
 
-def _threshold(score_file: Path) -> str:
-    """The decision threshold a dev score file was labelled with (from its .json sidecar), exactly as written."""
-    from fingerprint.score import read_score_meta
+def _common(cfg: RunOptions) -> dict[str, Any]:
+    """seed and threads, which every Accelerate/torch stage takes from the run."""
+    return {"seed": cfg.seed, "threads": cfg.threads}
 
-    meta = read_score_meta(score_file) or {}
-    if meta.get("threshold") is None:
-        raise FingerprintError(f"{score_file}: no threshold in its sidecar (re-run with --force)")
-    return repr(float(meta["threshold"]))
+
+def _pack_and_train(stage: Stages, paths: RunPaths, data: Path, cfg: RunConfig) -> None:
+    for s in SPLITS:
+        pack = PackConfig(src=data / s, out=paths.shards(s), seed=cfg.seed)
+        stage(f"pack-{s}", run_pack, pack, [paths.shards(s) / "manifest.json"])
+    given = {"epochs": cfg.epochs} if cfg.epochs is not None else {}
+    train = config_from_file(
+        TrainConfig,
+        cfg.train_config,
+        shards=paths.shards("dev"),
+        out=paths.model,
+        backbone=cfg.backbone,
+        image_size=cfg.image_size,
+        mixed_precision=cfg.mixed_precision,
+        **_common(cfg),
+        **given,
+    )
+    stage("train", run_train, train, [paths.model / "model.json"])
+
+
+def _embed_and_index(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
+    for s in SPLITS:
+        embed = EmbedConfig(
+            model=paths.model, shards=paths.shards(s), out=paths.features(s), fmaps=True, batch_size=cfg.batch_size,
+            mixed_precision=cfg.mixed_precision, log=paths.log, **_common(cfg),
+        )  # fmt: skip
+        stage(f"embed-{s}", run_embed, embed, [paths.features(s)])
+        index = IndexConfig(
+            features=paths.features(s), out=paths.index(s), index_factory=cfg.index_factory, log=paths.log,
+            **_common(cfg),
+        )  # fmt: skip
+        stage(f"index-{s}", run_index, index, [paths.index(s)])
 
 
 def _split_sizes(shards_dir: Path) -> tuple[int, int]:
     """(real, generated) image counts of a packed split, from its manifest."""
-    from fingerprint.shards import read_manifest
-
     counts = read_manifest(shards_dir).get("counts", {})
     roles = counts.get("role", counts)
     return int(roles.get("real", 0)), int(roles.get("generated", 0))
+
+
+def _threshold(score_file: Path) -> float:
+    """The decision threshold a dev score file was labelled with (from its .json sidecar)."""
+    meta = read_score_meta(score_file) or {}
+    if meta.get("threshold") is None:
+        raise FingerprintError(f"{score_file}: no threshold in its sidecar (re-run with run.force)")
+    return float(meta["threshold"])
+
+
+def score_config(name: str, split: str, paths: RunPaths, cfg: RunOptions) -> ScoreConfig:
+    """The score stage of scorer `name` on `split`: its inputs from the registry's declared needs.
+
+    dev: calibrated on the labelled dev split it scores (the relation scorer
+    stores the threshold with the model); test: the dev stage's threshold,
+    not a second computation of every dev score.
+    """
+    needs = get_scorer(name).needs
+    pixels = "pixels" in needs
+    args: dict[str, Any] = {"scorer": name, "out": paths.scores(split) / f"{name}.csv", "log": paths.log}
+    if pixels:
+        args["shards"] = paths.shards(split)
+    else:
+        args |= {"features": paths.features(split), "k": cfg.k}
+    if "index" in needs:
+        args["index"] = paths.index(split)
+    if "model" in needs:
+        args["model"] = paths.model
+    if split == "dev":
+        args["calibrate_on"] = paths.shards("dev") if pixels else paths.features("dev")
+        if "index" in needs:
+            args["dev_index"] = paths.index("dev")
+    else:
+        args["threshold"] = _threshold(paths.scores("dev") / f"{name}.csv")
+        if name == RUN_FILE_SCORER:
+            args["run_file"] = paths.out / "run.csv"
+    return ScoreConfig(**args, **_common(cfg))
+
+
+def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
+    n_real, n_gen = _split_sizes(paths.shards("test"))
+    for name in (RUN_FILE_SCORER, *cfg.baselines):
+        if get_scorer(name).pairwise and n_real * n_gen > cfg.seed_rule_max_pairs:
+            log.info(
+                "[score] %s skipped: %d x %d pairs > run.seed_rule_max_pairs %d",
+                *(name, n_real, n_gen, cfg.seed_rule_max_pairs),
+            )
+            continue
+        for s in SPLITS:
+            out = paths.scores(s) / f"{name}.csv"
+            # the test config reads the dev threshold, so it is built after the dev stage ran
+            stage(f"score-{name}-{s}", run_score, score_config(name, s, paths, cfg), [out])
+
+
+def _compare(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
+    # untrained scorers only: the dev relation/seed-rule scores come from a model trained on those images
+    stacked = tuple(b for b in cfg.baselines if b in untrained_scorers())
+    features = {"features": ("profile", "baselines"), "baselines": stacked} if stacked else {}
+    compare = CompareConfig(
+        dev=paths.features("dev"), test=paths.features("test"), out=paths.out, dev_scores=paths.scores("dev"),
+        test_scores=paths.scores("test"), n_boot=cfg.n_boot, seed=cfg.seed, **features,
+    )  # fmt: skip
+    stage("compare", run_compare, compare, [paths.out / "compare" / "cv.json"])
+
+
+def _evaluate(stage: Stages, paths: RunPaths, truth: Path, cfg: RunConfig) -> dict:
+    """Every test score file against the truth -> metrics.json (with the dev numbers where a stage measured them)."""
+    out = paths.out
+    shutil.copyfile(truth, out / "test_truth.csv")
+    score_files = tuple(Path(p) for p in sorted(str(p) for p in paths.scores("test").glob("*.csv")))
+    evaluate = EvaluateConfig(
+        scores=score_files, truth=out / "test_truth.csv", out=out / "metrics.json", split="test", n_boot=cfg.n_boot,
+        seed=cfg.seed,
+    )  # fmt: skip
+    results = stage("evaluate", run_evaluate, evaluate, [out / "metrics.json"], derived=True)
+    log.info("test metrics:\n%s", format_table(results))
+    metrics = read_json(out / "metrics.json")
+    dev = _dev_metrics(out)
+    if dev:
+        metrics["dev"] = dev
+        write_json(out / "metrics.json", metrics)
+    return metrics
 
 
 def _dev_metrics(out: Path) -> dict:
@@ -336,30 +350,19 @@ def _dev_metrics(out: Path) -> dict:
     return dev
 
 
-def demo(
-    *,
-    data_dir: Path,
-    out: Path,
-    level: str = "medium",
-    seed: int = 0,
-    force: bool = False,
-    rebuild_data: bool = False,
-    **run_options,
-) -> dict:
+def run_demo(cfg: DemoConfig) -> dict:
     """Build the built-in benchmark once (cached in data_dir), then run the pipeline on it."""
-    data_dir = Path(data_dir)
-    if rebuild_data or not (data_dir / "synth.json").is_file():
-        from fingerprint.cli import synth
-
-        argv = [str(data_dir), "--level", level, "--seed", str(seed)] + (["--force"] if data_dir.exists() else [])
-        log.info("building the %s benchmark in %s (cached for later demos)", level, data_dir)
-        rc = synth.main(argv)
-        if rc != 0:
-            raise FingerprintError(f"stage 'synth' failed with exit code {rc}")
+    data_dir = Path(cfg.data_dir or f"data/benchmark-{cfg.level}-seed{cfg.seed}")
+    if cfg.rebuild_data or not (data_dir / "synth.json").is_file():
+        log.info("building the %s benchmark in %s (cached for later demos)", cfg.level, data_dir)
+        run_synth(SynthConfig(out=data_dir, level=cfg.level, seed=cfg.seed, force=data_dir.exists()))
     else:
         params = read_json(data_dir / "synth.json")
         cached = params.get("level", params.get("params", {}).get("level"))
-        if cached is not None and cached != level:
-            raise FingerprintError(f"{data_dir}: holds a '{cached}' benchmark, not '{level}' (use --rebuild-data)")
+        if cached is not None and cached != cfg.level:
+            raise FingerprintError(
+                f"{data_dir}: holds a '{cached}' benchmark, not '{cfg.level}' (use demo.rebuild_data)"
+            )
         log.info("using the cached benchmark in %s (level %s)", data_dir, cached)
-    return run_pipeline(RunConfig(data_dir=data_dir, out=Path(out), seed=seed, force=force, **run_options))
+    options = {f.name: getattr(cfg, f.name) for f in fields(RunOptions)}
+    return run_pipeline(RunConfig(data_dir=data_dir, out=Path(cfg.out), **options))

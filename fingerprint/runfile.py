@@ -3,15 +3,18 @@
 A run file has one `<figure_id>,<0|1>` row per real test image, no header.
 The rules checked here are the organisers' (see the task description and
 their sample runs); each problem names its rule and line number.
+`run_validate(ValidateConfig)` is the `fingerprint validate` stage.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+from fingerprint.config import check_fields, option
 from fingerprint.utils import FingerprintError, atomic_path
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,26 @@ RULES = {
 }
 DEFAULT_IDS = "imageclef2023_ids.txt"
 _MAX_LISTED = 5
+
+
+@dataclass(kw_only=True)
+class ValidateConfig:
+    """Options of `fingerprint validate`."""
+
+    SECTION = "validate"
+
+    runfile: Path = option(positional=True, help="the run file to check (<figure_id>,<0|1> rows, no header)")
+    ids: Path | None = option(None, help="file with one official figure_id per line (default: the 2023 test ids)")
+    seed: int = option(0, help="unused (the check is deterministic); accepted like every command")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def run_validate(cfg: ValidateConfig) -> tuple[list[str], int]:
+    """(every problem of the run file, number of official ids); no problems means valid."""
+    ids = load_ids(cfg.ids)
+    return validate(cfg.runfile, ids), len(ids)
 
 
 def load_ids(path: str | Path | None = None) -> list[str]:

@@ -1,300 +1,241 @@
-"""Membership scores: relation-head scores over retrieved neighbours, and score files.
+"""The score stage: one registered scorer over one split, a decision threshold, score file, sidecar, run file.
 
-The trained scorer ("relation") takes, for each real image, its top-k
-generated neighbours from the FAISS index, runs the relation head on the k
-(real, generated) feature-map pairs, and pools the k pair logits into one
-membership logit; the score is its sigmoid (probability of "used"). The
-plain retrieval components (nearest and mean top-k cosine) come along.
-Score files (`key,score,label`, higher = more likely used) are the common
-currency of every scorer, read by `evaluate`, `compare` and `report`.
+`run_score(ScoreConfig)` loads what the scorer declares it needs (pixels from
+a shard folder, or features with the model and a saved FAISS index), scores
+every real image, and labels it with a threshold chosen by one policy, in
+this order: a given threshold; one calibrated on a labelled dev split
+(`metrics.calibrate_threshold`, max-F1 or Youden's J; the relation scorer
+stores it in model.json); the calibration stored with the model for this
+scorer; the scorer's own default (0.5 for probabilities); else an error.
+The score file's JSON sidecar records the threshold and where it came from,
+so `evaluate` and `report` use the same one.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 
-from fingerprint.index import build_index, exact_search, search
-from fingerprint.utils import FingerprintError, atomic_path, read_json, write_json
+from fingerprint.config import check_fields, exists_error, fail, option
+from fingerprint.distributed import seed_everything, set_threads
+from fingerprint.features import Features
+from fingerprint.index import load_index, resolve_index
+from fingerprint.metrics import calibrate_threshold
+from fingerprint.model_io import load_model, store_calibration
+from fingerprint.runfile import load_ids, validate, write_run_file
+from fingerprint.scorefiles import ScoreResult, write_scores
+from fingerprint.scorers import Scorer, ScorerInputs, get_scorer, scorer_names
+from fingerprint.stream import StreamConfig, load_all
+from fingerprint.utils import FingerprintError, JsonlLogger
+from fingerprint.vocab import ON_ERROR, ROLES, THRESHOLD_RULES, label_codes
 
 log = logging.getLogger(__name__)
 
-SCORE_HEADER = ["key", "score", "label"]
+
+@dataclass(kw_only=True)
+class ScoreConfig:
+    """Options of the score stage (`fingerprint score`)."""
+
+    SECTION = "score"
+
+    scorer: str = option("relation", choices=scorer_names, help="registered scorer (fingerprint.scorers)")
+    out: Path = option(help="score file to write: key,score,label (+ a .json sidecar)")
+    features: Path | None = option(None, help="features .npz with real and generated rows (feature scorers)")
+    model: Path | None = option(None, help="model folder (scorers that use the trained model)")
+    index: Path | None = option(None, help="saved FAISS index over the generated embeddings (default: exact search)")
+    shards: Path | None = option(None, help="shard folder with real and generated images (pixel scorers)")
+    k: int = option(16, min=1, help="generated neighbours per real image (relation, emb_topk)")
+    batch_size: int = option(64, min=1, help="real images per relation-head batch (relation)")
+    pixel_size: int = option(
+        64, min=1, help="side the pixel scorers resize images to (10,000 images at 64px are 164 MB as float32)"
+    )
+    ssim_candidates: int = option(
+        64, min=0, help="exact SSIM only on each real image's M nearest generated images by pixel L2 (0 = all)"
+    )
+    max_pairs: int = option(2_000_000, min=1, help="seed_rule: refuse more real x generated pairs")
+    calibrate_on: Path | None = option(
+        None,
+        help="labelled dev set to calibrate the threshold on: its features .npz (feature scorers) "
+        "or its shard folder (pixel scorers)",
+    )
+    dev_index: Path | None = option(
+        None, help="saved FAISS index over the dev set's generated embeddings (default: exact)"
+    )
+    rule: str = option(
+        "max_f1", choices=THRESHOLD_RULES, help="calibration rule: max_f1 (F1 is the official metric) or youden"
+    )
+    threshold: float | None = option(None, help="use this threshold instead of calibrating")
+    store_calibration: bool = option(True, help="relation: save a calibrated threshold into the model's model.json")
+    run_file: Path | None = option(None, help="also write the official run file (<figure_id>,<0|1>)")
+    ids: Path | None = option(None, help="check the run file against these official ids (one per line)")
+    neighbours: Path | None = option(None, help="relation: where to write neighbours.npz (default: beside the output)")
+    threads: int | None = option(None, min=1, help="torch/FAISS CPU threads (default: all cores)")
+    on_error: str = option("raise", choices=ON_ERROR, help="pixel scorers: unreadable samples")
+    log: Path | None = option(None, help="append a JSON-lines record here")
+    seed: int = option(0, help="random seed (scoring is deterministic)")
+    force: bool = option(False, help="replace outputs that exist")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        needs = get_scorer(self.scorer).needs
+        for name, need in (("features", "features"), ("model", "model"), ("shards", "pixels")):
+            if need in needs and getattr(self, name) is None:
+                raise fail(self, "scorer", f"{self.scorer} needs score.{name}")
+
+    def outputs(self) -> list[Path]:
+        """Every file this stage writes (the score file first)."""
+        out = [Path(self.out)] + ([Path(self.run_file)] if self.run_file else [])
+        return out + ([self.neighbours_path()] if get_scorer(self.scorer).saves_neighbours else [])
+
+    def neighbours_path(self) -> Path:
+        return Path(self.neighbours) if self.neighbours else Path(self.out).parent / "neighbours.npz"
 
 
-class ScoreTable(NamedTuple):
-    """A score file in memory: keys (list[str]), scores (float64), labels (int64 0/1)."""
-
-    keys: list[str]
-    scores: np.ndarray
-    labels: np.ndarray
-
-
-def score_meta_path(path: str | Path) -> Path:
-    """The JSON sidecar of a score file (threshold, rule, scorer): `scores/x.csv` -> `scores/x.json`."""
-    return Path(path).with_suffix(".json")
-
-
-def write_scores(
-    path: str | Path,
-    keys: Sequence[str],
-    scores: Sequence[float] | np.ndarray,
-    labels: Sequence[int] | np.ndarray,
-    *,
-    meta: dict | None = None,
-) -> Path:
-    """Write `key,score,label` rows atomically (scores at full float precision).
-
-    `meta` (e.g. {"scorer", "threshold", "rule"}) goes to the JSON sidecar
-    beside the file, which `evaluate` reads for the threshold.
-    """
-    path = Path(path)
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels)
-    if not (len(keys) == len(scores) == len(labels)):
-        raise FingerprintError(f"{path}: {len(keys)} keys, {len(scores)} scores, {len(labels)} labels")
-    if len(set(keys)) != len(keys):
-        raise FingerprintError(f"{path}: a key appears more than once")
-    if not np.isfinite(scores).all():
-        raise FingerprintError(f"{path}: scores contain NaN or infinity")
-    if not np.isin(labels, (0, 1)).all():
-        raise FingerprintError(f"{path}: labels must be 0 or 1")
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(SCORE_HEADER)
-            for k, s, y in zip(keys, scores, labels):
-                w.writerow([k, repr(float(s)), int(y)])
-    if meta is not None:
-        write_json(score_meta_path(path), meta)
-    return path
+def run_score(cfg: ScoreConfig) -> dict:
+    """Score the real images of one split; write the score file, its sidecar and (if asked) the run file."""
+    scorer = get_scorer(cfg.scorer)
+    for path in cfg.outputs():
+        if path.exists() and not cfg.force:
+            raise exists_error(cfg, path)
+    seed_everything(cfg.seed)
+    set_threads(cfg.threads)
+    t0 = time.perf_counter()
+    model, meta = load_model(cfg.model) if scorer.trained else (None, None)
+    source = cfg.shards if "pixels" in scorer.needs else cfg.features
+    inputs = load_inputs(scorer, cfg, source, cfg.index, model, meta)
+    result = scorer.compute(inputs, cfg)
+    threshold, how, calibration = choose_threshold(cfg, scorer, inputs, result, meta)
+    labels = (np.asarray(result.score) >= threshold).astype(np.int64)
+    sidecar = {
+        "scorer": cfg.scorer,
+        "threshold": threshold,
+        "threshold_from": how,
+        "rule": cfg.rule if cfg.calibrate_on else None,
+        "calibration": calibration,
+        "source": str(source),
+        "k": cfg.k if scorer.uses_k else None,
+        "n": len(result.keys),
+        "n_predicted_used": int(labels.sum()),
+        **scorer.sidecar(cfg),
+    }
+    _write_outputs(cfg, scorer, result, labels, sidecar)
+    seconds = time.perf_counter() - t0
+    n_used = int(labels.sum())
+    log.info(
+        "%s: %d real images scored, %d predicted used (threshold %.4g, %s) in %.1f s -> %s",
+        *(cfg.scorer, len(result.keys), n_used, threshold, how, seconds, cfg.out),
+    )
+    record = {"scorer": cfg.scorer, "n": len(result.keys), "threshold": threshold, "n_predicted_used": n_used}
+    JsonlLogger(cfg.log).log(stage="score", seconds=round(seconds, 3), **record)
+    return record | {"seconds": seconds, "threshold_from": how}
 
 
-def read_scores(path: str | Path) -> ScoreTable:
-    """Read a score file; a one-line FingerprintError naming the file and line for bad input."""
-    path = Path(path)
-    if not path.is_file():
-        raise FingerprintError(f"{path}: score file not found")
-    keys: list[str] = []
-    scores: list[float] = []
-    labels: list[int] = []
-    seen: set[str] = set()
-    try:
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header] != SCORE_HEADER:
-                raise FingerprintError(f"{path}: line 1: expected header 'key,score,label'")
-            for lineno, row in enumerate(reader, start=2):
-                if len(row) != 3:
-                    raise FingerprintError(f"{path}: line {lineno}: expected 3 fields, got {len(row)}")
-                key, s, y = (c.strip() for c in row)
-                try:
-                    value = float(s)
-                except ValueError:
-                    raise FingerprintError(f"{path}: line {lineno}: score {s!r} is not a number") from None
-                if not math.isfinite(value):
-                    raise FingerprintError(f"{path}: line {lineno}: score {s!r} is not finite")
-                if y not in ("0", "1"):
-                    raise FingerprintError(f"{path}: line {lineno}: label must be 0 or 1, got {y!r}")
-                if key in seen:
-                    raise FingerprintError(f"{path}: line {lineno}: key {key!r} appears twice")
-                seen.add(key)
-                keys.append(key)
-                scores.append(value)
-                labels.append(int(y))
-    except UnicodeDecodeError:
-        raise FingerprintError(f"{path}: not UTF-8 text") from None
-    if not keys:
-        raise FingerprintError(f"{path}: score file has no rows")
-    return ScoreTable(keys, np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64))
+def _write_outputs(cfg: ScoreConfig, scorer: Scorer, result: ScoreResult, labels: np.ndarray, sidecar: dict) -> None:
+    write_scores(cfg.out, result.keys, result.score, labels, meta=sidecar)
+    for name, values in result.components.items():
+        log.info("component %s: mean %.4f", name, float(np.mean(values)))
+    if scorer.saves_neighbours:
+        result.save_neighbours(cfg.neighbours_path())
+    if cfg.run_file:
+        write_run_file(cfg.run_file, result.keys, labels)
+        if cfg.ids:
+            problems = validate(cfg.run_file, load_ids(cfg.ids))
+            if problems:
+                raise FingerprintError(f"{cfg.run_file}: {problems[0]} ({len(problems)} problem(s))")
 
 
-def read_score_meta(path: str | Path) -> dict | None:
-    """The sidecar of a score file, or None when there is none."""
-    meta = score_meta_path(path)
-    return read_json(meta) if meta.is_file() else None
+def load_inputs(
+    scorer: Scorer, cfg: ScoreConfig, source: Path, index_path: Path | None, model: Any = None, meta: dict | None = None
+) -> ScorerInputs:
+    """What `scorer` reads from `source` (a shard folder or a features file), with the model and saved index."""
+    if "pixels" in scorer.needs:
+        if not Path(source).is_dir():
+            raise FingerprintError(f"{source}: score.scorer {scorer.name} reads pixels from a shard folder")
+        pixels = {}
+        for role in ROLES:
+            pixels[role] = load_all(
+                source, StreamConfig(roles=(role,), image_size=cfg.pixel_size, on_error=cfg.on_error)
+            )
+            if not pixels[role]["key"]:
+                raise FingerprintError(f"{source}: no {role} images")
+        return ScorerInputs(pixels=pixels)
+    if Path(source).is_dir():
+        raise FingerprintError(f"{source}: score.scorer {scorer.name} reads a features .npz, not a folder")
+    feats = Features.load(source, fmaps=scorer.trained)
+    if model is not None:
+        check_model_features(meta, feats, str(source))
+    index = None
+    if index_path and "index" in scorer.needs:
+        idx, keys = load_index(index_path)
+        index = resolve_index(idx, keys, feats.select(role="generated").keys.tolist(), source=str(index_path))
+    return ScorerInputs(features=feats, model=model, index=index)
 
 
-# -- retrieval + relation scoring -----------------------------------------------------------------
+def check_model_features(model_meta: dict, feats: Features, source: str) -> None:
+    """Refuse features exported by a different model than the one scoring them."""
+    made_by = feats.meta.get("model_sha256")
+    if made_by and model_meta.get("sha256") and made_by != model_meta["sha256"]:
+        raise FingerprintError(f"{source}: features were exported by another model (sha256 {made_by[:12]}...)")
 
 
-@dataclass
-class ScoreResult:
-    """Scores of real images (keys in = keys out), with what each score was made from."""
-
-    keys: list[str]
-    score: np.ndarray  # (N,) float64, higher = more likely used
-    components: dict[str, np.ndarray] = field(default_factory=dict)  # plain scores, e.g. nn_sim, mean_topk_sim
-    neighbour_keys: np.ndarray | None = None  # (N, k) str, best first
-    neighbour_sims: np.ndarray | None = None  # (N, k) float32 cosine
-    pair_scores: np.ndarray | None = None  # (N, k) float32 relation probability
-
-    def save_neighbours(self, path: str | Path) -> Path:
-        """scores/neighbours.npz, no pickle, atomic.
-
-        Arrays: keys, neighbour_keys, neighbour_sims, pair_scores (when known),
-        and each component (e.g. nn_sim, mean_topk_sim) under its own name.
-        """
-        if self.neighbour_keys is None or self.neighbour_sims is None:
-            raise FingerprintError(f"{path}: this scorer has no neighbours to save")
-        arrays = {
-            "keys": np.asarray(self.keys, dtype=str),
-            "neighbour_keys": np.asarray(self.neighbour_keys, dtype=str),
-            "neighbour_sims": np.asarray(self.neighbour_sims, dtype=np.float32),
-        }
-        if self.pair_scores is not None:
-            arrays["pair_scores"] = np.asarray(self.pair_scores, dtype=np.float32)
-        for name, values in self.components.items():
-            if name in arrays:
-                raise FingerprintError(f"{path}: component name {name!r} clashes with an array")
-            arrays[name] = np.asarray(values, dtype=np.float64)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        return Path(path)
+def _same_file(a: Path | None, b: Path | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
 
 
-def neighbours(real_emb: np.ndarray, gen_emb: np.ndarray, index=None, *, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k generated neighbours of each real embedding: (cosine sims (R,k) float32, gen rows (R,k) int64).
-
-    `index`: None (exact IndexFlatIP over gen_emb), a faiss index whose ids are
-    rows of gen_emb, or `(index, keys)` as load_index returns it together with
-    `gen_keys` (use `resolve_index`). Rows an approximate index could not fill
-    (id -1) are filled by exact search, so every row has k neighbours.
-    """
-    if len(gen_emb) == 0:
-        raise FingerprintError("score: no generated images to compare with")
-    k = min(int(k), len(gen_emb))
-    index, id_rows = index if isinstance(index, tuple) else (index, None)
-    if index is None:
-        index = build_index(gen_emb, "Flat")
-    if index.ntotal != len(gen_emb):
-        raise FingerprintError(
-            f"score: the index holds {index.ntotal} vectors, the features {len(gen_emb)} generated images"
-        )
-    sims, ids = search(index, real_emb, k)
-    bad = (ids < 0).any(axis=1)
-    rows = np.where(ids >= 0, ids if id_rows is None else id_rows[np.maximum(ids, 0)], -1)
-    if bad.any():
-        log.info(
-            "score: %d queries got fewer than %d neighbours from the index; using exact search for them",
-            int(bad.sum()),
-            k,
-        )
-        sims[bad], rows[bad] = exact_search(gen_emb, real_emb[bad], k)
-    return sims, rows
-
-
-def resolve_index(index, index_keys: Sequence[str] | None, gen_keys: Sequence[str], *, source: str = "index"):
-    """What `neighbours` takes: the index alone (ids are gen rows) or (index, id -> gen row) from saved keys."""
-    if index is None or index_keys is None:
-        return index
-    return index, index_rows(index_keys, gen_keys, source=source)
-
-
-def index_rows(index_keys: Sequence[str], gen_keys: Sequence[str], *, source: str = "index") -> np.ndarray:
-    """Positions in gen_keys of each index key (so index ids can be mapped to feature rows)."""
-    pos = {k: i for i, k in enumerate(gen_keys)}
-    missing = [k for k in index_keys if k not in pos]
-    if missing:
-        raise FingerprintError(
-            f"{source}: {len(missing)} indexed key(s) not among the generated features (first: {', '.join(missing[:3])})"
-        )
-    if len(index_keys) != len(gen_keys):
-        raise FingerprintError(
-            f"{source}: indexes {len(index_keys)} images, the features hold {len(gen_keys)} generated"
-        )
-    return np.array([pos[k] for k in index_keys], dtype=np.int64)
-
-
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _check_fmaps(model, feats, what: str) -> None:
-    if feats.fmaps is None:
-        raise FingerprintError(
-            f"score: the {what} features have no feature maps (re-run 'fingerprint embed' with --fmaps)"
-        )
-    if feats.fmaps.shape[1] != model.channels:
-        raise FingerprintError(
-            f"score: the {what} feature maps have {feats.fmaps.shape[1]} channels, the model's relation head wants "
-            f"{model.channels} (features from another model?)"
-        )
-
-
-def pair_logits(
-    model, q_fmaps: np.ndarray, s_fmaps: np.ndarray, rows: np.ndarray, *, batch_size: int = 64
-) -> np.ndarray:
-    """Relation logits (Q,K) of each query map with the support maps `s_fmaps[rows]` (rows (Q,K)), batched over queries."""
-    device = _model_device(model)
-    dtype = next(model.parameters()).dtype
-    out = np.empty(rows.shape, dtype=np.float32)
-    model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(rows), batch_size):
-            q = torch.from_numpy(np.asarray(q_fmaps[i : i + batch_size])).to(device, dtype)
-            s = torch.from_numpy(np.asarray(s_fmaps[rows[i : i + batch_size]])).to(device, dtype)
-            out[i : i + batch_size] = model.relate(q, s).float().cpu().numpy()
-    return out
-
-
-def relation_scores(
-    model, real, gen, index=None, *, k: int = 16, batch_size: int = 64, index_keys: Sequence[str] | None = None
-) -> ScoreResult:
-    """The trained scorer: relation head on each real image's top-k generated neighbours, pooled.
-
-    `real`/`gen` are Features with fmaps (real rows are scored, in their order);
-    `index` is None (exact search) or a faiss index over gen's embeddings, whose
-    ids are gen rows unless `index_keys` (the saved index's keys) say otherwise. score = sigmoid(model.pool(pair logits)).
-    Components: `nn_sim` (cosine to the nearest generated image) and
-    `mean_topk_sim` (mean cosine over the k).
-    """
-    _check_fmaps(model, real, "real")
-    _check_fmaps(model, gen, "generated")
-    sims, rows = neighbours(real.embeddings, gen.embeddings, resolve_index(index, index_keys, gen.keys.tolist()), k=k)
-    logits = pair_logits(model, real.fmaps, gen.fmaps, rows, batch_size=batch_size)
-    with torch.inference_mode():
-        pooled = model.pool(torch.from_numpy(logits).to(_model_device(model))).float().cpu()
-    score = torch.sigmoid(pooled).double().numpy()
-    return ScoreResult(
-        keys=real.keys.tolist(),
-        score=score,
-        components={"nn_sim": sims[:, 0].astype(np.float64), "mean_topk_sim": sims.mean(axis=1).astype(np.float64)},
-        neighbour_keys=gen.keys[rows],
-        neighbour_sims=sims,
-        pair_scores=(1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32),
+def choose_threshold(
+    cfg: ScoreConfig, scorer: Scorer, inputs: ScorerInputs, result: ScoreResult, meta: dict | None
+) -> tuple[float, str, dict | None]:
+    """(threshold, where it came from, calibration record) by the policy in the module docstring."""
+    stored = (meta or {}).get("calibration") or {}
+    if cfg.threshold is not None:
+        return float(cfg.threshold), "given", None
+    if cfg.calibrate_on:
+        return _calibrate(cfg, scorer, inputs, result, meta)
+    if (
+        inputs.model is not None
+        and stored.get("threshold") is not None
+        and stored.get("scorer", "relation") == cfg.scorer
+    ):
+        return float(stored["threshold"]), f"stored in {cfg.model}/model.json", stored
+    if scorer.default_threshold is not None:
+        log.warning("score: no calibration; using threshold %g on the membership probability", scorer.default_threshold)
+        how = f"{scorer.default_threshold} (uncalibrated probability: no calibration given or stored with the model)"
+        return scorer.default_threshold, how, None
+    raise fail(
+        cfg,
+        "scorer",
+        f"{cfg.scorer} needs score.calibrate_on DEV or score.threshold (its scores are not probabilities)",
     )
 
 
-def membership_labels(labels: Sequence[str], *, source: str = "calibration set") -> np.ndarray:
-    """used -> 1, not_used -> 0; a clear error for unknown labels."""
-    labels = np.asarray(labels, dtype=str)
-    bad = sorted(set(labels.tolist()) - {"used", "not_used"})
-    if bad:
-        raise FingerprintError(f"{source}: real images must be labelled used/not_used, found {', '.join(bad)}")
-    return (labels == "used").astype(np.int64)
-
-
-def apply_threshold(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """Predicted labels: 1 (used) where score >= threshold."""
-    return (np.asarray(scores) >= threshold).astype(np.int64)
-
-
-def store_calibration(model_dir: str | Path, model, meta: dict, calibration: dict) -> dict:
-    """Save `calibration` as model.json's "calibration" through models.save_model (weights unchanged)."""
-    from fingerprint.models import save_model
-
-    reserved = {"format", "config", "sha256", "n_params", "weights_file"}
-    extra = {k: v for k, v in meta.items() if k not in reserved}
-    extra["calibration"] = calibration
-    save_model(model, model_dir, extra=extra)
-    return {**meta, "calibration": calibration}
+def _calibrate(
+    cfg: ScoreConfig, scorer: Scorer, inputs: ScorerInputs, result: ScoreResult, meta: dict | None
+) -> tuple[float, str, dict]:
+    """Calibrate on the labelled dev split (reusing this split's scores when it is the dev split)."""
+    source = cfg.shards if "pixels" in scorer.needs else cfg.features
+    if _same_file(cfg.calibrate_on, source) and _same_file(cfg.dev_index, cfg.index):
+        dev, dev_result = inputs, result
+    else:
+        dev = load_inputs(scorer, cfg, cfg.calibrate_on, cfg.dev_index, inputs.model, meta)
+        dev_result = scorer.compute(dev, cfg)
+    truth = dev.real_labels()
+    y = label_codes([truth[k] for k in dev_result.keys], source=str(cfg.calibrate_on))
+    threshold = calibrate_threshold(y, dev_result.score, cfg.rule)
+    calibration = {
+        "threshold": threshold,
+        "rule": cfg.rule,
+        "scorer": cfg.scorer,
+        "k": cfg.k,
+        "n": int(len(y)),
+        "n_pos": int(y.sum()),
+        "source": str(cfg.calibrate_on),
+    }
+    if scorer.calibrates_model and cfg.store_calibration:
+        store_calibration(cfg.model, inputs.model, meta, calibration)
+        log.info("stored the calibration in %s/model.json", cfg.model)
+    return threshold, f"calibrated on {cfg.calibrate_on}", calibration

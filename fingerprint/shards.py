@@ -1,22 +1,23 @@
-"""Pack image sets into WebDataset tar shards, and read them back.
+"""Pack image sets into WebDataset tar shards, and read them back (`run_pack(PackConfig)`, `run_inspect`).
 
 `pack` turns an image folder (ImageCLEF dev/test layouts, the seed's naming,
-or a CSV/JSONL manifest) into `shard-NNNNNN.tar` files plus `manifest.json`;
-`decode_sample` turns one raw WebDataset sample back into (key, uint8 HxW
-pixels, record). Every later stage reads images through these shards, so the
-format (spec in shards/README.md) is the project's one data contract.
+or a CSV/JSONL manifest; see `fingerprint.sources`) into `shard-NNNNNN.tar`
+files plus `manifest.json`; `decode_sample` turns one raw WebDataset sample
+back into (key, uint8 HxW pixels, record). Every later stage reads images
+through these shards, so the format (spec in shards/README.md) is the
+project's one data contract. Tars are deterministic (fixed member metadata,
+seeded sample order), so the same input and seed give byte-identical shards.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
 import os
 import random
-import re
 import tarfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,21 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from fingerprint import __version__
+from fingerprint.config import check_fields, exists_error, option
+from fingerprint.sources import (
+    ENCODINGS,
+    LAYOUTS,
+    SourceImage,
+    encode_pixels,
+    find_sources,
+    load_image,
+    make_keys,
+    pixel_sha256,
+    unreadable_reason,
+)
 from fingerprint.utils import (
     FingerprintError,
+    JsonlLogger,
     atomic_path,
     is_main_process,
     read_json,
@@ -37,292 +51,120 @@ from fingerprint.utils import (
     sha256_file,
     write_json,
 )
+from fingerprint.vocab import LABELS, ROLES
 
 log = logging.getLogger(__name__)
 
-ROLES = ("real", "generated")
-LABELS = ("used", "not_used", "unknown")
-ENCODINGS = ("png", "npy")
-LAYOUTS = ("auto", "dev", "test", "seed", "manifest")
 #: Default stored encoding; chosen by benchmarks/bench_stream.py (see shards/README.md).
 DEFAULT_ENCODING = "npy"
 DEFAULT_MAX_COUNT = 64
 DEFAULT_MAX_SIZE = 256 * 1024 * 1024
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 SHARD_PATTERN = "shard-%06d.tar"
 FORMAT = "fingerprint-shards"
 FORMAT_VERSION = 1
 _TAR_USER = "fingerprint"
 
 
-@dataclass(frozen=True)
-class SourceImage:
-    """One input image: where it is and what it is."""
-
-    path: Path  # absolute path of the file
-    rel: str  # path relative to the input root (posix), recorded in the shard
-    role: str
-    label: str
-
-
-# ----------------------------------------------------------------------------- layouts
-
-
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive, hidden files skipped), sorted by path."""
-    files = []
-    for p in folder.rglob("*"):
-        if any(part.startswith(".") for part in p.relative_to(folder).parts):
-            continue
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-            files.append(p)
-    return sorted(files, key=lambda p: p.as_posix())
-
-
-def _layout_folders(src: Path, layout: str) -> list[tuple[Path, str, str]]:
-    """(folder, role, label) for the folder layouts; empty when `src` does not match."""
-
-    def d(name: str) -> Path:
-        return src / name
-
-    if layout == "dev":
-        spec = [("generated", "generated", "unknown"), ("used", "real", "used"), ("not_used", "real", "not_used")]
-        return [(d(n), r, lab) for n, r, lab in spec if d(n).is_dir()]
-    if layout == "seed":
-        spec = [
-            ("generated", "generated", "unknown"),
-            ("real_used", "real", "used"),
-            ("real_unused", "real", "not_used"),
-        ]
-        return [(d(n), r, lab) for n, r, lab in spec if d(n).is_dir()]
-    if layout == "test":
-        out = []
-        for p in sorted(src.iterdir()):
-            if p.is_dir() and re.fullmatch(r"generated(_\d+)?", p.name):
-                out.append((p, "generated", "unknown"))
-            elif p.is_dir() and re.fullmatch(r"real_unknown(_\d+)?", p.name):
-                out.append((p, "real", "unknown"))
-        return out
-    raise ValueError(layout)
-
-
-def _find_manifest(src: Path) -> Path | None:
-    for name in MANIFEST_NAMES:
-        if (src / name).is_file():
-            return src / name
-    return None
-
-
-def detect_layout(src: str | os.PathLike) -> str:
-    """Name the layout of `src` (dev, test, seed or manifest); FingerprintError if none or several match."""
-    src = Path(src)
-    if not src.is_dir():
-        raise FingerprintError(f"{src}: input folder not found")
-    names = {p.name for p in src.iterdir() if p.is_dir()}
-    found = []
-    if names & {"used", "not_used"}:
-        found.append("dev")
-    if names & {"real_used", "real_unused"}:
-        found.append("seed")
-    if any(re.fullmatch(r"real_unknown(_\d+)?", n) for n in names):
-        found.append("test")
-    if _find_manifest(src) is not None:
-        found.append("manifest")
-    if not found:
-        raise FingerprintError(
-            f"{src}: no known layout (expected used/ + not_used/ + generated/ (dev), "
-            "real_unknown_1/ + generated_1/ (test), real_used/ + real_unused/ + generated/ (seed), "
-            "or manifest.csv/manifest.jsonl; or pass --manifest FILE)"
-        )
-    if len(found) > 1:
-        raise FingerprintError(f"{src}: matches several layouts ({', '.join(found)}); choose one with --layout")
-    return found[0]
-
-
-def _read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
-    """Rows {path, role, label} of a CSV (with header) or JSONL manifest."""
-    rows: list[dict[str, str]] = []
+def parse_size(text: str) -> int:
+    """'256M', '1.5G', '100000' -> bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = str(text).strip().lower().removesuffix("b")
     try:
-        if manifest.suffix.lower() == ".jsonl":
-            for n, line in enumerate(manifest.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise FingerprintError(f"{manifest}: line {n}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise FingerprintError(f"{manifest}: line {n}: expected a JSON object")
-                rows.append({k: ("" if v is None else str(v)) for k, v in obj.items()} | {"_line": str(n)})
-        else:
-            with open(manifest, newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames is None or "path" not in [c.strip() for c in reader.fieldnames]:
-                    raise FingerprintError(f"{manifest}: CSV manifest needs a header with columns path,role,label")
-                for n, row in enumerate(reader, 2):
-                    rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items()} | {"_line": str(n)})
-    except OSError as e:
-        raise FingerprintError(f"{manifest}: cannot read manifest ({e.strerror})") from None
-    return rows
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r}") from None
 
 
-def _manifest_sources(manifest: Path) -> list[SourceImage]:
-    root = manifest.parent.resolve()
-    out = []
-    for row in _read_manifest_rows(manifest):
-        where = f"{manifest}: line {row['_line']}"
-        path, role, label = row.get("path", ""), row.get("role", ""), row.get("label", "")
-        if not path:
-            raise FingerprintError(f"{where}: empty path")
-        if role not in ROLES:
-            raise FingerprintError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
-        label = label or "unknown"
-        if label not in LABELS:
-            raise FingerprintError(f"{where}: label {label!r} is not one of {', '.join(LABELS)}")
-        p = Path(path)
-        if p.is_absolute():
-            raise FingerprintError(f"{where}: path {path!r} must be relative to the manifest")
-        full = (root / p).resolve()
-        try:
-            rel = full.relative_to(root).as_posix()
-        except ValueError:
-            raise FingerprintError(f"{where}: path {path!r} leaves the manifest's folder") from None
-        out.append(SourceImage(full, rel, role, label))
-    if not out:
-        raise FingerprintError(f"{manifest}: manifest lists no images")
-    return out
+@dataclass(kw_only=True)
+class PackConfig:
+    """Options of the pack stage (`fingerprint pack`)."""
+
+    SECTION = "pack"
+
+    src: Path = option(positional=True, help="input folder (or the folder a manifest's paths are relative to)")
+    out: Path = option(positional=True, help="output folder for shard-NNNNNN.tar + manifest.json")
+    layout: str = option(
+        "auto",
+        choices=LAYOUTS,
+        help="input layout: dev (generated/ used/ not_used/), test (generated_1/ real_unknown_1/), "
+        "seed (generated/ real_used/ real_unused/), manifest; auto detects it",
+    )
+    manifest: Path | None = option(
+        None, help="CSV (header path,role,label) or JSONL file listing the images; paths relative to its folder"
+    )
+    image_size: int = option(256, min=8, help="images of another size are resized to this square size")
+    encoding: str = option(DEFAULT_ENCODING, choices=ENCODINGS, help="stored image encoding (see shards/README.md)")
+    max_count: int = option(DEFAULT_MAX_COUNT, min=1, help="samples per shard at most")
+    max_size: int = option(
+        DEFAULT_MAX_SIZE,
+        min=1,
+        parse=parse_size,
+        help="payload bytes per shard at most, e.g. 256M (a shard may exceed it by one sample)",
+    )
+    strict: bool = option(False, help="an unreadable image is an error instead of a counted skip")
+    force: bool = option(False, help="replace an existing output folder")
+    seed: int = option(0, help="seed of the sample order")
+    log: Path | None = option(None, help="append a JSON-lines timing record to this file")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
-def find_sources(
-    src: str | os.PathLike, layout: str = "auto", manifest: str | os.PathLike | None = None
-) -> tuple[str, list[SourceImage]]:
-    """List the images of `src` with role and label, sorted by relative path; returns (layout, images)."""
-    src = Path(src)
-    if layout not in LAYOUTS:
-        raise FingerprintError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
-    if manifest is not None:
-        if layout not in ("auto", "manifest"):
-            raise FingerprintError(f"--manifest cannot be combined with --layout {layout}")
-        manifest = Path(manifest)
-        if not manifest.is_file():
-            raise FingerprintError(f"{manifest}: manifest file not found")
-        return "manifest", sorted(_manifest_sources(manifest), key=lambda s: s.rel)
-    if not src.is_dir():
-        raise FingerprintError(f"{src}: input folder not found")
-    if layout == "auto":
-        layout = detect_layout(src)
-    if layout == "manifest":
-        found = _find_manifest(src)
-        if found is None:
-            raise FingerprintError(f"{src}: no manifest.csv or manifest.jsonl (or pass --manifest FILE)")
-        return layout, sorted(_manifest_sources(found), key=lambda s: s.rel)
-    folders = _layout_folders(src, layout)
-    if not folders:
-        raise FingerprintError(f"{src}: no folders of the {layout} layout found")
-    root = src.resolve()
-    images = []
-    for folder, role, label in folders:
-        for p in _image_files(folder):
-            images.append(SourceImage(p.resolve(), p.resolve().relative_to(root).as_posix(), role, label))
-    if not images:
-        raise FingerprintError(f"{src}: the {layout} layout's folders hold no images")
-    return layout, sorted(images, key=lambda s: s.rel)
+@dataclass(kw_only=True)
+class InspectConfig:
+    """Options of `fingerprint inspect`."""
+
+    SECTION = "inspect"
+
+    shards: Path = option(positional=True, help="folder written by 'fingerprint pack'")
+    verify: bool = option(
+        False, help="re-read every sample and check shard sha256, pixel_sha256 and (for stored source PNGs) sha256"
+    )
+    json: bool = option(False, help="print the summary as JSON")
+    seed: int = option(0, help="unused by inspect (every command takes a seed)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
-def make_keys(images: list[SourceImage]) -> list[str]:
-    """Unique dot-free keys from file stems, in the given (path-sorted) order.
-
-    A repeated stem keeps its name on its first file; later files get
-    `<stem>_2`, `<stem>_3`, ..., skipping names that are another file's stem.
-    """
-    base = [re.sub(r"[.\s/\\]", "_", Path(s.rel).stem) or "image" for s in images]
-    stems = set(base)
-    taken: set[str] = set()
-    keys: list[str] = []
-    for b in base:
-        key, n = b, 2
-        while key in taken:
-            key = f"{b}_{n}"
-            n += 1
-            if key in stems:
-                key = b
-        taken.add(key)
-        keys.append(key)
-    return keys
-
-
-# ----------------------------------------------------------------------------- conversion
-
-
-def _to_uint8_gray(img: Image.Image) -> tuple[np.ndarray, list[str]]:
-    """Pixels as uint8 HxW and what was done to get them."""
-    steps: list[str] = []
-    mode = img.mode
-    if mode == "L":
-        return np.asarray(img, dtype=np.uint8), steps
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        arr = np.asarray(img).astype(np.uint32)
-        steps.append(f"{mode}->L (value/257)")
-        return ((arr * 255 + 32767) // 65535).astype(np.uint8), steps
-    if mode in ("I", "F"):
-        arr = np.asarray(img).astype(np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        steps.append(f"{mode}->L (min-max {lo:g}..{hi:g})")
-        if hi <= lo:
-            return np.zeros(arr.shape, np.uint8), steps
-        return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8), steps
-    steps.append(f"{mode}->L")
-    return np.asarray(img.convert("L"), dtype=np.uint8), steps
+def run_pack(cfg: PackConfig) -> dict[str, Any]:
+    """Pack `cfg.src` into `cfg.out`; returns the manifest (plus the seconds it took)."""
+    t0 = time.perf_counter()
+    man = pack(
+        cfg.src,
+        cfg.out,
+        layout=cfg.layout,
+        image_size=cfg.image_size,
+        encoding=cfg.encoding,
+        max_count=cfg.max_count,
+        max_size=cfg.max_size,
+        seed=cfg.seed,
+        strict=cfg.strict,
+        force=cfg.force,
+        manifest=cfg.manifest,
+    )
+    seconds = time.perf_counter() - t0
+    JsonlLogger(cfg.log).log(
+        stage="pack",
+        seconds=round(seconds, 3),
+        images=man["count"],
+        images_per_s=round(man["count"] / max(seconds, 1e-9), 1),
+        skipped=man["n_skipped"],
+        shards=len(man["shards"]),
+        out=str(cfg.out),
+    )
+    return {**man, "seconds": seconds}
 
 
-def load_image(data: bytes, image_size: int) -> tuple[np.ndarray, dict[str, Any], bool]:
-    """Decode image bytes to uint8 HxW at image_size x image_size.
-
-    Returns (pixels, info, unchanged); `unchanged` is True when the bytes are
-    already an 8-bit grayscale PNG of the right size, so they can be stored
-    as they are. Raises OSError/ValueError/UnidentifiedImageError on bad data.
-    """
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        fmt, mode, (w, h) = img.format, img.mode, img.size
-        pixels, steps = _to_uint8_gray(img)
-    if pixels.ndim != 2:
-        raise ValueError(f"unexpected pixel array shape {pixels.shape}")
-    if (w, h) != (image_size, image_size):
-        resized = Image.fromarray(pixels, mode="L").resize((image_size, image_size), Image.Resampling.BILINEAR)
-        pixels = np.asarray(resized, dtype=np.uint8)
-        steps.append(f"{w}x{h}->{image_size}x{image_size} (bilinear)")
-    unchanged = fmt == "PNG" and not steps
-    if fmt != "PNG":
-        steps.append(f"{fmt}->stored")
-    info = {"orig_size": [w, h], "orig_mode": mode, "converted": "; ".join(steps) if steps else None}
-    return np.ascontiguousarray(pixels), info, unchanged
-
-
-def _reason(e: BaseException) -> str:
-    """One line saying why an image could not be read."""
-    if isinstance(e, UnidentifiedImageError):
-        return "not a recognised image format"
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def encode_pixels(pixels: np.ndarray, encoding: str) -> bytes:
-    """uint8 HxW -> stored bytes (8-bit gray PNG or .npy)."""
-    buf = io.BytesIO()
-    if encoding == "png":
-        Image.fromarray(pixels, mode="L").save(buf, format="PNG")
-    elif encoding == "npy":
-        np.save(buf, pixels, allow_pickle=False)
-    else:
-        raise FingerprintError(f"unknown encoding {encoding!r} (choose from {', '.join(ENCODINGS)})")
-    return buf.getvalue()
-
-
-def pixel_sha256(pixels: np.ndarray) -> str:
-    """sha256 of the uint8 HxW array's C-order bytes."""
-    return sha256_bytes(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+def run_inspect(cfg: InspectConfig) -> dict[str, Any]:
+    """`summarize(cfg.shards)`, with a `verify` entry ({ok, checked, problems}) when asked."""
+    summary = summarize(cfg.shards)
+    if cfg.verify:
+        result = verify(cfg.shards)
+        summary["verify"] = {"ok": result["ok"], "checked": result["checked"], "problems": result["problems"]}
+    return summary
 
 
 # ----------------------------------------------------------------------------- packing
@@ -389,106 +231,107 @@ def pack(
     Samples are ordered by a seeded shuffle of the path-sorted list, so shards
     mix roles and labels and the same input + seed gives byte-identical tars.
     Everything is written into a temporary folder renamed to `out` at the end.
+    The keyword arguments are the PackConfig fields of the same names.
     """
     src, out = Path(src), Path(out)
-    if encoding not in ENCODINGS:
-        raise FingerprintError(f"unknown encoding {encoding!r} (choose from {', '.join(ENCODINGS)})")
-    if image_size < 8:
-        raise FingerprintError(f"--image-size must be at least 8, got {image_size}")
-    if max_count < 1 or max_size < 1:
-        raise FingerprintError("--max-count and --max-size must be positive")
+    cfg = PackConfig(
+        src=src, out=out, layout=layout, manifest=manifest, image_size=image_size, encoding=encoding,
+        max_count=max_count, max_size=max_size, strict=strict, force=force, seed=seed,
+    )  # fmt: skip
     if out.exists() and not force:
-        raise FingerprintError(f"{out}: already exists (use --force to replace it)")
+        raise exists_error(cfg, out)
     if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
         raise FingerprintError(f"{out}: output folder must not be the input folder or hold it")
     layout, images = find_sources(src, layout, manifest)
     keys = make_keys(images)
     order = list(range(len(images)))
     random.Random(seed).shuffle(order)
-
-    skipped: list[dict[str, str]] = []
-    counts: Counter = Counter()
-    n_converted = 0
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         sink = _ShardSink(tmp, max_count, max_size)
         try:
-            for i in tqdm(order, desc=f"pack {src.name}", unit="img", disable=not is_main_process()):
-                item, key = images[i], keys[i]
-                try:
-                    data = item.path.read_bytes()
-                    pixels, info, unchanged = load_image(data, image_size)
-                except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as e:
-                    reason = _reason(e)
-                    if strict:
-                        raise FingerprintError(f"{item.path}: unreadable image ({reason})") from None
-                    log.warning("skipping %s: unreadable image (%s)", item.path, reason)
-                    skipped.append({"path": item.rel, "reason": reason})
-                    continue
-                stored = data if (unchanged and encoding == "png") else encode_pixels(pixels, encoding)
-                n_converted += info["converted"] is not None
-                record = {
-                    "key": key,
-                    "role": item.role,
-                    "label": item.label,
-                    "path": item.rel,
-                    **info,
-                    "sha256": sha256_bytes(data),
-                    "pixel_sha256": pixel_sha256(pixels),
-                    "size": [int(pixels.shape[0]), int(pixels.shape[1])],
-                }
-                files = {"json": json.dumps(record, sort_keys=True).encode(), encoding: stored}
-                sink.write(key, files, f"{item.role}/{item.label}")
-                counts[(item.role, item.label)] += 1
+            counts, skipped, n_converted = _write_samples(sink, images, keys, order, cfg)
         finally:
             sink.close()
         if not sink.shards:
             raise FingerprintError(f"{src}: no readable images ({len(skipped)} skipped)")
-        shards = []
-        for s in sink.shards:
-            p = tmp / s["name"]
-            shards.append(
-                {
-                    "name": s["name"],
-                    "count": s["count"],
-                    "bytes": p.stat().st_size,
-                    "sha256": sha256_file(p),
-                    "groups": dict(sorted(s["groups"].items())),
-                }
-            )
-        man = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "tool_version": __version__,
-            "source": str(src),
-            "layout": layout,
-            "encoding": encoding,
-            "image_size": image_size,
-            "seed": seed,
-            "max_count": max_count,
-            "max_size": max_size,
-            "order": "shuffled",
-            "count": sum(counts.values()),
-            "counts": {
-                "role": {r: n for r in ROLES if (n := sum(v for (rr, _), v in counts.items() if rr == r))},
-                "label": {lab: n for lab in LABELS if (n := sum(v for (_, ll), v in counts.items() if ll == lab))},
-                "role_label": {f"{r}/{lab}": counts[(r, lab)] for r in ROLES for lab in LABELS if counts[(r, lab)]},
-            },
-            "converted": n_converted,
-            "n_skipped": len(skipped),
-            "skipped": skipped,
-            "shards": shards,
-        }
+        man = _manifest(cfg, layout, sink, tmp, counts, skipped, n_converted)
         write_json(tmp / "manifest.json", man)
     log.info(
         "packed %d images into %d shards in %s (%d converted, %d skipped)",
-        man["count"],
-        len(shards),
-        out,
-        n_converted,
-        len(skipped),
+        *(man["count"], len(man["shards"]), out, n_converted, len(skipped)),
     )
     return man
+
+
+def _write_samples(
+    sink: _ShardSink, images: list[SourceImage], keys: list[str], order: list[int], cfg: PackConfig
+) -> tuple[Counter, list[dict[str, str]], int]:
+    """Read, convert and write every image in `order`; returns (role/label counts, skipped, converted)."""
+    skipped: list[dict[str, str]] = []
+    counts: Counter = Counter()
+    n_converted = 0
+    for i in tqdm(order, desc=f"pack {cfg.src.name}", unit="img", disable=not is_main_process()):
+        item, key = images[i], keys[i]
+        try:
+            data = item.path.read_bytes()
+            pixels, info, unchanged = load_image(data, cfg.image_size)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as e:
+            reason = unreadable_reason(e)
+            if cfg.strict:
+                raise FingerprintError(f"{item.path}: unreadable image ({reason})") from None
+            log.warning("skipping %s: unreadable image (%s)", item.path, reason)
+            skipped.append({"path": item.rel, "reason": reason})
+            continue
+        stored = data if (unchanged and cfg.encoding == "png") else encode_pixels(pixels, cfg.encoding)
+        n_converted += info["converted"] is not None
+        record = {
+            "key": key,
+            "role": item.role,
+            "label": item.label,
+            "path": item.rel,
+            **info,
+            "sha256": sha256_bytes(data),
+            "pixel_sha256": pixel_sha256(pixels),
+            "size": [int(pixels.shape[0]), int(pixels.shape[1])],
+        }
+        files = {"json": json.dumps(record, sort_keys=True).encode(), cfg.encoding: stored}
+        sink.write(key, files, f"{item.role}/{item.label}")
+        counts[(item.role, item.label)] += 1
+    return counts, skipped, n_converted
+
+
+def _manifest(
+    cfg: PackConfig, layout: str, sink: _ShardSink, tmp: Path, counts: Counter, skipped: list, n_converted: int
+) -> dict[str, Any]:
+    shards = []
+    for s in sink.shards:
+        p = tmp / s["name"]
+        shards.append({"name": s["name"], "count": s["count"], "bytes": p.stat().st_size,
+                       "sha256": sha256_file(p), "groups": dict(sorted(s["groups"].items()))})  # fmt: skip
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "source": str(cfg.src),
+        "layout": layout,
+        "encoding": cfg.encoding,
+        "image_size": cfg.image_size,
+        "seed": cfg.seed,
+        "max_count": cfg.max_count,
+        "max_size": cfg.max_size,
+        "order": "shuffled",
+        "count": sum(counts.values()),
+        "counts": {
+            "role": {r: n for r in ROLES if (n := sum(v for (rr, _), v in counts.items() if rr == r))},
+            "label": {lab: n for lab in LABELS if (n := sum(v for (_, ll), v in counts.items() if ll == lab))},
+            "role_label": {f"{r}/{lab}": counts[(r, lab)] for r in ROLES for lab in LABELS if counts[(r, lab)]},
+        },
+        "converted": n_converted,
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "shards": shards,
+    }
 
 
 # ----------------------------------------------------------------------------- reading
@@ -582,7 +425,7 @@ def decode_sample(sample: dict[str, Any]) -> tuple[str, np.ndarray, dict[str, An
         else:
             raise FingerprintError(f"{where}: no png or npy image")
     except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
-        raise FingerprintError(f"{where}: cannot decode image ({_reason(e)})") from None
+        raise FingerprintError(f"{where}: cannot decode image ({unreadable_reason(e)})") from None
     if list(pixels.shape) != list(record.get("size", pixels.shape)):
         raise FingerprintError(f"{where}: image is {pixels.shape}, record says {record.get('size')}")
     return key, pixels, record

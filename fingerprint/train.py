@@ -1,39 +1,19 @@
-"""Episodic training of the relation network with Accelerate.
+"""Episodic training of the relation network with Accelerate: the driver (`run_train(TrainConfig)`).
 
-Each step is one episode per process: a class-balanced batch of real query
-images (streamed, each rank reading its own shards) and, for each query, K
-generated support images (its nearest in the current embedding space, plus
-random ones). The K relation logits are pooled into one membership logit and
-trained with BCE against used / not used. Supports come from a memory bank:
-the generated pool's embeddings and feature maps, computed without gradients
-and refreshed (with the FAISS index) every `refresh_every` steps; with
-separate backbones, or `support="encode"`, the supports are re-encoded with
-gradients instead.
+The driver sets up data, model, optimizer and schedule, then alternates
+`train_loop.train_one_epoch` and `train_loop.evaluate`, and owns what spans
+epochs: the best epoch (saved to `best/`), early stopping on the validation
+ROC-AUC, checkpoints and resume, and the final model with its threshold
+calibration (the layout of open_clip's `main.py` over `train.py`).
 
-Defaults are sized for the demo on 2 CPU cores (500 generated + 160 real dev
-images at 128 px, well under the 2-3 minute budget): the ResNet-18 backbone
-and the embedding projection stay at their (seeded) random initialisation
-with BatchNorm statistics as built (`freeze="layer4"`, `train_embed=False`,
-`bn="frozen"`), and only the relation head and pooling are trained. That
-makes the memory bank static (computed once) and a step costs one forward
-pass of its queries. Why: measured on the medium synthetic benchmark, the
-unpooled layer4 maps of a random ResNet-18 already rank near-copies well
-(nearest-neighbour ROC-AUC 0.88 on the dev reals), and with 128 labelled
-training images every trained variant tried did worse on held-out images:
-training the embedding projection memorised the training queries (best
-validation AUC 0.70, against 0.79 with it fixed), training layer4 from random
-initialisation was unstable (0.51), recalibrating BatchNorm on the pool lowered
-the random features' AUC to 0.74, and geometric augmentation of the queries
-breaks their alignment with their generated near-copies, which is the
-signal (default `augment=False`). The trade: the backbone learns nothing
-here; with pretrained weights (`weights=`) or more data and a GPU, set
-`freeze`, `train_embed`, `bn` (recalibrate or batch) and `augment`.
-
-Backbone BatchNorm: `bn="frozen"` keeps the statistics as built or loaded
-(eval mode); `bn="recalibrate"` recomputes them over a fixed sample of the
-generated pool at every bank refresh, so queries and bank see the same
-normalisation and training matches inference; `bn="batch"` uses ordinary
-batch statistics for the queries.
+Defaults are sized for the demo on 2 CPU cores: the ResNet-18 backbone and
+the embedding projection stay at their (seeded) random initialisation with
+BatchNorm statistics as built (`freeze="layer4"`, `train_embed=False`,
+`bn="frozen"`), and only the relation head and pooling are trained, so the
+memory bank is static (computed once) and a step costs one forward pass of
+its queries. Why these defaults, with the measurements behind them, is in
+docs/design-notes.md; with pretrained weights (`weights=`) or more data and
+a GPU, set `freeze`, `train_embed`, `bn` and `augment`.
 
 Checkpoints (`accelerator.save_state`, rotated) are written at the end of each
 epoch together with `train_state.json` (counters, early-stopping state), which
@@ -44,105 +24,141 @@ seed, CPU). A NaN/inf loss stops the run before the optimizer step.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from tqdm import tqdm
+from torch import nn
 
-from fingerprint.episodes import (
-    Bank,
-    BalancedQueries,
-    SupportSampler,
-    bank_support_fn,
-    dev_reals,
-    nearest,
-    pair_targets,
-    split_dev,
+from fingerprint.config import check_fields, fail, option
+from fingerprint.distributed import (
+    check_world,
+    checkpoint_config,
+    make_accelerator,
+    seed_everything,
+    set_process_threads,
 )
-from fingerprint.models import (
-    Backbone,
-    FingerprintModel,
-    ModelConfig,
-    build_model,
-    count_parameters,
-    describe,
-    save_model,
+from fingerprint.episodes import MODES, SupportSampler, dev_reals, split_dev
+from fingerprint.metrics import calibrate_threshold
+from fingerprint.model_io import build_model, load_model, save_model
+from fingerprint.models import Backbone, FingerprintModel, ModelConfig, count_parameters, describe
+from fingerprint.stream import StreamConfig, load_all
+from fingerprint.train_loop import (
+    TrainRun,
+    epoch_record,
+    evaluate,
+    freeze_backbone,
+    make_optimizer,
+    train_one_epoch,
+    warmup_cosine,
 )
-from fingerprint.stream import StreamConfig, load_all, make_loader
-from fingerprint.utils import FingerprintError, JsonlLogger, read_json, seed_everything, set_threads, write_json
+from fingerprint.utils import FingerprintError, JsonlLogger, read_json, write_json
+from fingerprint.vocab import BACKBONES, MIXED_PRECISION, ON_ERROR, POOLS, RELATIONS, THRESHOLD_RULES
 
 log = logging.getLogger(__name__)
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
 SUPPORTS = ("auto", "bank", "encode")
 BN_MODES = ("frozen", "recalibrate", "batch")
 FREEZE = ("none",) + Backbone.STAGES
-CALIBRATION_RULES = ("max_f1", "youden")
 STATE_FILE = "train_state.json"
 LOG_FILE = "train_log.jsonl"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
-    """Everything `fingerprint train` can set (CLI flags are these names in kebab-case)."""
+    """Options of the train stage (`fingerprint train`); the model fields are those of ModelConfig."""
 
+    SECTION = "train"
+
+    shards: Path = option(help="labelled development shard folder (from 'fingerprint pack')")
+    out: Path = option(help="model folder to write")
     # model
-    backbone: str = "resnet18"
-    shared: bool = True
-    relation: str = "light"
-    pool: str = "max"
-    image_size: int = 128
-    embed_dim: int = 128
-    seed_stem: bool = False
-    relation_dim: int = 32
-    relation_hidden: int = 64
-    weights: str | None = None  # local torchvision ResNet state dict
-    freeze: str = "layer4"  # freeze the backbone up to and including this stage (none|stem|layer1..layer4)
-    train_embed: bool = False  # train the embedding projection (else it stays a fixed random projection)
+    backbone: str = option("resnet18", choices=BACKBONES, help="torchvision ResNet trunk")
+    shared: bool = option(True, help="one backbone for real and generated images (--no-shared: two, as the seed did)")
+    relation: str = option("light", choices=RELATIONS, help="relation head: light (cheap per pair) or seed (run 1's)")
+    pool: str = option("max", choices=POOLS, help="how the K pair scores of a query become one logit")
+    image_size: int = option(128, min=32, help="images are resized to this side on the fly")
+    embed_dim: int = option(128, min=1, help="size of the unit-norm embedding")
+    seed_stem: bool = option(False, help="the seed's stem: conv1 7x7/2 and no max-pool (4x larger feature maps)")
+    relation_dim: int = option(32, min=1, help="light head: channels each feature map is projected to")
+    relation_hidden: int = option(64, min=1, help="light head: width of the pair conv and MLP")
+    weights: Path | None = option(None, help="local torchvision ResNet state-dict file (never downloaded)")
+    freeze: str = option("layer4", choices=FREEZE, help="freeze the backbone up to and including this stage")
+    train_embed: bool = option(False, help="train the embedding projection (else a fixed random projection)")
     # episodes
-    episodes: str = "nearest"  # nearest | pairs (the seed's pair labelling)
-    queries: int = 16  # real images per episode and process (half used, half not used)
-    k: int = 8  # generated supports per query
-    k_random: int = 2  # of which random (the rest are the nearest by embedding)
-    support: str = "auto"  # bank | encode | auto (bank when the backbone is shared)
-    refresh_every: int = 8  # steps between memory-bank / FAISS-index refreshes
-    bn: str = "frozen"  # frozen | recalibrate | batch
-    bn_images: int = 128  # generated images used to recalibrate BatchNorm statistics
-    augment: bool = False  # flips / small affine / intensity jitter of the queries
-    val_fraction: float = 0.2
+    episodes: str = option(
+        "nearest", choices=MODES, help="nearest: pooled score over nearest+random supports; pairs: the seed's labels"
+    )
+    queries: int = option(16, min=2, help="real query images per episode and process (half used, half not used)")
+    k: int = option(8, min=1, help="generated support images per query (and neighbours scored at validation)")
+    k_random: int = option(2, min=0, help="how many of the K supports are random instead of nearest")
+    support: str = option(
+        "auto",
+        choices=SUPPORTS,
+        help="bank: support maps from a no-grad memory bank; encode: re-encode with gradients; auto: bank if shared",
+    )
+    refresh_every: int = option(8, min=1, help="episodes between memory-bank and FAISS-index refreshes")
+    bn: str = option(
+        "frozen",
+        choices=BN_MODES,
+        help="frozen: backbone BatchNorm statistics as built/loaded; recalibrate: recomputed on generated images "
+        "at each refresh; batch: batch statistics for the queries",
+    )
+    bn_images: int = option(128, min=1, help="generated images used to recalibrate BatchNorm")
+    augment: bool = option(False, help="flips, small affine and intensity jitter on the real queries")
+    val_fraction: float = option(
+        0.2, min=0, help="share of the labelled real images held out (stratified) for validation and calibration"
+    )
     # optimisation
-    epochs: int = 12
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup: float = 0.1  # fraction of optimizer steps spent warming up (then cosine decay)
-    grad_accum: int = 1
-    clip_grad: float = 1.0  # max gradient norm; 0 disables
-    patience: int = 4  # epochs without a better validation AUC before stopping; 0 disables
-    calibration: str = "max_f1"  # threshold rule on the validation scores
+    epochs: int = option(12, min=1, help="maximum epochs (an epoch shows each training real image about once)")
+    lr: float = option(1e-3, help="AdamW peak learning rate (> 0)")
+    weight_decay: float = option(1e-4, min=0, help="AdamW weight decay (not on biases and norms)")
+    warmup: float = option(0.1, min=0, help="fraction of optimizer steps of linear warm-up before the cosine decay")
+    grad_accum: int = option(1, min=1, help="episodes accumulated per optimizer step")
+    clip_grad: float = option(1.0, min=0, help="clip the gradient norm to this (0: off)")
+    patience: int = option(4, min=0, help="stop after this many epochs without a better validation AUC (0: never)")
+    calibration: str = option("max_f1", choices=THRESHOLD_RULES, help="rule for the threshold on validation scores")
     # runtime
-    mixed_precision: str | None = None  # no | fp16 | bf16; None: the launcher's setting, else no (fp32)
-    channels_last: bool = False
-    batch_size: int = 64  # images per forward when encoding the pool and validating
-    num_workers: int = 0
-    threads: int | None = None  # torch/FAISS CPU threads per process (default: cores / local processes)
-    seed: int = 0
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    on_error: str = "raise"  # raise | skip (unreadable samples)
-    resume: str | None = None  # None | "latest" | a checkpoint folder
-    force: bool = False
+    mixed_precision: str | None = option(
+        None,
+        choices=MIXED_PRECISION,
+        help="autocast precision (default: the accelerate launch setting, else no; keep 'no' on CPUs without fast "
+        "bf16)",
+    )
+    channels_last: bool = option(False, help="channels-last memory format (faster on recent GPUs)")
+    batch_size: int = option(64, min=1, help="images per forward pass when encoding the generated pool and validating")
+    num_workers: int = option(0, min=0, help="DataLoader workers reading the query stream")
+    threads: int | None = option(
+        None, min=1, help="CPU threads per process for torch and FAISS (default: cores / local processes)"
+    )
+    seed: int = option(0, help="random seed (split, sampling, initialisation)")
+    keep_checkpoints: int = option(2, min=1, help="checkpoints kept (older ones are deleted)")
+    log_every: int = option(1, min=1, help="write a train_log.jsonl record every this many episodes")
+    on_error: str = option("raise", choices=ON_ERROR, help="raise on an unreadable sample, or skip it (counted)")
+    resume: str | None = option(None, help="'latest' (newest complete checkpoint in the output) or a checkpoint folder")
+    force: bool = option(False, help="replace an existing model and checkpoints in the output folder")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.model_config()
+        if self.queries % 2:
+            raise fail(self, "queries", f"must be even (half used, half not used), got {self.queries}")
+        if self.k_random > self.k:
+            raise fail(self, "k_random", f"must be between 0 and train.k={self.k}, got {self.k_random}")
+        if self.lr <= 0:
+            raise fail(self, "lr", f"must be > 0, got {self.lr}")
+        if self.warmup >= 1:
+            raise fail(self, "warmup", f"must be below 1, got {self.warmup}")
+        if not self.val_fraction < 1:
+            raise fail(self, "val_fraction", f"must be below 1, got {self.val_fraction}")
+        if self.support_mode() == "bank" and not self.shared:
+            raise fail(self, "support", "bank: memory-bank supports need a shared backbone (use encode)")
 
     def model_config(self) -> ModelConfig:
         names = {f.name for f in fields(ModelConfig)}
@@ -150,46 +166,6 @@ class TrainConfig:
 
     def support_mode(self) -> str:
         return ("bank" if self.shared else "encode") if self.support == "auto" else self.support
-
-    def check(self) -> None:
-        self.model_config()
-        choices = {
-            "episodes": ("nearest", "pairs"),
-            "support": SUPPORTS,
-            "bn": BN_MODES,
-            "freeze": FREEZE,
-            "mixed_precision": MIXED_PRECISION,
-            "calibration": CALIBRATION_RULES,
-            "on_error": ("raise", "skip"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed and not (name == "mixed_precision" and self.mixed_precision is None):
-                raise FingerprintError(
-                    f"train: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
-        for name in (
-            "queries",
-            "k",
-            "refresh_every",
-            "epochs",
-            "grad_accum",
-            "batch_size",
-            "keep_checkpoints",
-            "log_every",
-            "bn_images",
-        ):
-            if getattr(self, name) < 1:
-                raise FingerprintError(f"train: {name} must be >= 1, got {getattr(self, name)}")
-        if self.queries % 2:
-            raise FingerprintError(f"train: queries must be even (half used, half not used), got {self.queries}")
-        if not 0 <= self.k_random <= self.k:
-            raise FingerprintError(f"train: k-random must be between 0 and k={self.k}, got {self.k_random}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.clip_grad < 0 or not 0 <= self.warmup < 1:
-            raise FingerprintError("train: need lr > 0, weight-decay >= 0, clip-grad >= 0 and 0 <= warmup < 1")
-        if self.support_mode() == "bank" and not self.shared:
-            raise FingerprintError("train: memory-bank supports need a shared backbone (use --support encode)")
-        if self.patience < 0:
-            raise FingerprintError(f"train: patience must be >= 0, got {self.patience}")
 
 
 @dataclass
@@ -212,289 +188,244 @@ class TrainState:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainState":
+    def from_json(cls, d: dict) -> TrainState:
         d = dict(d)
         d["best_loss"] = math.inf if d.get("best_loss") is None else d["best_loss"]
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-class NonFiniteLoss(FingerprintError):
-    """The loss became NaN or infinite; the run stops before the optimizer step."""
+# ----------------------------------------------------------------------------- the driver
 
 
-# ----------------------------------------------------------------------------- model helpers
+def run_train(cfg: TrainConfig, *, accelerator: Any = None) -> dict:
+    """Train a relation network on the labelled dev shards `cfg.shards`; write the model to `cfg.out`.
 
-
-def freeze_backbone(model: FingerprintModel, upto: str) -> list[nn.Module]:
-    """Stop gradients for backbone stages up to and including `upto`; returns the frozen modules."""
-    if upto == "none":
-        return []
-    stages = Backbone.STAGES[: Backbone.STAGES.index(upto) + 1]
-    frozen = []
-    for bb in model.backbones.values():
-        for st in stages:
-            for m in bb.stage_modules(st):
-                m.requires_grad_(False)
-                frozen.append(m)
-    return frozen
-
-
-def _backbone_bns(model: FingerprintModel) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [
-        m for bb in model.backbones.values() for m in bb.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
-
-
-@contextlib.contextmanager
-def preserved_modes(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's train/eval flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, t in flags:
-            m.training = t
-
-
-def set_train_modes(model: FingerprintModel, cfg: TrainConfig, frozen: list[nn.Module]) -> None:
-    """Train mode, except backbone BatchNorm under bn="recalibrate" and frozen stages (eval)."""
-    model.train()
-    if cfg.bn in ("frozen", "recalibrate"):
-        for m in _backbone_bns(model):
-            m.eval()
-    for m in frozen:
-        m.eval()
-
-
-@torch.no_grad()
-def recalibrate_bn(model: FingerprintModel, images: Tensor, batch_size: int, autocast: Callable[[], Any]) -> None:
-    """Recompute backbone BatchNorm running statistics as the plain average over `images` (generated).
-
-    With separate backbones both are calibrated on these images (generated
-    images stand in for real ones, which is what they imitate).
+    Writes out/model.safetensors + model.json (config, calibration, training
+    summary, sha256), out/best/ (best validation epoch so far),
+    out/checkpoints/checkpoint_<n>/ (accelerate state + train_state.json)
+    and out/train_log.jsonl. Returns the training summary.
     """
-    bns = _backbone_bns(model)
-    momenta = [m.momentum for m in bns]
-    device = next(model.parameters()).device
-    with preserved_modes(model):
-        model.eval()
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        roles = ("real",) if model.cfg.shared else ("real", "generated")
-        for i in range(0, len(images), batch_size):
-            x = _to_device(images[i : i + batch_size], device, model)
-            with autocast():
-                for role in roles:
-                    model.encode(x, role)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-
-
-def _to_device(
-    x: Tensor, device: torch.device, model: FingerprintModel | None = None, channels_last: bool = False
-) -> Tensor:
-    if device.type == "cuda":
-        x = x.pin_memory()
-    x = x.to(device, non_blocking=True)
-    if channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-@torch.no_grad()
-def encode_images(
-    model: FingerprintModel,
-    images: Tensor,
-    role: str,
-    batch_size: int,
-    autocast: Callable[[], Any],
-    *,
-    channels_last: bool = False,
-    fmaps: bool = True,
-) -> tuple[Tensor, Tensor | None]:
-    """Eval-mode (emb, fmap) of `images` in chunks; fmap stays on the model's device."""
-    device = next(model.parameters()).device
-    embs, maps = [], []
-    with preserved_modes(model):
-        model.eval()
-        for i in range(0, len(images), batch_size):
-            x = _to_device(images[i : i + batch_size], device, channels_last=channels_last)
-            with autocast():
-                e, f = model.encode(x, role)
-            embs.append(e.float().cpu())
-            if fmaps:
-                maps.append(f.contiguous())
-    emb = torch.cat(embs) if embs else torch.zeros(0, model.cfg.embed_dim)
-    return emb, (torch.cat(maps) if fmaps and maps else None)
-
-
-def refresh_bank(
-    accelerator: Any, model: FingerprintModel, pool_keys: list[str], pool: Tensor, calib: Tensor, cfg: TrainConfig
-) -> Bank:
-    """Recalibrate BatchNorm, encode the generated pool (split across processes, then gathered), index it."""
-    if cfg.bn != "frozen":
-        recalibrate_bn(model, calib, cfg.batch_size, accelerator.autocast)
-    n, world, rank = len(pool), accelerator.num_processes, accelerator.process_index
-    chunk = math.ceil(n / world)
-    ids = torch.arange(rank * chunk, (rank + 1) * chunk).clamp_(max=n - 1)
-    want_fmap = cfg.support_mode() == "bank"
-    emb, fmap = encode_images(
-        model,
-        pool[ids],
-        "generated",
-        cfg.batch_size,
-        accelerator.autocast,
-        channels_last=cfg.channels_last,
-        fmaps=want_fmap,
+    t_start = time.time()
+    accelerator = _accelerator(cfg, accelerator)
+    set_process_threads(cfg.threads, accelerator)
+    seed_everything(cfg.seed)
+    prepare_out_dir(cfg, accelerator)
+    run = setup(cfg, accelerator)
+    state = TrainState()
+    if cfg.resume is not None:
+        ckpt = find_checkpoint(cfg.out, cfg.resume)
+        accelerator.load_state(str(ckpt))
+        state = TrainState.from_json(read_json(ckpt / STATE_FILE))
+        accelerator.project_configuration.iteration = state.checkpoint + 1
+        log.info("train: resumed from %s (epoch %d, step %d)", ckpt, state.epoch, state.step)
+    stop_reason, train_seconds, episodes = fit(run, state)
+    accelerator.wait_for_everyone()
+    world = accelerator.num_processes
+    digest = state_digest(run.net)
+    summary = finish(cfg, state, world, stop_reason, accelerator.is_main_process)
+    summary.update(
+        weights_sha256=digest,
+        rank=accelerator.process_index,
+        mixed_precision=accelerator.mixed_precision,
+        seconds=time.time() - t_start,
+        train_seconds=train_seconds,
+        episodes_per_s=episodes * world / train_seconds if train_seconds else None,
+        queries_per_s=episodes * world * cfg.queries / train_seconds if train_seconds else None,
     )
-    if world > 1:
-        emb = accelerator.gather(emb.to(accelerator.device)).cpu()
-        fmap = accelerator.gather(fmap) if fmap is not None else None
-    emb = emb[:n]
-    fmap = fmap[:n] if fmap is not None else None
-    return Bank.build(pool_keys, emb, fmap)
-
-
-# ----------------------------------------------------------------------------- optimisation
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms and scalars."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Any:
-    """LR multiplier: linear warm-up to 1, then cosine decay to 0 at `total_steps`."""
-
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-    return f
-
-
-def episode_loss(out: dict[str, Tensor], labels: Tensor, mode: str) -> Tensor:
-    """BCE with logits: pooled logit vs the query label (nearest), or every pair vs it (pairs)."""
-    if mode == "pairs":
-        pl = out["pair_logits"].float()
-        return F.binary_cross_entropy_with_logits(pl, pair_targets(labels, pl.shape[1]))
-    return F.binary_cross_entropy_with_logits(out["logit"].float(), labels)
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else float("nan")
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-@torch.no_grad()
-def score_queries(
-    model: FingerprintModel, images: Tensor, bank: Bank, pool: Tensor, cfg: TrainConfig, autocast: Callable[[], Any]
-) -> Tensor:
-    """Membership logits of real images against their k nearest generated images (as the scorer does)."""
-    device = next(model.parameters()).device
-    logits = []
-    with preserved_modes(model):
-        model.eval()
-        for i in range(0, len(images), cfg.batch_size):
-            x = _to_device(images[i : i + cfg.batch_size], device, channels_last=cfg.channels_last)
-            with autocast():
-                q_emb, q_fmap = model.encode(x, "real")
-                ids = nearest(bank, q_emb, cfg.k)[1]
-                if bank.fmap is not None:
-                    s_fmap = bank.fmap[torch.as_tensor(ids, device=bank.fmap.device)]
-                else:
-                    s = pool[torch.as_tensor(ids).reshape(-1)]
-                    _, s_fmap = model.encode(_to_device(s, device, channels_last=cfg.channels_last), "generated")
-                    s_fmap = s_fmap.reshape(*ids.shape, *s_fmap.shape[1:])
-                logits.append(model.pool(model.relate(q_fmap, s_fmap)).float().cpu())
-    return torch.cat(logits) if logits else torch.zeros(0)
-
-
-def validate(accelerator: Any, model: FingerprintModel, val: dict, bank: Bank, pool: Tensor, cfg: TrainConfig) -> dict:
-    """Score this process's share of the validation images, gather, and compute ROC-AUC and loss."""
-    from accelerate.utils import gather_object
-
-    rank, world = accelerator.process_index, accelerator.num_processes
-    idx = list(range(rank, len(val["key"]), world))
-    logits = score_queries(model, val["image"][idx], bank, pool, cfg, accelerator.autocast)
-    mine = [(val["key"][i], float(l), int(val["y"][i])) for i, l in zip(idx, logits.tolist())]
-    rows = gather_object(mine) if world > 1 else mine
-    rows = sorted(dict((k, (k, s, y)) for k, s, y in rows).values())
-    keys = [r[0] for r in rows]
-    lg = np.array([r[1] for r in rows], dtype=np.float64)
-    y = np.array([r[2] for r in rows], dtype=np.int64)
-    loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(lg), torch.from_numpy(y).double()))
-    probs = 1.0 / (1.0 + np.exp(-lg))
-    return {
-        "keys": keys,
-        "scores": probs.tolist(),
-        "labels": y.tolist(),
-        "val_auc": roc_auc(y, probs),
-        "val_loss": loss,
-    }
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def _make_accelerator(cfg: TrainConfig, out_dir: Path, accelerator: Any | None) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
-
-    project = ProjectConfiguration(
-        project_dir=str(out_dir), automatic_checkpoint_naming=True, total_limit=cfg.keep_checkpoints
+    run.logger.log(
+        seconds=summary["seconds"],
+        episodes_per_s=summary["episodes_per_s"],
+        queries_per_s=summary["queries_per_s"],
+        epochs=state.epoch,
+        best_epoch=state.best_epoch,
+        val_auc=summary["val_auc"],
+        world_size=world,
     )
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def fit(run: TrainRun, state: TrainState) -> tuple[str, float, int]:
+    """Epochs from `state.epoch` on: train, validate, keep the best, checkpoint, stop early.
+
+    Returns (stop reason, training seconds, episodes run by this process).
+    """
+    cfg, acc = run.cfg, run.accelerator
+    train_seconds, episodes = 0.0, 0
+    last_ckpt = find_checkpoint(cfg.out, "latest") if cfg.resume else None
+    for epoch in range(state.epoch, cfg.epochs):
+        if cfg.patience and state.bad_epochs >= cfg.patience:  # resumed a run that had already stopped early
+            return "early", train_seconds, episodes
+        t0 = time.time()
+        losses = train_one_epoch(run, state, epoch, last_ckpt)
+        episodes += len(losses)
+        train_seconds += time.time() - t0
+        record = epoch_record(epoch, losses, t0)
+        validate_epoch(run, state, epoch, record)
+        state.epoch = epoch + 1
+        state.history.append(record)
+        run.logger.log(**record)
+        if acc.is_main_process:
+            val = f" val_auc {record['val_auc']:.3f} val_loss {record['val_loss']:.4f}" if "val_auc" in record else ""
+            log.info(
+                "train: epoch %d/%d loss %.4f%s (%.1fs)", epoch + 1, cfg.epochs, record["loss"], val, record["seconds"]
+            )
+        acc.wait_for_everyone()
+        last_ckpt = save_checkpoint(acc, state)
+        if cfg.patience and state.bad_epochs >= cfg.patience and state.epoch < cfg.epochs:
+            if acc.is_main_process:
+                log.info(
+                    "train: no better validation AUC for %d epochs; stopping (best epoch %d, AUC %.3f)",
+                    *(cfg.patience, state.best_epoch, state.best_auc),
+                )
+            return "early", train_seconds, episodes
+    return "epochs", train_seconds, episodes
+
+
+def validate_epoch(run: TrainRun, state: TrainState, epoch: int, record: dict) -> None:
+    """Validate the current weights (the bank is reused by the next epoch's first step); keep the best epoch."""
+    main = run.accelerator.is_main_process
+    if not run.val["key"]:
+        state.best_epoch = epoch + 1
+        if main:
+            save_model(run.net, run.cfg.out / "best", extra={"epoch": epoch + 1, "validation": None})
+        return
+    run.current_bank(state.optimizer_steps)
+    result = evaluate(run)
+    record.update(val_auc=result["val_auc"], val_loss=result["val_loss"])
+    auc, loss = result["val_auc"], result["val_loss"]
+    better = auc > state.best_auc + 1e-9 or (abs(auc - state.best_auc) <= 1e-9 and loss < state.best_loss)
+    if not better:
+        state.bad_epochs += 1
+        return
+    state.best_epoch, state.best_auc, state.best_loss, state.bad_epochs = epoch + 1, auc, loss, 0
+    if main:
+        save_model(run.net, run.cfg.out / "best", extra={"epoch": epoch + 1, "validation": result})
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _accelerator(cfg: TrainConfig, accelerator: Any | None) -> Any:
     if accelerator is None:
-        try:
-            accelerator = Accelerator(
-                # a multi-process launch on a machine without GPUs: gloo processes on the CPU (otherwise
-                # `accelerate launch --multi_gpu` there gives independent single-process runs)
-                cpu=launched > 1 and not torch.cuda.is_available(),
-                mixed_precision=cfg.mixed_precision,
-                gradient_accumulation_steps=cfg.grad_accum,
-                project_config=project,
-                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            )
-        except ValueError as e:
-            raise FingerprintError(f"train: cannot set up Accelerate ({e})") from None
-    else:
-        accelerator.project_configuration = project
-        accelerator.gradient_accumulation_steps = cfg.grad_accum
-        if cfg.mixed_precision is not None and accelerator.mixed_precision != cfg.mixed_precision:
-            log.warning(
-                "train: using the given accelerator's mixed precision %r, not %r",
-                accelerator.mixed_precision,
-                cfg.mixed_precision,
-            )
-    if accelerator.num_processes != launched:
-        raise FingerprintError(
-            f"train: {launched} processes were launched but Accelerate formed a world of "
-            f"{accelerator.num_processes} (set ACCELERATE_USE_CPU=1 on machines without GPUs)"
+        return make_accelerator(
+            cfg.mixed_precision,
+            grad_accum=cfg.grad_accum,
+            project_dir=cfg.out,
+            keep_checkpoints=cfg.keep_checkpoints,
+            find_unused_parameters=True,
+        )
+    accelerator.project_configuration = checkpoint_config(cfg.out, cfg.keep_checkpoints)
+    accelerator.gradient_accumulation_steps = cfg.grad_accum
+    check_world(accelerator)
+    if cfg.mixed_precision is not None and accelerator.mixed_precision != cfg.mixed_precision:
+        log.warning(
+            "train: using the given accelerator's mixed precision %r, not %r",
+            accelerator.mixed_precision,
+            cfg.mixed_precision,
         )
     return accelerator
 
 
-def _prepare_out_dir(out_dir: Path, cfg: TrainConfig, accelerator: Any) -> None:
+def _training_data(cfg: TrainConfig, world: int) -> dict[str, Any]:
+    """The dev split, the generated pool (in memory), BatchNorm images, validation images, episodes per epoch."""
+    keys, labels = dev_reals(cfg.shards)
+    if not keys:
+        raise FingerprintError(f"{cfg.shards}: no labelled real images (used / not_used) to train on")
+    train_keys, val_keys = split_dev(keys, labels, cfg.val_fraction, cfg.seed)
+    label_of = dict(zip(keys, labels))
+    gen = load_all(cfg.shards, StreamConfig(roles=("generated",), image_size=cfg.image_size, on_error=cfg.on_error))
+    pool_keys, pool = gen["key"], gen["image"]
+    if not pool_keys:
+        raise FingerprintError(f"{cfg.shards}: no generated images to build support sets from")
+    sampler = SupportSampler(len(pool), cfg.k, cfg.k_random, cfg.episodes, cfg.seed)
+    calib = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.bn_images]]
+    val = _real_images(cfg, val_keys)
+    n_used = sum(label_of[k] == "used" for k in train_keys)
+    if min(n_used, len(train_keys) - n_used) < 1:
+        raise FingerprintError(f"{cfg.shards}: the training split needs used and not-used images")
+    per_epoch = max(1, round(len(train_keys) / (cfg.queries * world)))
+    per_epoch = math.ceil(per_epoch / cfg.grad_accum) * cfg.grad_accum
+    return dict(
+        train_keys=train_keys, label_of=label_of, pool_keys=pool_keys, pool=pool, sampler=sampler, calib=calib,
+        val=val, per_epoch=per_epoch,
+    )  # fmt: skip
+
+
+def _model(cfg: TrainConfig) -> tuple[FingerprintModel, list[nn.Module]]:
+    """The model with frozen stages (and a fixed embedding projection unless trained)."""
+    model = build_model(cfg.model_config(), cfg.weights)
+    frozen = freeze_backbone(model, cfg.freeze)
+    if not cfg.train_embed:
+        model.embed_head.requires_grad_(False)
+    if cfg.bn == "frozen" and cfg.weights is None and any(p.requires_grad for p in model.backbones.parameters()):
+        log.warning(
+            "train: training backbone layers from random initialisation with BatchNorm statistics frozen "
+            "at their initial values is unstable; consider train.bn recalibrate or batch"
+        )
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, frozen
+
+
+def setup(cfg: TrainConfig, accelerator: Any) -> TrainRun:
+    """Data, model, optimizer and warm-up + cosine schedule, prepared by Accelerate (the loader is not)."""
+    world = accelerator.num_processes
+    data = _training_data(cfg, world)
+    model, frozen = _model(cfg)
+    optimizer = make_optimizer(model, cfg)
+    # the prepared scheduler steps once per process per optimizer step
+    sched_total = data["per_epoch"] // cfg.grad_accum * cfg.epochs * world
+    warm = max(1, round(cfg.warmup * sched_total)) if cfg.warmup else 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(sched_total, warm))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    net: FingerprintModel = accelerator.unwrap_model(model)
+    static = cfg.bn == "frozen" and not any(
+        p.requires_grad for p in [*net.backbones.parameters(), *net.embed_head.parameters()]
+    )
+    logger = JsonlLogger(cfg.out / LOG_FILE, stage="train")
+    run = TrainRun(
+        cfg, accelerator, model, net, optimizer, scheduler, frozen, logger=logger, static_bank=static, **data
+    )
+    if accelerator.is_main_process:
+        log.info(
+            "train: %s; %d trainable; %d train / %d val real, %d generated; %d process(es), %d episodes/epoch "
+            "of %d queries x K=%d (%s supports)",
+            *(describe(net), count_parameters(net, True), len(run.train_keys), len(run.val["key"]), len(run.pool)),
+            *(world, run.per_epoch, cfg.queries, cfg.k, cfg.support_mode()),
+        )
+    return run
+
+
+def _real_images(cfg: TrainConfig, keys: list[str]) -> dict:
+    """The validation images, in memory (few), with 0/1 labels."""
+    if not keys:
+        return {"key": [], "image": torch.zeros(0, 1, cfg.image_size, cfg.image_size), "y": []}
+    stream = StreamConfig(
+        roles=("real",), labels=("used", "not_used"), image_size=cfg.image_size, on_error=cfg.on_error
+    )
+    batch = load_all(cfg.shards, stream)
+    want = set(keys)
+    idx = [i for i, k in enumerate(batch["key"]) if k in want]
+    return {
+        "key": [batch["key"][i] for i in idx],
+        "image": batch["image"][idx],
+        "y": [1 if batch["label"][i] == "used" else 0 for i in idx],
+    }
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def prepare_out_dir(cfg: TrainConfig, accelerator: Any) -> None:
+    """Refuse an existing model unless forced or resumed; clear the old one when starting afresh."""
+    out_dir = Path(cfg.out)
     taken = (out_dir / "model.json").exists() or (out_dir / "checkpoints").exists()
     if cfg.resume is None and taken and not cfg.force:  # checked on every rank, so all of them stop
         raise FingerprintError(
-            f"{out_dir}: holds a trained model or checkpoints (use --force to replace them, "
-            "or --resume latest to continue)"
+            f"{out_dir}: holds a trained model or checkpoints (use train.force to replace them, "
+            "or train.resume latest to continue)"
         )
     if cfg.resume is None and accelerator.is_main_process:
         for name in ("checkpoints", "best"):
@@ -512,7 +443,7 @@ def find_checkpoint(out_dir: Path, resume: str) -> Path:
         if not (p / STATE_FILE).is_file():
             raise FingerprintError(f"{p}: not a complete training checkpoint (no {STATE_FILE})")
         return p
-    root = out_dir / "checkpoints"
+    root = Path(out_dir) / "checkpoints"
     found = []
     for p in root.glob("checkpoint_*") if root.is_dir() else []:
         if (p / STATE_FILE).is_file() and p.name.split("_")[-1].isdigit():
@@ -520,279 +451,6 @@ def find_checkpoint(out_dir: Path, resume: str) -> Path:
     if not found:
         raise FingerprintError(f"{root}: no complete checkpoint to resume from")
     return max(found)[1]
-
-
-def _real_images(shards: Path, cfg: TrainConfig, keys: list[str]) -> dict:
-    """The validation images, in memory (few), with 0/1 labels."""
-    if not keys:
-        return {"key": [], "image": torch.zeros(0, 1, cfg.image_size, cfg.image_size), "y": []}
-    batch = load_all(
-        shards,
-        StreamConfig(roles=("real",), labels=("used", "not_used"), image_size=cfg.image_size, on_error=cfg.on_error),
-    )
-    want = set(keys)
-    idx = [i for i, k in enumerate(batch["key"]) if k in want]
-    return {
-        "key": [batch["key"][i] for i in idx],
-        "image": batch["image"][idx],
-        "y": [1 if batch["label"][i] == "used" else 0 for i in idx],
-    }
-
-
-def train(cfg: TrainConfig, shards: str | os.PathLike, out_dir: str | os.PathLike, *, accelerator: Any = None) -> dict:
-    """Train a relation network on a labelled dev shard folder; write the model to out_dir.
-
-    Writes out_dir/model.safetensors + model.json (config, calibration, training
-    summary, sha256), out_dir/best/ (best validation epoch so far),
-    out_dir/checkpoints/checkpoint_<n>/ (accelerate state + train_state.json)
-    and out_dir/train_log.jsonl. Returns the training summary.
-    """
-    t_start = time.time()
-    cfg.check()
-    shards, out_dir = Path(shards), Path(out_dir)
-    accelerator = _make_accelerator(cfg, out_dir, accelerator)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    set_threads(cfg.threads or max(1, (os.cpu_count() or 1) // max(1, local)))
-    seed_everything(cfg.seed)
-    _prepare_out_dir(out_dir, cfg, accelerator)
-    main = accelerator.is_main_process
-    logger = JsonlLogger(out_dir / LOG_FILE, stage="train")
-
-    # data: split, generated pool in memory, validation images in memory, queries streamed
-    keys, labels = dev_reals(shards)
-    if not keys:
-        raise FingerprintError(f"{shards}: no labelled real images (used / not_used) to train on")
-    train_keys, val_keys = split_dev(keys, labels, cfg.val_fraction, cfg.seed)
-    label_of = dict(zip(keys, labels))
-    gen = load_all(shards, StreamConfig(roles=("generated",), image_size=cfg.image_size, on_error=cfg.on_error))
-    pool_keys, pool = gen["key"], gen["image"]
-    if not pool_keys:
-        raise FingerprintError(f"{shards}: no generated images to build support sets from")
-    sampler = SupportSampler(len(pool), cfg.k, cfg.k_random, cfg.episodes, cfg.seed)
-    calib = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.bn_images]]
-    val = _real_images(shards, cfg, val_keys)
-    n_used = sum(label_of[k] == "used" for k in train_keys)
-    if min(n_used, len(train_keys) - n_used) < 1:
-        raise FingerprintError(f"{shards}: the training split needs used and not-used images")
-    per_epoch = max(1, round(len(train_keys) / (cfg.queries * world)))
-    per_epoch = math.ceil(per_epoch / cfg.grad_accum) * cfg.grad_accum
-    opt_total = per_epoch // cfg.grad_accum * cfg.epochs
-
-    # model, optimizer, schedule
-    model = build_model(cfg.model_config(), cfg.weights)
-    frozen = freeze_backbone(model, cfg.freeze)
-    if not cfg.train_embed:
-        model.embed_head.requires_grad_(False)
-    if cfg.bn == "frozen" and cfg.weights is None and any(p.requires_grad for p in model.backbones.parameters()):
-        log.warning(
-            "train: training backbone layers from random initialisation with BatchNorm statistics frozen "
-            "at their initial values is unstable; consider --bn recalibrate or --bn batch"
-        )
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
-    # the prepared scheduler steps once per process per optimizer step
-    sched_total = opt_total * world
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(sched_total, max(1, round(cfg.warmup * sched_total)) if cfg.warmup else 0)
-    )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    net: FingerprintModel = accelerator.unwrap_model(model)
-    device = accelerator.device
-    mode = cfg.support_mode()
-    if main:
-        log.info(
-            "train: %s; %d trainable; %d train / %d val real, %d generated; %d process(es), %d episodes/epoch "
-            "of %d queries x K=%d (%s supports)",
-            describe(net),
-            count_parameters(net, True),
-            len(train_keys),
-            len(val_keys),
-            len(pool),
-            world,
-            per_epoch,
-            cfg.queries,
-            cfg.k,
-            mode,
-        )
-
-    state = TrainState()
-    if cfg.resume is not None:
-        ckpt = find_checkpoint(out_dir, cfg.resume)
-        accelerator.load_state(str(ckpt))
-        state = TrainState.from_json(read_json(ckpt / STATE_FILE))
-        accelerator.project_configuration.iteration = state.checkpoint + 1
-        log.info("train: resumed from %s (epoch %d, step %d)", ckpt, state.epoch, state.step)
-
-    bank: Bank | None = None
-    bank_at = -1  # optimizer step count the bank was computed at
-    # with a frozen backbone, fixed BatchNorm statistics and a fixed embedding projection the bank never
-    # changes: compute it once
-    static_bank = cfg.bn == "frozen" and not any(
-        p.requires_grad for p in [*net.backbones.parameters(), *net.embed_head.parameters()]
-    )
-    train_seconds = 0.0
-    episodes_done = 0
-    stop_reason = "epochs"
-    last_ckpt = find_checkpoint(out_dir, "latest") if cfg.resume else None
-    for epoch in range(state.epoch, cfg.epochs):
-        if cfg.patience and state.bad_epochs >= cfg.patience:  # resumed a run that had already stopped early
-            stop_reason = "early"
-            break
-        t0 = time.time()
-        stream = make_loader(
-            shards,
-            StreamConfig(
-                roles=("real",),
-                labels=("used", "not_used"),
-                batch_size=cfg.queries,
-                image_size=cfg.image_size,
-                augment=cfg.augment,
-                num_workers=cfg.num_workers,
-                seed=cfg.seed,
-                epoch=epoch,
-                shuffle=True,
-                shuffle_buffer=4 * cfg.queries,
-                on_error=cfg.on_error,
-            ),
-            rank=rank,
-            world_size=world,
-        )
-        episodes = BalancedQueries(stream, train_keys, label_of, cfg.queries, per_epoch, where=f"rank {rank}")
-        set_train_modes(net, cfg, frozen)
-        losses = []
-        bar = tqdm(
-            episodes,
-            total=per_epoch,
-            desc=f"train epoch {epoch + 1}/{cfg.epochs}",
-            unit="ep",
-            disable=not main,
-            leave=False,
-        )
-        for i, q in enumerate(bar):
-            if bank is None or (i % cfg.refresh_every == 0 and bank_at != state.optimizer_steps and not static_bank):
-                bank = refresh_bank(accelerator, net, pool_keys, pool, calib, cfg)
-                bank_at = state.optimizer_steps
-                set_train_modes(net, cfg, frozen)
-            x = _to_device(q.image, device, channels_last=cfg.channels_last)
-            y = q.label.to(device)
-
-            def pick(q_emb: Tensor, _i: int = i) -> np.ndarray:
-                return sampler.sample(q_emb, bank, epoch=epoch, step=_i, rank=rank, n_queries=len(y))
-
-            with accelerator.accumulate(model):
-                if mode == "bank":
-                    out = model(x, support_fn=bank_support_fn(bank, pick))
-                else:
-                    q_emb = None
-                    if cfg.episodes == "nearest":
-                        with torch.no_grad(), preserved_modes(net), accelerator.autocast():
-                            net.eval()
-                            q_emb = net.encode(x, "real")[0]
-                    ids = torch.as_tensor(pick(q_emb))
-                    s = _to_device(pool[ids.reshape(-1)], device, channels_last=cfg.channels_last)
-                    out = model(x, s.reshape(*ids.shape, *s.shape[1:]))
-                loss = episode_loss(out, y, cfg.episodes)
-                mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLoss(
-                        f"epoch {epoch + 1} step {i + 1}: loss is {mean_loss}; stopped before updating the weights "
-                        f"(last good checkpoint: {last_ckpt or 'none'})"
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if accelerator.sync_gradients:
-                state.optimizer_steps += 1
-            state.step += 1
-            episodes_done += 1
-            losses.append(mean_loss)
-            lr = scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            if state.step % cfg.log_every == 0:
-                logger.log(step=state.step, epoch=epoch + 1, loss=mean_loss, lr=lr)
-        bar.close()
-        train_seconds += time.time() - t0
-
-        # validation on the current weights (its bank is reused by the next epoch's first step)
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.time() - t0}
-        result = None
-        if val["key"]:
-            if bank is None or (bank_at != state.optimizer_steps and not static_bank):
-                bank = refresh_bank(accelerator, net, pool_keys, pool, calib, cfg)
-                bank_at = state.optimizer_steps
-            result = validate(accelerator, net, val, bank, pool, cfg)
-            record.update(val_auc=result["val_auc"], val_loss=result["val_loss"])
-            better = result["val_auc"] > state.best_auc + 1e-9 or (
-                abs(result["val_auc"] - state.best_auc) <= 1e-9 and result["val_loss"] < state.best_loss
-            )
-            if better:
-                state.best_epoch, state.best_auc, state.best_loss, state.bad_epochs = (
-                    epoch + 1,
-                    result["val_auc"],
-                    result["val_loss"],
-                    0,
-                )
-                if main:
-                    save_model(net, out_dir / "best", extra={"epoch": epoch + 1, "validation": result})
-            else:
-                state.bad_epochs += 1
-        else:
-            state.best_epoch = epoch + 1
-            if main:
-                save_model(net, out_dir / "best", extra={"epoch": epoch + 1, "validation": None})
-        state.epoch = epoch + 1
-        state.history.append(record)
-        logger.log(**record)
-        if main:
-            log.info(
-                "train: epoch %d/%d loss %.4f%s (%.1fs)",
-                epoch + 1,
-                cfg.epochs,
-                record["loss"],
-                f" val_auc {record['val_auc']:.3f} val_loss {record['val_loss']:.4f}" if result else "",
-                record["seconds"],
-            )
-        accelerator.wait_for_everyone()
-        last_ckpt = save_checkpoint(accelerator, state)
-        if cfg.patience and state.bad_epochs >= cfg.patience and state.epoch < cfg.epochs:
-            stop_reason = "early"
-            if main:
-                log.info(
-                    "train: no better validation AUC for %d epochs; stopping (best epoch %d, AUC %.3f)",
-                    cfg.patience,
-                    state.best_epoch,
-                    state.best_auc,
-                )
-            break
-
-    accelerator.wait_for_everyone()
-    digest = state_digest(net)
-    summary = finish(out_dir, cfg, state, world, stop_reason, main)
-    summary.update(
-        weights_sha256=digest,
-        rank=rank,
-        mixed_precision=accelerator.mixed_precision,
-        seconds=time.time() - t_start,
-        train_seconds=train_seconds,
-        episodes_per_s=episodes_done * world / train_seconds if train_seconds else None,
-        queries_per_s=episodes_done * world * cfg.queries / train_seconds if train_seconds else None,
-    )
-    logger.log(
-        seconds=summary["seconds"],
-        episodes_per_s=summary["episodes_per_s"],
-        queries_per_s=summary["queries_per_s"],
-        epochs=state.epoch,
-        best_epoch=state.best_epoch,
-        val_auc=summary["val_auc"],
-        world_size=world,
-    )
-    accelerator.wait_for_everyone()
-    return summary
 
 
 def state_digest(model: nn.Module) -> str:
@@ -820,12 +478,9 @@ def save_checkpoint(accelerator: Any, state: TrainState) -> Path:
     return where
 
 
-def finish(out_dir: Path, cfg: TrainConfig, state: TrainState, world: int, stop_reason: str, main: bool) -> dict:
+def finish(cfg: TrainConfig, state: TrainState, world: int, stop_reason: str, main: bool) -> dict:
     """Write the final model (the best validation epoch) with its calibration; return the summary."""
-    from fingerprint.metrics import calibrate_threshold
-    from fingerprint.models import load_model
-
-    best, meta = load_model(out_dir / "best")
+    best, meta = load_model(cfg.out / "best")
     validation = meta.get("validation")
     calibration = None
     if validation:
@@ -841,7 +496,7 @@ def finish(out_dir: Path, cfg: TrainConfig, state: TrainState, world: int, stop_
             "labels": validation["labels"],
         }
     summary = {
-        "model_dir": str(out_dir),
+        "model_dir": str(cfg.out),
         "epochs": state.epoch,
         "steps": state.step,
         "optimizer_steps": state.optimizer_steps,
@@ -853,5 +508,5 @@ def finish(out_dir: Path, cfg: TrainConfig, state: TrainState, world: int, stop_
     }
     if main:
         extra = {"calibration": calibration, "train": {"config": asdict(cfg), **summary, "history": state.history}}
-        save_model(best, out_dir, extra=extra)
+        save_model(best, cfg.out, extra=extra)
     return summary

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic outputs, seeding, logging, hashing, threads.
+"""Small shared helpers: one-line user errors, atomic outputs, JSON files and logs, hashing.
 
 Every file a stage writes goes through `atomic_path`/`write_json`, so an
 interrupted stage never leaves a file that looks complete.
@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
-        raise FingerprintError(f"{path}: already exists (use --force to replace it)")
+        raise FingerprintError(f"{path}: already exists (use force to replace it)")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _remove(tmp)
     try:
@@ -130,35 +129,13 @@ class JsonlLogger:
             f.write(line + "\n")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def set_threads(n: int | None) -> None:
-    """Set torch and FAISS CPU threads explicitly (accelerate launch sets OMP_NUM_THREADS=1)."""
-    if not n:
-        n = os.cpu_count() or 1
-    import torch
-
-    torch.set_num_threads(n)
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-    except ImportError:  # faiss is a hard dependency; this only guards odd installs
-        pass
-
-
 def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -11,9 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-import fingerprint.train as train_mod
-from fingerprint.cli import train as train_cli
+from accelerate import PartialState
+
+import fingerprint.train_loop as loop_mod
+from fingerprint.cli.options import parse_config
 from fingerprint.episodes import BalancedQueries
+from fingerprint.train import TrainConfig, run_train
+from fingerprint.utils import setup_logging
 
 READ: dict[int, list[str]] = {}
 
@@ -30,19 +34,10 @@ class RecordingQueries(BalancedQueries):
 
 def main() -> None:
     shards, model_dir, report = sys.argv[1:4]
-    summaries = []
-    real_train = train_mod.train
-
-    def capture(*a, **kw):
-        summaries.append(real_train(*a, **kw))
-        return summaries[-1]
-
-    train_mod.BalancedQueries = RecordingQueries
-    train_mod.train = capture  # what `fingerprint train` (cli.train.run) calls
-    rc = train_cli.main(["--shards", shards, "--out", model_dir, *sys.argv[4:]])
-    if rc:
-        sys.exit(rc)
-    from accelerate import PartialState
+    setup_logging()
+    loop_mod.BalancedQueries = RecordingQueries  # what train_one_epoch re-batches the query stream with
+    cfg = parse_config("train", TrainConfig, ["--shards", shards, "--out", model_dir, *sys.argv[4:]])
+    summaries = [run_train(cfg)]
 
     st = PartialState()
     rec = {

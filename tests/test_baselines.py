@@ -8,9 +8,10 @@ from scipy.signal import convolve2d
 
 from fingerprint import baselines as bl
 from fingerprint.cli import score as score_cli
-from fingerprint.embed import Features
-from fingerprint.models import ModelConfig, build_model
-from fingerprint.score import read_scores, read_score_meta
+from fingerprint.features import Features
+from fingerprint.model_io import build_model
+from fingerprint.models import ModelConfig
+from fingerprint.scorefiles import read_score_meta, read_scores
 from fingerprint.shards import pack
 from fingerprint.utils import FingerprintError
 
@@ -74,7 +75,7 @@ def test_dcr_ranks_near_copy_first():
     assert score[copies.numpy()].min() > score[others].max()  # closer = higher
     d = torch.cdist(real.reshape(len(real), -1).double(), gen.reshape(len(gen), -1).double())
     np.testing.assert_allclose(score, -d.min(dim=1).values.numpy(), rtol=1e-4)
-    with pytest.raises(FingerprintError, match="same --pixel-size"):
+    with pytest.raises(FingerprintError, match="score.pixel_size must be the same"):
         bl.dcr(real, torch.rand(3, 1, 8, 8))
 
 

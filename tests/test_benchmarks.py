@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -178,8 +179,6 @@ def test_write_dev_folder_layout(tmp_path):
     paths = common.write_dev_folder(tmp_path, n_generated=3, n_used=1, n_not_used=2, size=32, seed=1, unique=2)
     assert [p.name for p in paths["generated"]] == ["generated_0001.png", "generated_0002.png", "generated_0003.png"]
     assert len(paths["used"]) == 1 and len(paths["not_used"]) == 2
-    from PIL import Image
-
     with Image.open(paths["generated"][2]) as img:
         assert img.size == (32, 32) and img.mode == "L"
     # cycled: the third generated image repeats the first rendered one

@@ -14,8 +14,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, s
 from fingerprint import cluster
 from fingerprint.cli import cluster as cli_cluster
 from fingerprint.cluster import ClusterConfig
-from fingerprint.embed import Features
-from fingerprint.score import read_scores
+from fingerprint.features import Features
+from fingerprint.scorefiles import read_scores
 from fingerprint.utils import FingerprintError
 
 
@@ -105,7 +105,7 @@ def test_max_generated_subsamples_and_real_only():
     assert c.metrics["n_generated"] == 10 and c.n_generated_total == 40
     c2 = cluster.cluster_split(feats, ClusterConfig(n_clusters=3, max_generated=10, seed=5))
     assert list(c.keys) == list(c2.keys)
-    res = cluster.analyse(feats, None, ClusterConfig(n_clusters=3, include_generated=False, n_boot=0))
+    res = cluster.analyse(feats, None, ClusterConfig(n_clusters=3, real_only=True, n_boot=0))
     assert (
         "scorer" not in res and res["dev"]["metrics"]["n_generated"] == 0 and res["dev"]["metrics"]["ari_role"] is None
     )
@@ -113,7 +113,7 @@ def test_max_generated_subsamples_and_real_only():
 
 def test_clear_errors(tmp_path, capsys):
     with pytest.raises(FingerprintError, match="ward linkage is defined for euclidean"):
-        ClusterConfig(method="ward", metric="cosine").check()
+        ClusterConfig(method="ward", metric="cosine")
     with pytest.raises(FingerprintError, match="must be below"):
         cluster.cluster_split(blobs(n_used=2, n_not=2, n_gen=2), ClusterConfig(n_clusters=8))
     blobs().save(tmp_path / "dev.npz")

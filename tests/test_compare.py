@@ -1,4 +1,4 @@
-"""Comparators: CV finds a planted signal and not noise, outputs are complete and reproducible, tampered models are refused."""
+"""The compare stage: CV finds a planted signal and not noise, outputs are complete and reproducible, clear errors."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from fingerprint import compare
+from fingerprint import comparators, compare, compare_features
 from fingerprint.cli import compare as cli_compare
-from fingerprint.compare import CompareConfig, SplitData
-from fingerprint.embed import Features
+from fingerprint.compare import CompareConfig
+from fingerprint.compare_features import SplitData
+from fingerprint.features import Features
 from fingerprint.runfile import validate
-from fingerprint.score import read_scores, write_scores
+from fingerprint.scorefiles import read_scores
 from fingerprint.utils import FingerprintError
 
 FAST = ("logreg", "svm_rbf", "knn")
@@ -60,20 +61,11 @@ def test_cv_finds_planted_signal():
 def test_cv_on_noise_stays_at_chance():
     cfg = CompareConfig(features=("embedding", "profile"), folds=2, repeats=2, top_k=4, n_boot=40)
     res = compare.run_comparators(make_features(n_real=100, signal=False, seed=1), None, cfg)
-    assert set(res["cv"]) == {f"cmp_{c}" for c in compare.COMPARATORS}
+    assert set(res["cv"]) == {f"cmp_{c}" for c in comparators.COMPARATORS}
     for name, d in res["cv"].items():
         auc = d["roc_auc"]
         assert auc["value"] < 0.65 or auc["ci_low"] <= 0.5 <= auc["ci_high"], (name, auc)
     assert np.mean([d["roc_auc"]["value"] for d in res["cv"].values()]) < 0.6
-
-
-def test_profile_features_are_sorted_top_k_cosines():
-    feats = make_features(n_real=10, n_gen=12)
-    real = feats.select(role="real").embeddings
-    gen = feats.select(role="generated").embeddings
-    prof = compare.profile_features(real, gen, 5)
-    exact = -np.sort(-(real @ gen.T), axis=1)[:, :5]
-    np.testing.assert_allclose(prof, exact, atol=1e-5)
 
 
 def test_outputs_are_complete_reproducible_and_refused_without_force(tmp_path):
@@ -89,10 +81,10 @@ def test_outputs_are_complete_reproducible_and_refused_without_force(tmp_path):
         thr = res["thresholds"][name]
         assert np.array_equal(table.labels, (table.scores >= thr).astype(int))
         assert json.loads((tmp_path / "scores" / f"{name}.json").read_text())["threshold"] == thr
-        pipe, meta = compare.load_comparator(tmp_path / "compare" / "models" / f"{name}.joblib")
-        fm = compare.build_features(SplitData(test), cfg.features, top_k=cfg.top_k)
+        pipe, meta = comparators.load_comparator(tmp_path / "compare" / "models" / f"{name}.joblib")
+        fm = compare_features.build_features(SplitData(test), cfg.features, top_k=cfg.top_k)
         order = np.argsort(fm.keys)
-        np.testing.assert_allclose(compare.decision_scores(pipe, fm.X)[order], table.scores[np.argsort(table.keys)])
+        np.testing.assert_allclose(comparators.decision_scores(pipe, fm.X)[order], table.scores[np.argsort(table.keys)])
         assert meta["threshold"] == thr
     assert validate(tmp_path / "compare" / "run.csv", ids=test_real) == []
     saved = json.loads((tmp_path / "compare" / "cv.json").read_text())
@@ -110,29 +102,10 @@ def test_outputs_are_complete_reproducible_and_refused_without_force(tmp_path):
     assert not (tmp_path / "scores" / "cmp_knn.csv").exists()  # stale output of the earlier run removed
 
 
-def test_tampered_or_unverified_model_is_refused(tmp_path):
-    pipe = compare.make_model("logreg", seed=0, n_train=20)
-    X = np.random.default_rng(0).normal(size=(20, 3))
-    pipe.fit(X, np.arange(20) % 2)
-    path = compare.save_comparator(pipe, tmp_path / "m.joblib", {"name": "cmp_logreg"})
-    loaded, meta = compare.load_comparator(path)
-    np.testing.assert_allclose(loaded.predict_proba(X), pipe.predict_proba(X))
-    assert meta["name"] == "cmp_logreg" and len(meta["sha256"]) == 64
-
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(FingerprintError, match="does not match"):
-        compare.load_comparator(path)
-    (tmp_path / "m.joblib.json").unlink()
-    with pytest.raises(FingerprintError, match="refusing"):
-        compare.load_comparator(path)
-
-
 def test_seed_pairs_mode_votes_per_real_image(tmp_path):
-    plan = compare.pair_plan(6, 10, 30, seed=0)
+    plan = comparators.pair_plan(6, 10, 30, seed=0)
     assert plan.shape == (6, 5) and all(len(set(r)) == 5 for r in plan)
-    assert np.array_equal(plan, compare.pair_plan(6, 10, 30, seed=0))
+    assert np.array_equal(plan, comparators.pair_plan(6, 10, 30, seed=0))
 
     # the real half of each pair carries the label: the pair SVM must find it
     dev, test = make_features(), make_features(n_real=20, seed=1, prefix="t")
@@ -148,41 +121,16 @@ def test_seed_pairs_mode_votes_per_real_image(tmp_path):
     assert len(table.keys) == 20 and ((table.scores >= 0) & (table.scores <= 1)).all()
 
 
-def test_relation_and_baseline_feature_sets(tmp_path):
-    feats = make_features(n_real=8, n_gen=6)
-    real = feats.select(role="real").keys
-    rng = np.random.default_rng(0)
-    pair = rng.random((8, 3)).astype(np.float32)
-    np.savez(
-        tmp_path / "neighbours.npz",
-        keys=real,
-        neighbour_keys=np.full((8, 3), "g"),
-        neighbour_sims=pair,
-        pair_scores=pair,
-    )
-    base = rng.normal(size=8)
-    write_scores(tmp_path / "dcr.csv", list(real), base, (base > 0).astype(int))
-    path = feats.save(tmp_path / "f.npz")
-    split = compare.load_split(path, scores_dir=tmp_path, feature_sets=("relation", "baselines"), baselines=("dcr",))
-    fm = compare.build_features(split, ("relation", "baselines"), top_k=2, baselines=("dcr",))
-    assert fm.columns == ["relation_0", "relation_1", "relation_2", "baseline_dcr"]
-    np.testing.assert_allclose(fm.X[:, :3], -np.sort(-pair, axis=1), rtol=1e-6)
-    np.testing.assert_allclose(fm.X[:, 3], base, rtol=1e-6)
-    np.savez(tmp_path / "neighbours.npz", keys=real[:5], pair_scores=pair[:5])
-    short = compare.load_split(path, scores_dir=tmp_path, feature_sets=("relation",))
-    with pytest.raises(FingerprintError, match="lacks 3 real image"):
-        compare.build_features(short, ("relation",), top_k=2)
-
-
 def test_bad_options_give_clear_errors():
     feats = make_features(n_real=6, n_gen=3)
-    with pytest.raises(FingerprintError, match="unknown feature set"):
-        CompareConfig(features=("pixels",)).check()
-    with pytest.raises(FingerprintError, match="unknown comparator"):
-        CompareConfig(comparators=("xgboost",)).check()
+    with pytest.raises(FingerprintError, match="compare.features unknown feature set"):
+        CompareConfig(features=("pixels",))
+    with pytest.raises(FingerprintError, match="compare.comparators unknown comparator"):
+        CompareConfig(comparators=("xgboost",))
+    assert CompareConfig(features=("all",), comparators=("all",)).features == compare_features.FEATURE_SETS
     with pytest.raises(FingerprintError, match="need >= 5 of each"):
         compare.run_comparators(feats, None, CompareConfig(features=("embedding",), comparators=("logreg",)))
-    with pytest.raises(FingerprintError, match="lower --top-k"):
+    with pytest.raises(FingerprintError, match="lower compare.top_k"):
         compare.run_comparators(feats, None, CompareConfig(top_k=16, folds=2))
 
 

@@ -1,22 +1,25 @@
-"""Feature export: Features files, embed_shards on tiny shards, bf16 path, and the 2-process launch."""
+"""Feature export: embed_shards on tiny shards, the embed stage, bf16 path, and the 2-process launch."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
 from fingerprint.cli import embed as embed_cli
-from fingerprint.embed import Features, embed_shards, merge
-from fingerprint.models import ModelConfig, build_model, save_model
+from fingerprint.embed import EmbedConfig, embed_shards, run_embed
+from fingerprint.features import Features
+from fingerprint.model_io import build_model, save_model
+from fingerprint.models import ModelConfig
 from fingerprint.shards import pack
 from fingerprint.stream import StreamConfig, load_all
 from fingerprint.utils import FingerprintError
+from launch import TWO_CPU_PROCESSES, cpu_env
 
 SIZE = 32
 
@@ -58,37 +61,11 @@ def model():
 
 @pytest.fixture
 def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-
-
-def test_features_roundtrip_select_merge(tmp_path):
-    f = Features(
-        ["b", "a"], ["real", "generated"], ["used", "unknown"], np.eye(2, 3), np.ones((2, 4, 2, 2)), {"image_size": 32}
-    )
-    path = f.save(tmp_path / "f.npz")
-    with np.load(path, allow_pickle=False) as z:
-        assert set(z.files) == {"keys", "roles", "labels", "embeddings", "fmaps", "meta"}
-    g = Features.load(path)
-    assert g.keys.tolist() == ["b", "a"] and g.fmaps.dtype == np.float16 and g.meta == {"image_size": 32}
-    assert Features.load(path, fmaps=False).fmaps is None
-    assert g.select(role="real").keys.tolist() == ["b"]
-    assert g.select(label=("used", "unknown")).keys.tolist() == ["b", "a"]
-    assert g.rows_of(["a"]).tolist() == [1]
-    merged, dupes = merge([g, g.take([1])])
-    assert merged.keys.tolist() == ["a", "b"] and dupes == 1
-    with pytest.raises(FingerprintError, match="not in the features"):
-        g.rows_of(["zz"])
-    with pytest.raises(FingerprintError, match="keys"):
-        Features(["a"], ["real", "real"], ["used"], np.zeros((1, 2)))
-    (tmp_path / "bad.npz").write_bytes(b"nope")
-    with pytest.raises(FingerprintError, match="cannot read features"):
-        Features.load(tmp_path / "bad.npz")
 
 
 def test_embed_shards_matches_direct_encode(shards, model):
@@ -112,8 +89,6 @@ def test_embed_shards_matches_direct_encode(shards, model):
 
 
 def test_embed_bf16_autocast_runs_on_cpu(shards, model, fresh_accelerate):
-    from accelerate import Accelerator
-
     ref = embed_shards(model, shards, batch_size=16)
     acc = Accelerator(cpu=True, mixed_precision="bf16")
     feats = embed_shards(model, shards, batch_size=16, fmaps=True, accelerator=acc)
@@ -156,20 +131,9 @@ def test_two_processes_give_the_same_features(shards, model, tmp_path, fresh_acc
     save_model(model, tmp_path / "model", extra={})
     common = ["--model", str(tmp_path / "model"), "--shards", str(shards), "--batch-size", "3", "--fmaps"]
     assert embed_cli.main([*common, "--out", str(tmp_path / "one.npz")]) == 0
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launcher = Path(sys.executable).with_name("accelerate")
+    env = cpu_env()
     cmd = [
-        str(launcher),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_CPU_PROCESSES,
         "-m",
         "fingerprint",
         "embed",
@@ -191,3 +155,16 @@ def test_two_processes_give_the_same_features(shards, model, tmp_path, fresh_acc
     assert two.roles.tolist() == one.roles.tolist() and two.labels.tolist() == one.labels.tolist()
     np.testing.assert_allclose(two.embeddings, one.embeddings, atol=1e-5)
     np.testing.assert_allclose(two.fmaps.astype(np.float32), one.fmaps.astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_run_embed_library_entry(shards, model, tmp_path, fresh_accelerate):
+    save_model(model, tmp_path / "model", extra={})
+    cfg = EmbedConfig(model=tmp_path / "model", shards=shards, out=tmp_path / "f.npz", fmaps=True, batch_size=5)
+    stats = run_embed(cfg)
+    assert stats["images"] == 16 and stats["world_size"] == 1
+    feats = Features.load(cfg.out)
+    assert feats.fmaps is not None and feats.meta["shards"] == str(shards) and feats.meta["fmaps"] is True
+    with pytest.raises(FingerprintError, match=r"f.npz: already exists \(use embed.force"):
+        run_embed(cfg)
+    with pytest.raises(FingerprintError, match=r"embed.batch_size must be >= 1, got 0"):
+        EmbedConfig(model=tmp_path / "model", shards=shards, out=tmp_path / "g.npz", batch_size=0)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from fingerprint import shards
 from fingerprint.episodes import (
-    Bank,
     BalancedQueries,
+    Bank,
     SupportSampler,
     bank_support_fn,
     dev_reals,

@@ -7,7 +7,7 @@ import pytest
 
 from fingerprint import index as fx
 from fingerprint.cli import index as index_cli
-from fingerprint.embed import Features
+from fingerprint.features import Features
 from fingerprint.utils import FingerprintError
 
 
@@ -123,3 +123,34 @@ def test_index_command(tmp_path):
     assert index_cli.main(argv) == 2  # exists
     assert index_cli.main([*argv, "--force", "--index-factory", "Flat"]) == 0
     assert fx.read_index_meta(out)["recall"]["value"] == 1.0
+
+
+def test_approximate_index_gaps_are_filled_exactly():
+    # two tight clusters of 40; IVF2 probing 1 list finds only 40 of the 50 asked for
+    rng = np.random.default_rng(0)
+    centres = np.eye(8, dtype=np.float32)[:2]
+    gen = np.concatenate([c + 0.01 * rng.standard_normal((40, 8)) for c in centres]).astype(np.float32)
+    real = centres + 0.01 * rng.standard_normal((2, 8)).astype(np.float32)
+    ivf = fx.build_index(gen, "IVF2,Flat", nprobe=1)
+    assert (fx.search(ivf, real, 50)[1] < 0).any()
+    sims, rows = fx.neighbours(real, gen, ivf, k=50)
+    want_sims, want_rows = fx.exact_search(gen, real, 50)
+    assert (rows == want_rows).all()
+    np.testing.assert_allclose(sims, want_sims)
+
+
+def test_run_index_library_entry(tmp_path):
+    emb = unit(50, 8, 3)
+    keys = [f"generated_{i:04d}" for i in range(40)] + [f"used_{i:04d}" for i in range(10)]
+    Features(keys, ["generated"] * 40 + ["real"] * 10, ["unknown"] * 40 + ["used"] * 10, emb).save(tmp_path / "f.npz")
+    meta = fx.run_index(fx.IndexConfig(features=tmp_path / "f.npz", out=tmp_path / "i.faiss", recall_k=64))
+    assert meta["factory"] == "Flat" and meta["recall"] == {"k": 40, "queries": 0, "value": 1.0, "exact": True}
+    index, saved = fx.load_index(tmp_path / "i.faiss")
+    assert saved == keys[:40] and index.ntotal == 40
+    with pytest.raises(FingerprintError, match=r"i.faiss: already exists \(use index.force"):
+        fx.run_index(fx.IndexConfig(features=tmp_path / "f.npz", out=tmp_path / "i.faiss"))
+    with pytest.raises(FingerprintError, match=r"index.recall_k must be >= 1"):
+        fx.IndexConfig(features=tmp_path / "f.npz", out=tmp_path / "j.faiss", recall_k=0)
+    Features(keys[40:], ["real"] * 10, ["used"] * 10, emb[40:]).save(tmp_path / "real.npz")
+    with pytest.raises(FingerprintError, match="no generated images to index"):
+        fx.run_index(fx.IndexConfig(features=tmp_path / "real.npz", out=tmp_path / "k.faiss"))

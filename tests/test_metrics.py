@@ -1,13 +1,10 @@
-"""Metrics on fixed vectors against hand-computed values; bootstrap, calibration, truth files, evaluate CLI."""
-
-import json
+"""Metrics on fixed vectors against hand-computed values; ROC-AUC, bootstrap, calibration, truth files."""
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from fingerprint import metrics
-from fingerprint.cli import evaluate as evaluate_cli
-from fingerprint.score import write_scores
 from fingerprint.utils import FingerprintError
 
 # tp=3 fn=1 fp=1 tn=3
@@ -120,36 +117,9 @@ def test_read_truth_and_align(tmp_path):
         metrics.read_truth(p)
 
 
-def _truth(tmp_path):
-    t = tmp_path / "truth.csv"
-    t.write_text("figure_id,label\n" + "".join(f"k{i},{int(y)}\n" for i, y in enumerate(Y)))
-    return t
-
-
-def test_evaluate_cli(tmp_path, capsys):
-    t = _truth(tmp_path)
-    keys = [f"k{i}" for i in range(8)]
-    write_scores(tmp_path / "good.csv", keys, S, P, meta={"threshold": 0.65})
-    (tmp_path / "run.csv").write_text("".join(f"{k},{p}\n" for k, p in zip(keys, P)))
-    out = tmp_path / "m.json"
-    rc = evaluate_cli.main(
-        [str(tmp_path / "good.csv"), str(tmp_path / "run.csv"), "--truth", str(t), "--out", str(out), "--n-boot", "50"]
-    )
-    assert rc == 0
-    table = capsys.readouterr().out
-    assert "good" in table and "run" in table
-    res = json.loads(out.read_text())
-    assert res["scorers"]["good"]["roc_auc"]["value"] == pytest.approx(14 / 16)
-    assert res["scorers"]["good"]["threshold"] == 0.65
-    assert res["scorers"]["run"]["roc_auc"]["value"] is None
-    assert res["scorers"]["run"]["f1"]["value"] == pytest.approx(0.75)
-    # the output exists: refused without --force
-    assert evaluate_cli.main([str(tmp_path / "good.csv"), "--truth", str(t), "--out", str(out)]) == 2
-
-
-def test_evaluate_cli_missing_key(tmp_path, capsys):
-    t = _truth(tmp_path)
-    write_scores(tmp_path / "s.csv", [f"x{i}" for i in range(8)], S, P)
-    assert evaluate_cli.main([str(tmp_path / "s.csv"), "--truth", str(t)]) == 2
-    err = capsys.readouterr().err
-    assert "not in" in err and err.count("\n") == 1
+def test_roc_auc_is_the_one_definition():
+    assert metrics.roc_auc(Y, S) == pytest.approx(14 / 16) == roc_auc_score(Y, S)
+    assert metrics.roc_auc(Y, S) == metrics.evaluate(Y, S, P, n_boot=0)["roc_auc"]["value"]
+    assert np.isnan(metrics.roc_auc(np.ones(4), np.arange(4.0)))
+    fpr, tpr = metrics.roc_points(Y, S)
+    assert fpr[0] == 0 and tpr[-1] == 1 and len(fpr) == len(tpr)

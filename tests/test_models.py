@@ -1,22 +1,13 @@
-"""Relation network: shapes, unit norm, pooling, seed configuration, weights files, artifacts, precision."""
+"""Relation network: shapes, unit norm, pooling, seed configuration, precision, preserved train/eval modes."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-import torchvision
+from torch import nn
 
-from fingerprint.models import (
-    FingerprintModel,
-    ModelConfig,
-    build_model,
-    count_parameters,
-    load_model,
-    save_model,
-    seed_config,
-)
+from fingerprint.model_io import build_model
+from fingerprint.models import FingerprintModel, ModelConfig, count_parameters, preserved_modes, seed_config
 from fingerprint.utils import FingerprintError
 
 SMALL = dict(image_size=32)
@@ -141,53 +132,10 @@ def test_bad_config_is_a_clear_error():
         ModelConfig(pool="median")
 
 
-def test_weights_file_is_loaded_with_conv1_summed(tmp_path):
-    ref = torchvision.models.resnet18(weights=None)
-    path = tmp_path / "r18.pth"
-    torch.save(ref.state_dict(), path)
-    m = build_model(ModelConfig(**SMALL, shared=False), weights=str(path))
-    for bb in m.backbones.values():
-        torch.testing.assert_close(bb.conv1.weight, ref.conv1.weight.sum(dim=1, keepdim=True))
-        torch.testing.assert_close(bb.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
-
-
-def test_weights_file_missing_or_unfit(tmp_path):
-    with pytest.raises(FingerprintError, match="weights file not found") as e:
-        build_model(ModelConfig(**SMALL), weights=str(tmp_path / "nope.pth"))
-    assert "nope.pth" in str(e.value) and "\n" not in str(e.value)
-    r34 = tmp_path / "r34.pth"
-    torch.save(torchvision.models.resnet34(weights=None).state_dict(), r34)
-    with pytest.raises(FingerprintError, match="do not fit resnet18.*unexpected keys"):
-        build_model(ModelConfig(**SMALL), weights=str(r34))
-    wide = torchvision.models.resnet18(weights=None).state_dict()
-    wide["layer1.0.conv1.weight"] = torch.zeros(64, 64, 5, 5)
-    torch.save({"state_dict": wide}, tmp_path / "wide.pth")
-    with pytest.raises(FingerprintError, match=r"1 shape mismatches \(e.g. layer1.0.conv1.weight"):
-        build_model(ModelConfig(**SMALL), weights=str(tmp_path / "wide.pth"))
-    junk = tmp_path / "junk.pth"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(FingerprintError, match="cannot read weights"):
-        build_model(ModelConfig(**SMALL), weights=str(junk))
-
-
-def test_save_and_load_roundtrip_with_hash(tmp_path):
-    m = tiny(pool="attention", embed_dim=8)
-    save_model(m, tmp_path / "m", extra={"calibration": {"threshold": 0.4, "rule": "max_f1"}})
-    meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert meta["config"]["pool"] == "attention" and len(meta["sha256"]) == 64
-    loaded, meta2 = load_model(tmp_path / "m")
-    assert meta2["calibration"]["threshold"] == 0.4 and not loaded.training
-    x, s = torch.rand(2, 1, 32, 32), torch.rand(2, 2, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x, s)["logit"], m(x, s)["logit"])
-    with pytest.raises(ValueError, match="reserved"):
-        save_model(m, tmp_path / "m2", extra={"sha256": "x"})
-    # a changed weights file is refused
-    w = tmp_path / "m" / "model.safetensors"
-    data = bytearray(w.read_bytes())
-    data[-1] ^= 1
-    w.write_bytes(bytes(data))
-    with pytest.raises(FingerprintError, match="does not match model.json"):
-        load_model(tmp_path / "m")
-    with pytest.raises(FingerprintError, match="not found"):
-        load_model(tmp_path / "elsewhere")
+def test_preserved_modes_restores_every_flag():
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    net.train()
+    net[1].eval()
+    with preserved_modes(net):
+        net.eval()
+    assert net.training and net[0].training and not net[1].training

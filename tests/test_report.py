@@ -1,4 +1,4 @@
-"""Report: renders a self-contained HTML + Markdown from a tiny hand-built run folder, degrades to notes, is reproducible."""
+"""Report: a self-contained HTML + Markdown from a tiny hand-built run folder; degrades to notes; reproducible."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from PIL import Image
 
 from fingerprint import cluster, compare
 from fingerprint.cli import report as cli_report
-from fingerprint.embed import Features
+from fingerprint.features import Features
 from fingerprint.metrics import evaluate
-from fingerprint.report import build_report
-from fingerprint.score import write_scores
+from fingerprint.report import ReportConfig, build_report
+from fingerprint.scorefiles import read_scores, write_scores
 from fingerprint.shards import pack
 from fingerprint.utils import FingerprintError, write_json
 
@@ -166,8 +166,6 @@ def run_dir(tmp_path_factory) -> Path:
 
     scorers = {}
     for name in ("relation", "emb_nn", "cluster", "cmp_logreg"):
-        from fingerprint.score import read_scores
-
         t = read_scores(run / "scores" / f"{name}.csv")
         scorers[name] = evaluate([truth[k] for k in t.keys], t.scores, t.labels, n_boot=20, seed=0)
     write_json(run / "metrics.json", {"split": "test", "scorers": scorers, "dev": cmp["cv"]})
@@ -182,7 +180,9 @@ def _page(path: Path) -> Page:
 
 
 def test_full_report_is_self_contained(run_dir, tmp_path):
-    html_path, md_path = build_report(run_dir, out_dir=tmp_path, top_n=2, strip_k=K, samples_per_group=2)
+    html_path, md_path = build_report(
+        ReportConfig(run_dir=run_dir, out_dir=tmp_path, top_n=2, strip_k=K, samples_per_group=2)
+    )
     text = html_path.read_text()
     assert "http://" not in text and "https://" not in text
     page = _page(html_path)
@@ -211,12 +211,20 @@ def test_full_report_is_self_contained(run_dir, tmp_path):
 
 
 def test_report_is_reproducible_and_refuses_to_overwrite(run_dir, tmp_path):
-    a = build_report(run_dir, out_dir=tmp_path / "a", samples_per_group=1, top_n=1, strip_k=2, seed=3)
-    b = build_report(run_dir, out_dir=tmp_path / "b", samples_per_group=1, top_n=1, strip_k=2, seed=3)
+    a = build_report(
+        ReportConfig(run_dir=run_dir, out_dir=tmp_path / "a", samples_per_group=1, top_n=1, strip_k=2, seed=3)
+    )
+    b = build_report(
+        ReportConfig(run_dir=run_dir, out_dir=tmp_path / "b", samples_per_group=1, top_n=1, strip_k=2, seed=3)
+    )
     assert a[0].read_bytes() == b[0].read_bytes() and a[1].read_bytes() == b[1].read_bytes()
     with pytest.raises(FingerprintError, match="already exists"):
-        build_report(run_dir, out_dir=tmp_path / "a")
-    build_report(run_dir, out_dir=tmp_path / "a", samples_per_group=1, top_n=1, strip_k=2, seed=3, force=True)
+        build_report(ReportConfig(run_dir=run_dir, out_dir=tmp_path / "a"))
+    build_report(
+        ReportConfig(
+            run_dir=run_dir, out_dir=tmp_path / "a", samples_per_group=1, top_n=1, strip_k=2, seed=3, force=True
+        )
+    )
 
 
 def test_missing_parts_become_notes(run_dir, tmp_path):
@@ -225,7 +233,7 @@ def test_missing_parts_become_notes(run_dir, tmp_path):
     for name in ("relation.csv", "relation.json", "emb_nn.csv", "neighbours.npz"):
         (bare / "scores" / name).write_bytes((run_dir / "scores" / name).read_bytes())
     (bare / "scores" / "broken.csv").write_text("key,score\nx,1\n")
-    html_path, md_path = build_report(bare)
+    html_path, md_path = build_report(ReportConfig(run_dir=bare))
     page = _page(html_path)
     body = " ".join(page.text)
     assert page.notes >= 6

@@ -1,4 +1,4 @@
-"""Score files, relation scoring over retrieved neighbours, calibration and the score command."""
+"""The score stage: registered scorers' inputs, the threshold policy, outputs, and the score command."""
 
 import json
 
@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from fingerprint import score as sc
+from fingerprint import scorefiles as sc
 from fingerprint.cli import score as score_cli
-from fingerprint.embed import Features
-from fingerprint.index import build_index, save_index
-from fingerprint.models import ModelConfig, build_model, load_model, save_model
+from fingerprint.features import Features
+from fingerprint.model_io import build_model, load_model, save_model
+from fingerprint.models import ModelConfig
 from fingerprint.runfile import validate
+from fingerprint.score import ScoreConfig, run_score
 from fingerprint.utils import FingerprintError
 
 SIZE = 32
@@ -43,90 +44,6 @@ def features_of(model, n_real=6, n_gen=20, seed=0, sha=None) -> Features:
         torch.cat([rf, gf]).numpy(),
         {"model_sha256": sha} if sha else {},
     )
-
-
-def test_score_file_roundtrip_and_errors(tmp_path):
-    p = sc.write_scores(tmp_path / "s.csv", ["a", "b"], [0.1, 1 / 3], [0, 1], meta={"threshold": 0.2})
-    t = sc.read_scores(p)
-    keys, scores, labels = t
-    assert keys == ["a", "b"] and scores[1] == 1 / 3 and labels.tolist() == [0, 1]
-    assert sc.read_score_meta(p) == {"threshold": 0.2}
-    assert p.read_text().splitlines()[0] == "key,score,label"
-    for text, msg in [
-        ("key,score\n", "header"),
-        ("key,score,label\na,x,1\n", "line 2: score"),
-        ("key,score,label\na,0.1,2\n", "line 2: label"),
-        ("key,score,label\na,1,1\na,2,0\n", "line 3: key"),
-        ("key,score,label\na,nan,1\n", "not finite"),
-        ("key,score,label\n", "no rows"),
-    ]:
-        p.write_text(text)
-        with pytest.raises(FingerprintError, match=msg):
-            sc.read_scores(p)
-    with pytest.raises(FingerprintError, match="labels must be 0 or 1"):
-        sc.write_scores(tmp_path / "t.csv", ["a"], [0.5], [2])
-    assert not (tmp_path / "t.csv").exists()
-
-
-def test_relation_scores_equal_bruteforce(model):
-    f = features_of(model)
-    real, gen = f.select(role="real"), f.select(role="generated")
-    k = 5
-    res = sc.relation_scores(model, real, gen, k=k, batch_size=4)
-    assert res.keys == real.keys.tolist()
-    sims = real.embeddings @ gen.embeddings.T
-    rows = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    assert (res.neighbour_keys == gen.keys[rows]).all()
-    with torch.no_grad():
-        q = torch.from_numpy(real.fmaps.astype(np.float32))
-        s = torch.from_numpy(gen.fmaps.astype(np.float32)[rows])
-        logits = model.relate(q, s)
-        want = torch.sigmoid(model.pool(logits)).numpy()
-    np.testing.assert_allclose(res.score, want, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(res.pair_scores, torch.sigmoid(logits).numpy(), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(res.components["nn_sim"], sims.max(axis=1), atol=1e-5)
-    np.testing.assert_allclose(res.components["mean_topk_sim"], np.sort(sims, axis=1)[:, -k:].mean(axis=1), atol=1e-5)
-    assert (res.score > 0).all() and (res.score < 1).all()
-
-
-def test_saved_index_in_another_order_and_approximate_fill(model, tmp_path):
-    f = features_of(model, n_gen=80)
-    real, gen = f.select(role="real"), f.select(role="generated")
-    ref = sc.relation_scores(model, real, gen, k=4)
-    perm = np.random.default_rng(0).permutation(len(gen))
-    save_index(build_index(gen.embeddings[perm]), tmp_path / "g.faiss", gen.keys[perm].tolist())
-    from fingerprint.index import load_index
-
-    idx, keys = load_index(tmp_path / "g.faiss")
-    res = sc.relation_scores(model, real, gen, idx, k=4, index_keys=keys)
-    assert (res.neighbour_keys == ref.neighbour_keys).all()
-    np.testing.assert_allclose(res.score, ref.score, rtol=1e-6)
-    with pytest.raises(FingerprintError, match="not among the generated"):
-        sc.relation_scores(model, real, gen, idx, k=4, index_keys=[k + "x" for k in keys])
-
-
-def test_approximate_index_gaps_are_filled_exactly():
-    # two tight clusters of 40; IVF2 probing 1 list finds only 40 of the 50 asked for
-    rng = np.random.default_rng(0)
-    centres = np.eye(8, dtype=np.float32)[:2]
-    gen = np.concatenate([c + 0.01 * rng.standard_normal((40, 8)) for c in centres]).astype(np.float32)
-    real = centres + 0.01 * rng.standard_normal((2, 8)).astype(np.float32)
-    ivf = build_index(gen, "IVF2,Flat", nprobe=1)
-    from fingerprint.index import exact_search, search
-
-    assert (search(ivf, real, 50)[1] < 0).any()
-    sims, rows = sc.neighbours(real, gen, ivf, k=50)
-    want_sims, want_rows = exact_search(gen, real, 50)
-    assert (rows == want_rows).all()
-    np.testing.assert_allclose(sims, want_sims)
-
-
-def test_relation_needs_fmaps(model):
-    f = features_of(model)
-    real = f.select(role="real")
-    real.fmaps = None
-    with pytest.raises(FingerprintError, match="--fmaps"):
-        sc.relation_scores(model, real, f.select(role="generated"))
 
 
 def _model_dir(model, tmp_path):
@@ -211,3 +128,30 @@ def test_score_command_errors(model, tmp_path, capsys):
         == 0
     )
     assert sorted(sc.read_scores(out).keys) == sorted(test.select(role="real").keys.tolist())
+
+
+def test_threshold_policy_and_outputs(model, tmp_path):
+    """Given > calibrated on dev > stored with the model > the scorer's default; neighbours for relation only."""
+    mdir, sha = _model_dir(model, tmp_path)
+    features_of(model, seed=1, sha=sha).save(tmp_path / "dev.npz")
+    features_of(model, seed=2, sha=sha).save(tmp_path / "test.npz")
+    common = {"features": tmp_path / "test.npz", "model": mdir, "k": 3, "force": True}
+    out = tmp_path / "s" / "relation.csv"
+    rec = run_score(ScoreConfig(out=out, **common))
+    assert rec["threshold"] == 0.5 and rec["threshold_from"].startswith("0.5")  # no calibration anywhere yet
+    given = 0.1 + 0.2  # a float passes exactly
+    assert run_score(ScoreConfig(out=out, threshold=given, **common))["threshold"] == given
+    assert sc.read_score_meta(out)["threshold"] == given
+    rec = run_score(ScoreConfig(out=out, calibrate_on=tmp_path / "dev.npz", **common))
+    assert rec["threshold_from"] == f"calibrated on {tmp_path / 'dev.npz'}"
+    assert load_model(mdir)[1]["calibration"]["threshold"] == rec["threshold"]  # stored with the model
+    stored = run_score(ScoreConfig(out=out, **common))
+    assert stored["threshold"] == rec["threshold"] and "stored" in stored["threshold_from"]
+    assert (tmp_path / "s" / "neighbours.npz").is_file()
+    emb = tmp_path / "e" / "emb_topk.csv"
+    run_score(ScoreConfig(scorer="emb_topk", out=emb, features=tmp_path / "test.npz", threshold=0.0, k=2))
+    assert not (tmp_path / "e" / "neighbours.npz").exists() and sc.read_score_meta(emb)["k"] == 2
+    with pytest.raises(FingerprintError, match=r"score.scorer emb_nn needs score.calibrate_on DEV or score.threshold"):
+        run_score(ScoreConfig(scorer="emb_nn", out=tmp_path / "n.csv", features=tmp_path / "test.npz"))
+    with pytest.raises(FingerprintError, match=r"score.scorer dcr needs score.shards"):
+        ScoreConfig(scorer="dcr", out=tmp_path / "d.csv")

@@ -1,4 +1,4 @@
-"""Packing: layouts, keys, conversion, skips, determinism, atomic output, inspect --verify."""
+"""Packing: layouts, conversion, skips, determinism, atomic output, reading back, inspect --verify."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fingerprint import shards
+from fingerprint import shards, sources
 from fingerprint.cli import inspect as inspect_cli
 from fingerprint.cli import pack as pack_cli
-from fingerprint.utils import FingerprintError, read_json
+from fingerprint.utils import FingerprintError, read_json, sha256_file
 
 SIZE = 16
 
@@ -78,7 +78,7 @@ def test_pack_roundtrip_every_pixel_and_key(tmp_path, encoding):
     for key, (px, rec) in got.items():
         np.testing.assert_array_equal(px, pixels[key])
         assert rec["key"] == key and rec["size"] == [SIZE, SIZE] and rec["converted"] is None
-        assert rec["pixel_sha256"] == shards.pixel_sha256(pixels[key])
+        assert rec["pixel_sha256"] == sources.pixel_sha256(pixels[key])
         assert rec["path"].endswith(f"{key}.png") and not Path(rec["path"]).is_absolute()
     assert got["used_0001"][1]["role"] == "real" and got["used_0001"][1]["label"] == "used"
     assert got["not_used_0002"][1]["label"] == "not_used"
@@ -110,7 +110,7 @@ def test_shards_mix_roles_and_order_follows_seed(tmp_path):
 @pytest.mark.parametrize("layout", ["dev", "test", "seed"])
 def test_layouts_detected(tmp_path, layout):
     pixels = make_layout(tmp_path / "src", layout)
-    assert shards.detect_layout(tmp_path / "src") == layout
+    assert sources.detect_layout(tmp_path / "src") == layout
     man = shards.pack(tmp_path / "src", tmp_path / "out", image_size=SIZE)
     assert man["layout"] == layout
     got = read_back(tmp_path / "out")
@@ -126,13 +126,13 @@ def test_layout_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "stuff").mkdir()
     with pytest.raises(FingerprintError, match="no known layout"):
-        shards.detect_layout(tmp_path / "empty")
+        sources.detect_layout(tmp_path / "empty")
     with pytest.raises(FingerprintError, match="not found"):
-        shards.detect_layout(tmp_path / "missing")
+        sources.detect_layout(tmp_path / "missing")
     make_layout(tmp_path / "both", "dev")
     make_layout(tmp_path / "both", "seed")
     with pytest.raises(FingerprintError, match="several layouts"):
-        shards.detect_layout(tmp_path / "both")
+        sources.detect_layout(tmp_path / "both")
     man = shards.pack(tmp_path / "both", tmp_path / "out", layout="seed", image_size=SIZE)
     assert man["layout"] == "seed"
     rc = pack_cli.main([str(tmp_path / "empty"), str(tmp_path / "o2")])
@@ -157,7 +157,7 @@ def test_manifest_layout(tmp_path, fmt):
     else:
         text = "".join(json.dumps({"path": p, "role": r, "label": lab or None}) + "\n" for p, r, lab in rows)
     (src / f"manifest.{fmt}").write_text(text)
-    assert shards.detect_layout(src) == "manifest"
+    assert sources.detect_layout(src) == "manifest"
     man = shards.pack(src, tmp_path / "out", image_size=SIZE)
     got = read_back(tmp_path / "out")
     # duplicate stem 'x': the first path keeps it, the second gets x_2; dots become underscores
@@ -186,16 +186,6 @@ def test_manifest_errors(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_make_keys_unique_and_dot_free():
-    imgs = [
-        shards.SourceImage(Path("/x"), rel, "real", "used")
-        for rel in ["a/k.png", "b/k.png", "c/k_2.png", "d/k.png", "e/a.b.c.png"]
-    ]
-    keys = shards.make_keys(imgs)
-    assert keys == ["k", "k_3", "k_2", "k_4", "a_b_c"]
-    assert len(set(keys)) == len(keys) and not any("." in k for k in keys)
-
-
 def test_conversion_rgb_16bit_and_size(tmp_path):
     src = tmp_path / "dev"
     make_layout(src, "dev", n_gen=2, n_real=1)
@@ -215,8 +205,8 @@ def test_conversion_rgb_16bit_and_size(tmp_path):
     assert rec["orig_mode"].startswith("I;16") and "value/257" in rec["converted"]
     px, rec = got["big"]
     assert rec["orig_size"] == [32, 32] and "TIFF" in rec["converted"]
-    assert rec["pixel_sha256"] == shards.pixel_sha256(px)
-    assert rec["sha256"] == shards.sha256_file(src / "not_used" / "big.tif")
+    assert rec["pixel_sha256"] == sources.pixel_sha256(px)
+    assert rec["sha256"] == sha256_file(src / "not_used" / "big.tif")
     assert inspect_cli.main([str(tmp_path / "out"), "--verify"]) == 0
 
 
@@ -288,7 +278,9 @@ def test_max_size_splits_shards(tmp_path):
     man = shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, encoding="npy", max_size=700)
     # one npy sample is ~384 bytes + json; a shard closes once its payload reaches 700 bytes
     assert len(man["shards"]) > 2 and all(s["count"] <= 2 for s in man["shards"])
-    assert pack_cli._size("256M") == 256 << 20 and pack_cli._size("1.5k") == 1536 and pack_cli._size("99") == 99
+    assert (
+        shards.parse_size("256M") == 256 << 20 and shards.parse_size("1.5k") == 1536 and shards.parse_size("99") == 99
+    )
 
 
 def _rewrite_member(path: Path, key: str, ext: str, mutate) -> None:
@@ -364,3 +356,17 @@ def test_reading_errors_name_the_file(tmp_path):
     Path(url).unlink()
     with pytest.raises(FingerprintError, match="missing"):
         shards.shard_urls(out)
+
+
+def test_run_pack_and_inspect_library_entries(tmp_path):
+    make_layout(tmp_path / "dev", "dev", n_gen=4, n_real=2)
+    log = tmp_path / "log.jsonl"
+    man = shards.run_pack(shards.PackConfig(src=tmp_path / "dev", out=tmp_path / "out", image_size=SIZE, log=log))
+    assert man["count"] == 8 and man["seconds"] > 0 and "seconds" not in read_json(tmp_path / "out" / "manifest.json")
+    assert json.loads(log.read_text())["stage"] == "pack"
+    summary = shards.run_inspect(shards.InspectConfig(shards=tmp_path / "out", verify=True))
+    assert summary["count"] == 8 and summary["verify"]["ok"] and summary["verify"]["checked"] == 8
+    with pytest.raises(FingerprintError, match=r"out: already exists \(use pack.force"):
+        shards.run_pack(shards.PackConfig(src=tmp_path / "dev", out=tmp_path / "out"))
+    with pytest.raises(FingerprintError, match=r"pack.image_size must be >= 8, got 4"):
+        shards.PackConfig(src=tmp_path / "dev", out=tmp_path / "o", image_size=4)

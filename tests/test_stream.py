@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import subprocess
-import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
+from test_shards import SIZE, make_layout
 
 from fingerprint import shards
 from fingerprint.stream import StreamConfig, augment_batch, dist_info, load_all, make_loader
 from fingerprint.utils import FingerprintError
-from test_shards import SIZE, make_layout
+from launch import TWO_CPU_PROCESSES, cpu_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,8 +139,6 @@ def test_truncated_shard_named_or_skipped(tmp_path):
 
 
 def test_corrupt_sample_named_or_counted(tmp_path):
-    import io
-    import tarfile
 
     make_layout(tmp_path / "dev", "dev", n_gen=2, n_real=1)
     out = tmp_path / "out"
@@ -202,20 +202,9 @@ def test_real_two_process_launch(tmp_path):
     """2 gloo processes x 2 workers each: world size 2, each sample exactly once, equal batches with epoch_batches."""
     make_layout(tmp_path / "dev", "dev", n_gen=10, n_real=4)  # 18 images
     shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, max_count=2)  # 9 shards
-    accelerate = Path(sys.executable).with_name("accelerate")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env = cpu_env()
     base = [
-        str(accelerate),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_CPU_PROCESSES,
         str(ROOT / "tests" / "_dist_stream.py"),
         str(tmp_path / "out"),
     ]
@@ -241,7 +230,6 @@ def test_real_two_process_launch(tmp_path):
 @pytest.mark.parametrize("encoding", ["png", "npy"])
 def test_stock_webdataset_reads_the_shards(tmp_path, encoding):
     """The shards are plain WebDataset: a stock pipeline decodes the same pixels and records."""
-    import webdataset as wds
 
     pixels = make_layout(tmp_path / "dev", "dev", n_gen=3, n_real=2)
     shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, encoding=encoding, max_count=3)

@@ -3,20 +3,19 @@
 import csv
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fingerprint.benchdata.difficulty import measure_difficulty
+from fingerprint.benchdata.synth import LEVELS, build_benchmark, resolve_params
 from fingerprint.cli.synth import main as synth_main
-from fingerprint.synth import LEVELS, build_benchmark, measure_difficulty, read_truth, resolve_params, to_gray
+from fingerprint.metrics import read_truth
 from fingerprint.utils import FingerprintError
-
-ACCELERATE = Path(sys.executable).with_name("accelerate")
+from launch import TWO_CPU_PROCESSES, cpu_env
 
 
 @pytest.fixture(scope="module")
@@ -195,11 +194,11 @@ def test_params_resolution():
         resolve_params("tiny", colour="red")
     with pytest.raises(FingerprintError, match="multiple of the generator resolution"):
         resolve_params("tiny", image_size=48)
-    with pytest.raises(FingerprintError, match="threads must be >= 1"):
+    with pytest.raises(FingerprintError, match="synth.threads must be >= 1"):
         resolve_params("tiny", threads=0)
-    with pytest.raises(FingerprintError, match="temperature must be >= 0"):
+    with pytest.raises(FingerprintError, match="synth.temperature must be >= 0"):
         resolve_params("tiny", temperature=-1.0)
-    with pytest.raises(FingerprintError, match="dev-used must be >= 1"):
+    with pytest.raises(FingerprintError, match="synth.dev_used must be >= 1"):
         resolve_params("tiny", dev_used=0)
     with pytest.raises(FingerprintError, match="phantom source only"):
         resolve_params("tiny", real_dir=".", slices_per_patient=2)
@@ -268,15 +267,6 @@ def test_real_dir_with_too_few_images(tmp_path):
         build_benchmark(tmp_path / "b", level="tiny", real_dir=empty, progress=False)
 
 
-def test_to_gray_conversions():
-    a, note = to_gray(Image.fromarray(np.full((20, 30, 3), 200, np.uint8)), 16)
-    assert a.shape == (16, 16) and a.dtype == np.uint8 and "RGB to L" in note and "centre crop 30x20" in note
-    b, note = to_gray(Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 100), 16)
-    assert b.min() == 0 and b.max() == 255 and "scaled to 0..255" in note
-    c, note = to_gray(Image.fromarray(np.full((16, 16), 7, np.uint8)), 16)
-    assert note is None and (c == 7).all()
-
-
 def test_cli_builds_and_reports(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = synth_main(
@@ -316,19 +306,9 @@ def test_cli_config_file(tmp_path, capsys):
 def test_two_process_launch(tmp_path):
     """Generator training under `accelerate launch` with two gloo processes; rank 0 writes."""
     out = tmp_path / "mp"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env = cpu_env()
     cmd = [
-        str(ACCELERATE),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *TWO_CPU_PROCESSES,
         "-m",
         "fingerprint",
         "synth",

@@ -11,21 +11,22 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import fingerprint.train as train_mod
-from fingerprint import shards
-from fingerprint.cli import train as train_cli
-from fingerprint.models import load_model
-from fingerprint.train import TrainConfig, train
-from fingerprint.utils import FingerprintError
 from test_episodes import pack_dev
 from test_shards import make_layout
+
+import fingerprint.train_loop as loop_mod
+from fingerprint import shards
+from fingerprint.cli import train as train_cli
+from fingerprint.distributed import seed_everything
+from fingerprint.model_io import build_model, load_model
+from fingerprint.train import TrainConfig, run_train
+from fingerprint.utils import FingerprintError
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-def tiny_cfg(**kw) -> TrainConfig:
+def tiny_cfg(shards_dir: Path, out: Path, **kw) -> TrainConfig:
     """32 px, 4 queries x K=4, 3 episodes per epoch, 2 epochs, one thread (deterministic).
 
     Everything trains (backbone, embedding, BatchNorm recalibrated at each bank refresh, augmented
@@ -50,7 +51,7 @@ def tiny_cfg(**kw) -> TrainConfig:
         bn="recalibrate",
         augment=True,
     )
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig(shards=shards_dir, out=out, **{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def dev(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(dev, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "model"
-    return out, train(tiny_cfg(), dev, out)
+    return out, run_train(tiny_cfg(dev, out))
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -95,15 +96,15 @@ def test_train_writes_model_calibration_logs_and_checkpoints(trained):
 
 def test_existing_model_is_refused_without_force(trained, dev):
     out, _ = trained
-    with pytest.raises(FingerprintError, match="--force"):
-        train(tiny_cfg(), dev, out)
+    with pytest.raises(FingerprintError, match="train.force"):
+        run_train(tiny_cfg(dev, out))
 
 
 def test_resume_ends_with_the_uninterrupted_weights(trained, dev, tmp_path, monkeypatch):
     ref_out, ref = trained
     out = tmp_path / "model"
     calls = {"n": 0}
-    real_loss = train_mod.episode_loss
+    real_loss = loop_mod.episode_loss
 
     def interrupt_in_epoch_2(*a, **kw):
         calls["n"] += 1
@@ -111,13 +112,13 @@ def test_resume_ends_with_the_uninterrupted_weights(trained, dev, tmp_path, monk
             raise KeyboardInterrupt
         return real_loss(*a, **kw)
 
-    monkeypatch.setattr(train_mod, "episode_loss", interrupt_in_epoch_2)
+    monkeypatch.setattr(loop_mod, "episode_loss", interrupt_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(), dev, out)
+        run_train(tiny_cfg(dev, out))
     assert not (out / "model.json").exists()
     assert json.loads((out / "checkpoints" / "checkpoint_0" / "train_state.json").read_text())["epoch"] == 1
-    monkeypatch.setattr(train_mod, "episode_loss", real_loss)
-    resumed = train(tiny_cfg(resume="latest"), dev, out)
+    monkeypatch.setattr(loop_mod, "episode_loss", real_loss)
+    resumed = run_train(tiny_cfg(dev, out, resume="latest"))
     assert resumed["weights_sha256"] == ref["weights_sha256"]
     a = weights(out / "checkpoints" / "checkpoint_1" / "model.safetensors")
     b = weights(ref_out / "checkpoints" / "checkpoint_1" / "model.safetensors")
@@ -128,14 +129,14 @@ def test_resume_ends_with_the_uninterrupted_weights(trained, dev, tmp_path, monk
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dev, tmp_path, monkeypatch, capsys):
     out = tmp_path / "model"
     calls = {"n": 0}
-    real_loss = train_mod.episode_loss
+    real_loss = loop_mod.episode_loss
 
     def nan_in_epoch_2(*a, **kw):
         calls["n"] += 1
         loss = real_loss(*a, **kw)
         return loss * float("nan") if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(train_mod, "episode_loss", nan_in_epoch_2)
+    monkeypatch.setattr(loop_mod, "episode_loss", nan_in_epoch_2)
     flags = [
         "--image-size",
         "32",
@@ -174,25 +175,27 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dev, tmp_path, m
 
 def test_bad_settings_are_clear_errors(dev, tmp_path):
     with pytest.raises(FingerprintError, match=r"K=64 is larger than the generated pool \(24 images\)"):
-        train(tiny_cfg(k=64), dev, tmp_path / "a")
+        run_train(tiny_cfg(dev, tmp_path / "a", k=64))
     with pytest.raises(FingerprintError, match="queries must be even"):
-        train(tiny_cfg(queries=5), dev, tmp_path / "b")
+        run_train(tiny_cfg(dev, tmp_path / "b", queries=5))
     with pytest.raises(FingerprintError, match="need a shared backbone"):
-        train(tiny_cfg(shared=False, support="bank"), dev, tmp_path / "c")
+        run_train(tiny_cfg(dev, tmp_path / "c", shared=False, support="bank"))
     with pytest.raises(FingerprintError, match="no complete checkpoint"):
-        train(tiny_cfg(resume="latest"), dev, tmp_path / "d")
+        run_train(tiny_cfg(dev, tmp_path / "d", resume="latest"))
     with pytest.raises(FingerprintError, match="shard folder not found"):
-        train(tiny_cfg(), tmp_path / "missing", tmp_path / "e")
+        run_train(tiny_cfg(tmp_path / "missing", tmp_path / "e"))
     make_layout(tmp_path / "test_src", "test")  # unlabelled real images only
     shards.pack(tmp_path / "test_src", tmp_path / "test_shards", image_size=16)
     with pytest.raises(FingerprintError, match="no labelled real images"):
-        train(tiny_cfg(), tmp_path / "test_shards", tmp_path / "f")
+        run_train(tiny_cfg(tmp_path / "test_shards", tmp_path / "f"))
 
 
 def test_seed_style_pairs_with_separate_backbones(dev, tmp_path):
     """The seed's setup: two backbones, seed head, supports re-encoded with gradients, per-pair labels."""
-    s = train(
+    s = run_train(
         tiny_cfg(
+            dev,
+            tmp_path / "m",
             shared=False,
             relation="seed",
             pool="mean",
@@ -202,9 +205,7 @@ def test_seed_style_pairs_with_separate_backbones(dev, tmp_path):
             freeze="none",
             k=2,
             k_random=0,
-        ),
-        dev,
-        tmp_path / "m",
+        )
     )
     model, meta = load_model(tmp_path / "m")
     assert s["steps"] == 3 and len(model.backbones) == 2 and meta["config"]["relation"] == "seed"
@@ -308,19 +309,18 @@ def test_two_process_cpu_launch(dev, tmp_path):
 
 def test_default_trains_the_relation_head_on_a_static_bank(dev, tmp_path, monkeypatch):
     """Defaults: random frozen backbone and embedding, bank computed once, relation head learned."""
-    from fingerprint.models import build_model
-    from fingerprint.utils import seed_everything
-
     calls = {"n": 0}
-    real_refresh = train_mod.refresh_bank
+    real_refresh = loop_mod.refresh_bank
 
     def counting(*a, **kw):
         calls["n"] += 1
         return real_refresh(*a, **kw)
 
-    monkeypatch.setattr(train_mod, "refresh_bank", counting)
-    cfg = TrainConfig(image_size=32, queries=4, k=4, epochs=2, threads=1, val_fraction=0.25)
-    train(cfg, dev, tmp_path / "m")
+    monkeypatch.setattr(loop_mod, "refresh_bank", counting)
+    cfg = TrainConfig(
+        shards=dev, out=tmp_path / "m", image_size=32, queries=4, k=4, epochs=2, threads=1, val_fraction=0.25
+    )
+    run_train(cfg)
     assert calls["n"] == 1
     model, _ = load_model(tmp_path / "m")
     seed_everything(cfg.seed)

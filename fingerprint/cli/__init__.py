@@ -1,7 +1,10 @@
 """The `fingerprint` command: one subcommand per stage, each a thin module over the library.
 
-`fingerprint <command> [flags]`; every `fingerprint.cli.<command>.main(argv)`
-is callable from Python and tests.
+`fingerprint <command> [flags]`. A subcommand module holds its config class
+(from the library), a `run(cfg)` that calls the library's entry function and
+prints a summary, and `main(argv)` (callable from Python and tests); its
+flags are generated from the config (`fingerprint.cli.options`). Nothing
+outside this package imports it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,7 @@ from fingerprint import __version__
 
 #: subcommand -> (module, one-line help), in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": (
-        "fingerprint.cli.synth",
-        "build a membership benchmark: CT-like images + a generator trained on the used ones",
-    ),
+    "synth": ("fingerprint.cli.synth", "build a membership benchmark: CT-like images + a generator trained on them"),
     "pack": ("fingerprint.cli.pack", "pack image folders into WebDataset shards"),
     "inspect": ("fingerprint.cli.inspect", "summarise shards; --verify re-checks every checksum"),
     "train": ("fingerprint.cli.train", "episodic relation-network training with Accelerate"),
@@ -43,6 +43,7 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch `fingerprint <command> ...` to the command's module (imported only when used)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-
-from fingerprint.cli.base import run_command
-from fingerprint.runfile import load_ids, validate
+from fingerprint.cli.options import command
+from fingerprint.runfile import ValidateConfig, run_validate
 
 NAME = "validate"
-log = logging.getLogger(__name__)
 
 
-def add_arguments(p):
-    p.add_argument("runfile", help="the run file to check (<figure_id>,<0|1> rows, no header)")
-    p.add_argument("--ids", help="file with one official figure_id per line (default: the 2023 test ids)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="unused (the check is deterministic); accepted like every command"
-    )
-
-
-def run(args) -> int:
-    ids = load_ids(args.ids)
-    problems = validate(args.runfile, ids)
+def run(cfg: ValidateConfig) -> int:
+    problems, n_ids = run_validate(cfg)
     if problems:
         for problem in problems:
-            print(f"{args.runfile}: {problem}")
-        print(f"{args.runfile}: INVALID ({len(problems)} problem(s))")
+            print(f"{cfg.runfile}: {problem}")
+        print(f"{cfg.runfile}: INVALID ({len(problems)} problem(s))")
         return 1
-    print(f"{args.runfile}: valid ({len(ids)} ids)")
+    print(f"{cfg.runfile}: valid ({n_ids} ids)")
     return 0
 
 
-def main(argv=None) -> int:
-    return run_command(NAME, add_arguments, run, argv, __doc__)
+main = command(NAME, ValidateConfig, run, __doc__)

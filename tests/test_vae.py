@@ -1,13 +1,15 @@
-"""The benchmark generator: it learns (loss goes down), samples reproducibly, and checks its inputs."""
+"""The vae generator family: it learns (loss goes down), samples reproducibly, and checks its inputs."""
 
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
-from fingerprint.generator import GeneratorConfig, LatentMixture, fit_latent_mixture, train_generator
-from fingerprint.phantom import PhantomConfig, generate
+from fingerprint.benchdata.anatomy import PhantomConfig
+from fingerprint.benchdata.generators.vae import GeneratorConfig, LatentMixture, fit_latent_mixture, train_generator
+from fingerprint.benchdata.phantom import generate
 from fingerprint.utils import FingerprintError
 
 TINY = dict(
@@ -27,8 +29,6 @@ TINY = dict(
 def one_thread():
     """One torch thread: tiny models, and a busy 2-core machine makes more threads 10x slower
     (conftest restores the count)."""
-    import torch
-
     torch.set_num_threads(1)
 
 
@@ -93,9 +93,9 @@ def test_bad_inputs(images):
         train_generator(images[:, :30, :30], cfg, progress=False)
     with pytest.raises(FingerprintError, match="at least 2"):
         train_generator(images[:1], cfg, progress=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(FingerprintError, match="synth.mixed_precision must be one of"):
         GeneratorConfig(mixed_precision="fp8")
-    with pytest.raises(ValueError):
+    with pytest.raises(FingerprintError, match="synth.temperature must be >= 0"):
         GeneratorConfig(temperature=-1.0)
 
 
@@ -103,8 +103,8 @@ BF16_SCRIPT = """
 import numpy as np
 import torch
 torch.set_num_threads(1)
-from fingerprint.generator import GeneratorConfig, train_generator
-from fingerprint.phantom import PhantomConfig, generate
+from fingerprint.benchdata.generators.vae import GeneratorConfig, train_generator
+from fingerprint.benchdata.phantom import PhantomConfig, generate
 ims = generate(8, seed=0, config=PhantomConfig(size=16)).images
 cfg = GeneratorConfig(resolution=8, latent_dim=4, hidden=16, epochs=3, batch_size=4, components=2,
                       upsampler_steps=2, upsampler_width=4, upsampler_patch=8, mixed_precision="bf16", cpu=True)

@@ -2,19 +2,19 @@
 
 `build_benchmark(out_dir, level=..., seed=...)`:
 
-1. takes real images: procedural CT-like slices (`fingerprint.phantom`, one
-   patient per image or several neighbouring slices per patient), or any
-   folder of images (`real_dir`, converted to 8-bit gray at `image_size`);
+1. takes real images (`fingerprint.benchdata.realimages`): procedural CT-like
+   slices (`fingerprint.benchdata.phantom`, one patient per image or several
+   neighbouring slices per patient), or any folder of images (`real_dir`,
+   converted to 8-bit gray at `image_size`);
 2. splits them at random into dev used / dev not used / test used / test not used;
-3. trains the generator (`fingerprint.generator`) on the union of the dev and
-   test used images only;
+3. trains a generator of the chosen family (`fingerprint.benchdata.generators`,
+   default `vae`) on the union of the dev and test used images only;
 4. samples the dev and test synthetic images from it, rejecting (and
    resampling) any sample whose pixel correlation with any real image
    exceeds `max_correlation`, so no synthetic image is a near-copy;
 5. writes the challenge layout (below) in a temporary folder, measures the
-   difficulty on the files written (ROC-AUC of the plain pixel-space
-   nearest-synthetic-neighbour distance, on dev and on test), and renames the
-   folder into place.
+   difficulty on the files written (`fingerprint.benchdata.difficulty`), and
+   renames the folder into place.
 
 ```
 OUT/dev/generated/generated_0001.png ...   OUT/dev/used/used_0001.png ...
@@ -28,6 +28,7 @@ OUT/synth.json         every parameter, the seed, training curves, timings, diff
 
 Difficulty levels (`LEVELS`) differ only in how closely the generator fits
 its training set; their measured pixel-NN AUCs are in docs/benchmark-data.md.
+`run_synth(SynthConfig)` is the `fingerprint synth` stage.
 """
 
 from __future__ import annotations
@@ -43,18 +44,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+import torch
+from PIL import Image
 
 from fingerprint import __version__
-from fingerprint.generator import GeneratorConfig, make_accelerator, train_generator
-from fingerprint.metrics import read_truth
-from fingerprint.phantom import PhantomConfig, generate
+from fingerprint.benchdata.difficulty import measure_difficulty
+from fingerprint.benchdata.generators import TrainedGenerator, families, family_accelerator, get_family
+from fingerprint.benchdata.generators.vae import GeneratorConfig
+from fingerprint.benchdata.realimages import RealImages, folder_images, phantom_images
+from fingerprint.config import check_fields, fail, option
+from fingerprint.distributed import set_threads
 from fingerprint.utils import FingerprintError, atomic_path, is_main_process, read_json, write_json
+from fingerprint.vocab import MIXED_PRECISION
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fingerprint-synth/1"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm")
 
 
 @dataclass
@@ -76,7 +81,8 @@ class SynthParams:
     noise: float = 1.0  # phantoms only: scanner-noise scale
     max_correlation: float = 0.99  # synthetic samples above this pixel correlation with a real image are redrawn
     threads: int = 1  # torch CPU threads; fixed so runs repeat exactly (more threads than free cores slow torch down)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    family: str = "vae"  # generator family (fingerprint.benchdata.generators)
+    generator: Any = field(default_factory=GeneratorConfig)  # the family's config
 
     @property
     def n_real(self) -> int:
@@ -116,7 +122,6 @@ LEVELS: dict[str, dict[str, Any]] = {
 }
 
 _SYNTH_FIELDS = {f.name for f in fields(SynthParams)} - {"generator"}
-_GEN_FIELDS = {f.name for f in fields(GeneratorConfig)}
 
 
 def resolve_params(
@@ -129,137 +134,122 @@ def resolve_params(
     if level not in LEVELS:
         raise FingerprintError(f"unknown level {level!r} (choose from {', '.join(LEVELS)})")
     preset = dict(LEVELS[level])
-    gen_over = dict(preset.pop("generator", {}))
+    family = get_family(overrides.get("family") or "vae")
+    gen_fields = {f.name for f in fields(family.config)}
+    # a level's generator preset applies to the fields the family has
+    gen_over = {k: v for k, v in preset.pop("generator", {}).items() if k in gen_fields}
     top = {**preset, "level": level, "seed": int(seed), "real_dir": None if real_dir is None else str(real_dir)}
     for key, value in overrides.items():
         if value is None:
             continue
         if key in _SYNTH_FIELDS:
             top[key] = value
-        elif key in _GEN_FIELDS:
+        elif key in gen_fields:
             gen_over[key] = value
         else:
             raise FingerprintError(f"unknown benchmark parameter {key!r}")
-    try:
-        gen = replace(GeneratorConfig(), **gen_over)
-        params = replace(SynthParams(), **top, generator=gen)
-    except ValueError as e:
-        raise FingerprintError(str(e)) from None
+    params = replace(SynthParams(), **top, generator=family.config(**gen_over))
     _check(params)
     return params
 
 
 def _check(p: SynthParams) -> None:
+    """Errors name the `fingerprint synth` options (`synth.<field>`)."""
     for name in ("dev_generated", "dev_used", "dev_not_used", "test_generated", "test_used", "test_not_used"):
         if getattr(p, name) < 1:
-            raise FingerprintError(f"{name.replace('_', '-')} must be >= 1, got {getattr(p, name)}")
+            raise fail(SynthConfig, name, f"must be >= 1, got {getattr(p, name)}")
     if p.image_size < 16:
-        raise FingerprintError(f"image-size must be >= 16, got {p.image_size}")
-    r = p.generator.resolution
+        raise fail(SynthConfig, "image_size", f"must be >= 16, got {p.image_size}")
+    r = getattr(p.generator, "resolution", 1)
     if p.image_size % r or r > p.image_size:
-        raise FingerprintError(f"image-size {p.image_size} must be a multiple of the generator resolution {r}")
+        raise fail(SynthConfig, "image_size", f"{p.image_size} must be a multiple of the generator resolution {r}")
     if p.slices_per_patient < 1:
-        raise FingerprintError(f"slices-per-patient must be >= 1, got {p.slices_per_patient}")
+        raise fail(SynthConfig, "slices_per_patient", f"must be >= 1, got {p.slices_per_patient}")
     if p.real_dir is not None and p.slices_per_patient != 1:
-        raise FingerprintError("--slices-per-patient applies to the phantom source only, not to --real-dir")
+        raise fail(SynthConfig, "slices_per_patient", "applies to the phantom source only, not to synth.real_dir")
     if p.threads < 1:
-        raise FingerprintError(f"threads must be >= 1, got {p.threads}")
+        raise fail(SynthConfig, "threads", f"must be >= 1, got {p.threads}")
     if not 0.0 < p.max_correlation <= 1.0:
-        raise FingerprintError(f"max-correlation must be in (0, 1], got {p.max_correlation}")
+        raise fail(SynthConfig, "max_correlation", f"must be in (0, 1], got {p.max_correlation}")
     if p.real_dir is not None and not Path(p.real_dir).is_dir():
         raise FingerprintError(f"{p.real_dir}: real-image folder not found")
 
 
-# ---------------------------------------------------------------- real images
+def _opt(help: str, **kw: Any) -> Any:
+    """An override option: None means the level preset's (or the default) value."""
+    return option(None, help=help, **kw)
 
 
-@dataclass
-class RealImages:
-    images: np.ndarray  # uint8 (n, s, s)
-    sources: list[str]  # where each came from
-    group: np.ndarray  # patient id (phantoms) or image index (folder); images of one group are one person
-    skipped: dict[str, int]
+@dataclass(kw_only=True)
+class SynthConfig:
+    """Options of `fingerprint synth`; every None takes the level preset's value."""
 
+    SECTION = "synth"
 
-def phantom_images(p: SynthParams, progress: bool = False) -> RealImages:
-    cfg = PhantomConfig(
-        size=p.image_size, tb_fraction=p.tb_fraction, slices_per_patient=p.slices_per_patient, noise=p.noise
+    out: Path = option(positional=True, help="output folder (refused if it exists, unless force)")
+    level: str = option(
+        "medium", choices=tuple(LEVELS), help="difficulty preset: easy, medium, hard; tiny = small and fast, for tests"
     )
-    ps = generate(p.n_real, seed=p.seed, config=cfg, progress=progress)
-    sources = [f"phantom:patient={int(a)},slice={int(b)}" for a, b in zip(ps.patient, ps.slice)]
-    return RealImages(ps.images, sources, ps.patient.copy(), {})
+    seed: int = option(0, help="random seed; same seed and machine = same files")
+    real_dir: Path | None = option(
+        None, help="use the images in this folder (any format, converted to 8-bit gray) instead of the phantoms"
+    )
+    force: bool = option(False, help="replace the output folder if it exists")
+    generator: str | None = _opt("generator family (fingerprint.benchdata.generators; default vae)")
+    # counts
+    image_size: int | None = _opt("side of the square 8-bit images (default 256; tiny: 64)")
+    dev_generated: int | None = _opt("synthetic images in dev/generated (default 500)")
+    dev_used: int | None = _opt("real images in dev/used (default 80)")
+    dev_not_used: int | None = _opt("real images in dev/not_used (default 80)")
+    test_generated: int | None = _opt("synthetic images in test/generated_1 (default 2000; the challenge had 10,000)")
+    test_used: int | None = _opt("used images among test/real_unknown_1 (default 100)")
+    test_not_used: int | None = _opt("not-used images among test/real_unknown_1 (default 100)")
+    # phantoms
+    slices_per_patient: int | None = _opt(
+        "neighbouring slices per phantom patient (default 1); > 1 makes the hard case where a not-used image's "
+        "patient has another slice among the used"
+    )
+    tb_fraction: float | None = _opt("share of phantom patients with tuberculosis-like findings (default 0.5)")
+    noise: float | None = _opt("phantom scanner-noise scale, 0 = none (default 1)")
+    # generator (vae)
+    epochs: int | None = _opt("VAE training epochs (level preset)")
+    components: int | None = _opt("latent Gaussian-mixture components (level preset; more = closer to training)")
+    temperature: float | None = _opt("latent sampling temperature (level preset)")
+    resolution: int | None = _opt("generator's internal resolution (default 64)")
+    latent_dim: int | None = _opt("VAE latent dimension (default 32)")
+    hidden: int | None = _opt("VAE hidden units per layer (default 512)")
+    kl_weight: float | None = _opt("weight of the KL term (default 0.002)")
+    batch_size: int | None = _opt("VAE batch size (default 32)")
+    lr: float | None = _opt("VAE learning rate (default 0.002)")
+    upsampler_steps: int | None = _opt("training steps of the learned upsampler (default 200)")
+    mixed_precision: str | None = _opt(
+        "generator training precision; bf16/fp16 are for GPUs (default no = fp32)", choices=MIXED_PRECISION
+    )
+    max_correlation: float | None = _opt(
+        "redraw synthetic samples whose pixel correlation with any real image is above this (default 0.99)"
+    )
+    threads: int | None = _opt("CPU threads for torch (default 1: repeatable and fastest on a shared machine)")
+    cpu: bool | None = _opt("train on the CPU even if a GPU is present")
+    progress: bool = option(True, help="progress bars")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.generator is not None and self.generator not in families():
+            raise fail(self, "generator", f"must be one of {', '.join(families())}, got {self.generator!r}")
+
+    def overrides(self) -> dict[str, Any]:
+        """The SynthParams / generator-config overrides (None = not given)."""
+        fixed = {"out", "level", "seed", "real_dir", "force", "progress", "generator"}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in fixed}
+        return values | {"family": self.generator}
 
 
-def to_gray(img: Image.Image, size: int) -> tuple[np.ndarray, str | None]:
-    """Convert any PIL image to uint8 gray (size x size): centre square crop, then bicubic resize.
-
-    16-bit and float images are scaled from their own min..max to 0..255.
-    Returns the pixels and a description of the conversion (None if none was needed).
-    """
-    notes = []
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-        notes.append(f"{lo:g}..{hi:g} scaled to 0..255")
-    elif img.mode != "L":
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            img = img.convert("RGBA")
-            bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
-            img = Image.alpha_composite(bg, img)
-            notes.append("alpha composited on black")
-        notes.append(f"{img.mode} to L")
-        img = img.convert("L")
-    w, h = img.size
-    if w != h:
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        img = img.crop((left, top, left + s, top + s))
-        notes.append(f"centre crop {w}x{h} to {s}x{s}")
-    if img.size != (size, size):
-        notes.append(f"resize {img.size[0]} to {size}")
-        img = img.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(img, np.uint8).copy(), ("; ".join(notes) or None)
-
-
-def folder_images(p: SynthParams) -> RealImages:
-    """Read `real_dir` recursively; unreadable files and exact duplicates are counted and skipped."""
-    root = Path(p.real_dir)
-    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FingerprintError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
-    order = np.random.default_rng([p.seed & 0xFFFFFFFF, 0xF01D]).permutation(len(files))
-    images, sources, seen = [], [], set()
-    skipped = {"unreadable": 0, "duplicate": 0}
-    for k in order:
-        if len(images) == p.n_real:
-            break
-        f = files[k]
-        try:
-            with Image.open(f) as im:
-                im.load()
-                arr, _ = to_gray(im, p.image_size)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-            skipped["unreadable"] += 1
-            log.warning(
-                "%s: skipped, cannot read image (%s)", f, str(e).splitlines()[0] if str(e) else type(e).__name__
-            )
-            continue
-        digest = arr.tobytes()
-        if digest in seen:
-            skipped["duplicate"] += 1
-            continue
-        seen.add(digest)
-        images.append(arr)
-        sources.append(str(f.relative_to(root)))
-    if len(images) < p.n_real:
-        raise FingerprintError(
-            f"{root}: {len(images)} usable images ({skipped['unreadable']} unreadable, {skipped['duplicate']} "
-            f"duplicates skipped), need {p.n_real} (dev used + dev not used + test used + test not used); "
-            f"lower --dev-used/--dev-not-used/--test-used/--test-not-used"
-        )
-    return RealImages(np.stack(images), sources, np.arange(len(images)), skipped)
+def run_synth(cfg: SynthConfig) -> dict:
+    """Build the benchmark described by `cfg`; returns the content of its synth.json."""
+    return build_benchmark(
+        cfg.out, level=cfg.level, seed=cfg.seed, real_dir=cfg.real_dir, force=cfg.force, progress=cfg.progress,
+        **cfg.overrides(),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- sampling
@@ -267,8 +257,6 @@ def folder_images(p: SynthParams) -> RealImages:
 
 def _unit_rows(x: np.ndarray):
     """Images as rows, centred and scaled to unit norm (constant rows stay zero): a float32 torch tensor."""
-    import torch
-
     v = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32))
     v -= v.mean(dim=1, keepdim=True)
     norm = v.norm(dim=1, keepdim=True)
@@ -276,7 +264,7 @@ def _unit_rows(x: np.ndarray):
 
 
 def sample_checked(
-    gen, n: int, real: np.ndarray, *, seed: int, max_correlation: float, batch: int = 256
+    gen: TrainedGenerator, n: int, real: np.ndarray, *, seed: int, max_correlation: float, batch: int = 256
 ) -> tuple[np.ndarray, dict]:
     """Draw `n` samples, redrawing any whose pixel correlation with a real image exceeds `max_correlation`
     (or that equals one exactly). Returns the images and rejection statistics."""
@@ -287,7 +275,7 @@ def sample_checked(
     rejected, drawn, max_kept = 0, 0, -1.0
     while sum(len(o) for o in out) < n:
         need = n - sum(len(o) for o in out)
-        imgs = gen.decode(gen.sample_latents(min(batch, need), rng))
+        imgs = gen.draw(min(batch, need), rng)
         drawn += len(imgs)
         corr = (_unit_rows(imgs) @ real_u.T).max(dim=1).values.numpy()
         ok = corr <= max_correlation
@@ -302,67 +290,6 @@ def sample_checked(
                 f"pixel correlation > {max_correlation}); raise --temperature or lower --epochs"
             )
     return np.concatenate(out)[:n], {"drawn": drawn, "rejected": rejected, "max_kept_correlation": round(max_kept, 5)}
-
-
-# ---------------------------------------------------------------- difficulty
-
-
-def nearest_distances(real: np.ndarray, generated: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """L2 distance (pixels scaled to [0, 1]) from each real image to its nearest generated image."""
-    import torch
-
-    r = torch.from_numpy(real.reshape(len(real), -1).astype(np.float32) / 255.0)
-    rn = (r * r).sum(1)
-    best = torch.full((len(r),), float("inf"))
-    for i in range(0, len(generated), chunk):
-        g = torch.from_numpy(generated[i : i + chunk].reshape(-1, r.shape[1]).astype(np.float32) / 255.0)
-        d = rn[:, None] + (g * g).sum(1)[None, :] - 2.0 * (r @ g.T)
-        best = torch.minimum(best, d.min(dim=1).values)
-    return best.clamp_min(0.0).sqrt().numpy()
-
-
-def pixel_nn_auc(real: np.ndarray, labels: np.ndarray, generated: np.ndarray) -> float:
-    """ROC-AUC of score = -(L2 distance to the nearest generated image), label 1 = used."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(np.asarray(labels), -nearest_distances(real, generated)))
-
-
-def _read_folder(folder: Path, prefix: str) -> tuple[list[str], np.ndarray]:
-    files = sorted(folder.glob(f"{prefix}_*.png"))
-    if not files:
-        raise FingerprintError(f"{folder}: no {prefix}_*.png images")
-    arrs = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                arrs.append(np.asarray(im.convert("L"), np.uint8))
-        except (OSError, UnidentifiedImageError) as e:
-            raise FingerprintError(f"{f}: cannot read image ({e})") from None
-    shapes = {a.shape for a in arrs}
-    if len(shapes) != 1:
-        raise FingerprintError(f"{folder}: images of different sizes {sorted(shapes)}")
-    return [f.stem for f in files], np.stack(arrs)
-
-
-def measure_difficulty(root: str | os.PathLike) -> dict:
-    """Pixel-NN ROC-AUC of a benchmark folder in the 2023 layout (dev labels; test via test_truth.csv)."""
-    root = Path(root)
-    _, gen = _read_folder(root / "dev" / "generated", "generated")
-    _, used = _read_folder(root / "dev" / "used", "used")
-    _, not_used = _read_folder(root / "dev" / "not_used", "not_used")
-    dev = pixel_nn_auc(np.concatenate([used, not_used]), np.r_[np.ones(len(used)), np.zeros(len(not_used))], gen)
-    out = {"dev": round(dev, 4)}
-    truth_file = root / "test_truth.csv"
-    if truth_file.is_file():
-        truth = read_truth(truth_file)
-        _, tgen = _read_folder(root / "test" / "generated_1", "generated")
-        keys, unknown = _read_folder(root / "test" / "real_unknown_1", "real_unknown")
-        missing = [k for k in keys if k not in truth]
-        if missing:
-            raise FingerprintError(f"{truth_file}: no label for {missing[0]} ({len(missing)} missing)")
-        out["test"] = round(pixel_nn_auc(unknown, np.array([truth[k] for k in keys]), tgen), 4)
-    return out
 
 
 # ---------------------------------------------------------------- writing
@@ -400,19 +327,15 @@ def build_benchmark(
     """Build a membership benchmark in `out_dir`; return the content of its synth.json.
 
     `overrides` are `SynthParams` / `GeneratorConfig` field names (e.g.
-    `dev_generated=100`, `epochs=50`, `slices_per_patient=3`). `out_dir` must
-    not exist unless `force`; it is built under a temporary name and renamed
-    when complete. Under a multi-process Accelerate launch every rank trains
-    and rank 0 samples and writes.
+    `dev_generated=100`, `epochs=50`, `slices_per_patient=3`, `family="vae"`).
+    `out_dir` must not exist unless `force`; it is built under a temporary name
+    and renamed when complete. Under a multi-process Accelerate launch every
+    rank trains and rank 0 samples and writes.
     """
-    import torch
-
-    from fingerprint.utils import set_threads
-
     out_dir = Path(out_dir)
     params = resolve_params(level, seed=seed, real_dir=real_dir, **overrides)
     if out_dir.exists() and not force:
-        raise FingerprintError(f"{out_dir}: already exists (use --force to replace it)")
+        raise FingerprintError(f"{out_dir}: already exists (use synth.force to replace it)")
     if out_dir.exists() and not out_dir.is_dir():
         raise FingerprintError(f"{out_dir}: exists and is not a folder")
     prev_threads = torch.get_num_threads()
@@ -420,7 +343,7 @@ def build_benchmark(
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     try:
-        accelerator = accelerator or make_accelerator(params.generator)
+        accelerator = accelerator or family_accelerator(params.generator)
         main = accelerator.is_main_process and is_main_process()
         t0 = time.perf_counter()
         real = folder_images(params) if params.real_dir else phantom_images(params, progress and main)
@@ -429,7 +352,8 @@ def build_benchmark(
         used_idx = np.concatenate([split["dev_used"], split["test_used"]])
         log.info("training the generator on %d used images (%s level, seed %d)", len(used_idx), level, params.seed)
         t0 = time.perf_counter()
-        gen, history = train_generator(
+        train = get_family(params.family).train
+        gen, history = train(
             real.images[used_idx], params.generator, seed=params.seed, accelerator=accelerator, progress=progress
         )
         timings["training"] = time.perf_counter() - t0
@@ -523,8 +447,6 @@ def _info(
     timings: dict,
     siblings: int,
 ) -> dict:
-    import torch
-
     params = asdict(p)
     return {
         "format": FORMAT,
@@ -553,15 +475,7 @@ def _info(
             "groups": int(len(np.unique(real.group))),
             "not_used_with_used_sibling": siblings,  # not-used images whose patient has a used slice
         },
-        "generator": {
-            "model": "fully connected VAE + latent Gaussian mixture + learned upsampler",
-            "curve": history["vae"],
-            "upsampler_curve": history["upsampler"],
-            "mixture_components": history["mixture_components"],
-            "seconds": {k: history[k] for k in ("vae_seconds", "mixture_seconds", "upsampler_seconds")},
-            "world_size": history["world_size"],
-            "device": history["device"],
-        },
+        "generator": {"family": p.family, **get_family(p.family).summarize(history)},
         "near_duplicates": {
             "max_correlation": p.max_correlation,
             "dev": dev_rej,

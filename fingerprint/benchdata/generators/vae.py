@@ -1,4 +1,4 @@
-"""The benchmark's generative model: a convolutional VAE with a learned upsampling head.
+"""The `vae` generator family: a fully connected VAE with a latent mixture and a learned upsampling head.
 
 The generator is trained on the "used" images only, and synthetic images come
 from sampling it; nothing at sampling time reads a real image, so whatever
@@ -42,46 +42,45 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.mixture import GaussianMixture
 from torch import nn
 from tqdm import tqdm
 
+from fingerprint.benchdata.generators import family_accelerator, register_family
+from fingerprint.config import check_fields, option
 from fingerprint.utils import FingerprintError, is_main_process
+from fingerprint.vocab import MIXED_PRECISION
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class GeneratorConfig:
-    """How the generator is built, trained and sampled (see docs/benchmark-data.md for the levels)."""
+    """How the vae generator is built, trained and sampled (docs/benchmark-data.md has the levels).
 
-    resolution: int = 64  # internal resolution of the VAE (divides the image size)
-    latent_dim: int = 32
-    hidden: int = 512  # units in each of the VAE's two hidden layers (encoder and decoder)
-    epochs: int = 90
-    batch_size: int = 32
-    lr: float = 2e-3
-    kl_weight: float = 0.002
-    components: int = 12  # latent Gaussian-mixture components (capped at the number of training images)
-    temperature: float = 1.0  # scale of the latent noise when sampling
-    upsampler_steps: int = 200
-    upsampler_width: int = 16
-    upsampler_batch: int = 16
-    upsampler_patch: int = 64  # full-resolution patch side for training the upsampler
-    mixed_precision: str = "no"  # no | bf16 | fp16 (GPU); fp32 is the default everywhere
-    cpu: bool = False  # force the CPU even when a GPU is present
+    Its fields are `fingerprint synth` options, so errors name them as `synth.<field>`.
+    """
+
+    SECTION = "synth"
+
+    resolution: int = option(64, min=4, help="generator's internal resolution (divides the image size)")
+    latent_dim: int = option(32, min=1, help="VAE latent dimension")
+    hidden: int = option(512, min=1, help="VAE hidden units per layer (encoder and decoder)")
+    epochs: int = option(90, min=0, help="VAE training epochs")
+    batch_size: int = option(32, min=1, help="VAE batch size")
+    lr: float = option(2e-3, help="VAE learning rate")
+    kl_weight: float = option(0.002, help="weight of the KL term")
+    components: int = option(12, min=1, help="latent Gaussian-mixture components (capped at the training images)")
+    temperature: float = option(1.0, min=0, help="scale of the latent noise when sampling")
+    upsampler_steps: int = option(200, min=0, help="training steps of the learned upsampler")
+    upsampler_width: int = option(16, min=1, help="channels of the upsampler's convolutions")
+    upsampler_batch: int = option(16, min=1, help="patches per upsampler step")
+    upsampler_patch: int = option(64, min=1, help="full-resolution patch side for training the upsampler")
+    mixed_precision: str = option("no", choices=MIXED_PRECISION, help="training precision (bf16/fp16 are for GPUs)")
+    cpu: bool = option(False, help="train on the CPU even when a GPU is present")
 
     def __post_init__(self) -> None:
-        if self.resolution < 4:
-            raise ValueError(f"generator resolution must be >= 4, got {self.resolution}")
-        for name in ("latent_dim", "hidden", "batch_size", "components", "upsampler_width", "upsampler_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"generator {name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs < 0 or self.upsampler_steps < 0:
-            raise ValueError("generator epochs and upsampler_steps must be >= 0")
-        if self.temperature < 0:
-            raise ValueError(f"generator temperature must be >= 0, got {self.temperature}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        check_fields(self)
 
 
 class VAE(nn.Module):
@@ -159,8 +158,6 @@ class LatentMixture:
 
 def fit_latent_mixture(codes: np.ndarray, components: int, *, seed: int = 0) -> LatentMixture:
     """Fit the ex-post latent density: a diagonal GMM with min(components, n) components."""
-    from sklearn.mixture import GaussianMixture
-
     codes = np.asarray(codes, np.float64)
     k = max(1, min(components, len(codes)))
     reg = 1e-6 + 1e-3 * float(codes.var(axis=0).mean())
@@ -212,19 +209,13 @@ class Generator:
             out[i : i + len(zb)] = (img[:, 0] * 255.0).round_().to(torch.uint8).cpu().numpy()
         return out
 
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """`n` synthetic uint8 images from the generator's latent density, drawing from `rng`."""
+        return self.decode(self.sample_latents(n, rng))
+
     def sample(self, n: int, *, seed: int = 0, temperature: float | None = None) -> np.ndarray:
         """`n` synthetic uint8 images, reproducible from `seed`."""
         return self.decode(self.sample_latents(n, np.random.default_rng([seed & 0xFFFFFFFF, 0x5A3]), temperature))
-
-
-def make_accelerator(cfg: GeneratorConfig):
-    """An Accelerator for generator training; reuses the process's Accelerate state if one exists."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    if AcceleratorState._shared_state:
-        return Accelerator()
-    return Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
 
 
 @contextlib.contextmanager
@@ -256,6 +247,22 @@ def _lr_at(step: int, total: int, base: float) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * p)))
 
 
+def summarize(history: dict) -> dict:
+    """What synth.json records about a vae generator: its curves, mixture size, timings, where it trained."""
+    return {
+        "model": "fully connected VAE + latent Gaussian mixture + learned upsampler",
+        "curve": history["vae"],
+        "upsampler_curve": history["upsampler"],
+        "mixture_components": history["mixture_components"],
+        "seconds": {k: history[k] for k in ("vae_seconds", "mixture_seconds", "upsampler_seconds")},
+        "world_size": history["world_size"],
+        "device": history["device"],
+    }
+
+
+@register_family(
+    "vae", GeneratorConfig, help="fully connected VAE + latent mixture + learned upsampler", summarize=summarize
+)
 def train_generator(
     images: np.ndarray,
     cfg: GeneratorConfig,
@@ -277,7 +284,7 @@ def train_generator(
         raise FingerprintError(f"image size {size} must be a multiple of the generator resolution {cfg.resolution}")
     if n < 2:
         raise FingerprintError(f"generator training needs at least 2 images, got {n}")
-    accelerator = accelerator or make_accelerator(cfg)
+    accelerator = accelerator or family_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process and is_main_process()
     factor = size // cfg.resolution

@@ -1,0 +1,45 @@
+"""Comparator models: scikit-learn pipelines, the seed's pair plan, and models saved behind a sha256 check."""
+
+import numpy as np
+import pytest
+
+from fingerprint import comparators
+from fingerprint.utils import FingerprintError
+
+
+def test_tampered_or_unverified_model_is_refused(tmp_path):
+    pipe = comparators.make_model("logreg", seed=0, n_train=20)
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    pipe.fit(X, np.arange(20) % 2)
+    path = comparators.save_comparator(pipe, tmp_path / "m.joblib", {"name": "cmp_logreg"})
+    loaded, meta = comparators.load_comparator(path)
+    np.testing.assert_allclose(loaded.predict_proba(X), pipe.predict_proba(X))
+    assert meta["name"] == "cmp_logreg" and len(meta["sha256"]) == 64
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(FingerprintError, match="does not match"):
+        comparators.load_comparator(path)
+    (tmp_path / "m.joblib.json").unlink()
+    with pytest.raises(FingerprintError, match="refusing"):
+        comparators.load_comparator(path)
+
+
+def test_every_comparator_fits_and_ranks_by_metric():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 3)), np.arange(40) % 2
+    X[:, 0] += y * 2.0
+    for name in comparators.COMPARATORS:
+        pipe = comparators.make_model(name, seed=0, n_train=40).fit(X, y)
+        s = comparators.decision_scores(pipe, X)
+        assert s.shape == (40,) and s[y == 1].mean() > s[y == 0].mean(), name
+    with pytest.raises(FingerprintError, match="unknown comparator"):
+        comparators.make_model("xgboost", seed=0, n_train=4)
+    cv = {
+        "a": {"roc_auc": {"value": 0.6}, "f1": {"value": 0.5}},
+        "b": {"roc_auc": {"value": 0.7}, "f1": {"value": 0.1}},
+    }
+    assert comparators.rank(cv) == ["b", "a"] and comparators.rank(cv, "f1") == ["a", "b"]
+    plan = comparators.pair_plan(6, 10, 30, seed=0)
+    assert plan.shape == (6, 5) and all(len(set(r)) == 5 for r in plan)
