@@ -85,8 +85,8 @@ def feed_check(
     autocast_dtype: torch.dtype | None,
 ) -> dict:
     """Stream-only and end-to-end (embed_shards) images/s on packed CT-like images vs model-only images/s."""
-    from fingerprint import shards
     from fingerprint.embed import embed_shards
+    from fingerprint.pack import pack
     from fingerprint.stream import StreamConfig, make_loader
 
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
@@ -96,7 +96,7 @@ def feed_check(
             tmp / "dev", n_generated=n_images - 2, n_used=1, n_not_used=1, size=IMAGE_SIZE, seed=seed, unique=256
         )
         n_shards = max(2 * max(workers), 4)
-        shards.pack(tmp / "dev", tmp / "shards", image_size=IMAGE_SIZE, max_count=-(-n_images // n_shards))
+        pack(tmp / "dev", tmp / "shards", image_size=IMAGE_SIZE, max_count=-(-n_images // n_shards))
         prep_s = time.perf_counter() - t0
 
         def read(w: int) -> int:

@@ -81,14 +81,14 @@ def seed_method(model, real_paths: list[Path], gen_paths: list[Path], *, batch: 
 
 def ours(model, src: Path, work: Path, *, k: int, image_size: int, device: str) -> tuple[dict, dict]:
     """The project's path from PNG folder to scores; returns (stage seconds, result summary)."""
-    from fingerprint import shards
     from fingerprint.embed import embed_shards
     from fingerprint.index import build_index
     from fingerprint.inference import relation_scores
+    from fingerprint.pack import pack
 
     t: dict[str, float] = {}
     with stopwatch(t, "pack"):
-        shards.pack(src, work / "shards", image_size=image_size, force=True)
+        pack(src, work / "shards", image_size=image_size, force=True)
     with stopwatch(t, "embed", device):
         feats = embed_shards(model, work / "shards", batch_size=32, fmaps=True)
     real, gen = feats.select(role="real"), feats.select(role="generated")

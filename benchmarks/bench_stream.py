@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from fingerprint import __version__, shards
+from fingerprint import __version__, shards, sources
+from fingerprint.pack import pack
 from fingerprint.stream import StreamConfig, make_loader
 from fingerprint.utils import write_json
 
@@ -120,13 +121,13 @@ def run(n_images: int = 2000, workers=(1, 2), out=None, repeats: int = 2) -> dic
         gen_s = time.perf_counter() - t0
         png_bytes = sum(p.stat().st_size for p in paths)
         pack_s = {}
-        for enc in shards.ENCODINGS:
+        for enc in sources.ENCODINGS:
             t0 = time.perf_counter()
-            shards.pack(tmp / "dev", tmp / f"shards_{enc}", image_size=SIZE, encoding=enc)
+            pack(tmp / "dev", tmp / f"shards_{enc}", image_size=SIZE, encoding=enc)
             pack_s[enc] = time.perf_counter() - t0
         shard_bytes = {
             enc: sum(Path(u).stat().st_size for u in shards.shard_urls(tmp / f"shards_{enc}"))
-            for enc in shards.ENCODINGS
+            for enc in sources.ENCODINGS
         }
         for w in workers:
             methods = {
@@ -137,7 +138,7 @@ def run(n_images: int = 2000, workers=(1, 2), out=None, repeats: int = 2) -> dic
                             tmp / f"shards_{enc}", StreamConfig(batch_size=BATCH, num_workers=w)
                         )
                     )
-                    for enc in shards.ENCODINGS
+                    for enc in sources.ENCODINGS
                 },
             }
             for name, make in methods.items():

@@ -57,7 +57,7 @@ def free_port() -> int:
 
 def prepare(folder: Path, *, n_generated: int, n_real: int, size: int, seed: int) -> Path:
     """A packed dev set with enough shards for 2 processes."""
-    from fingerprint import shards
+    from fingerprint.pack import pack
 
     write_dev_folder(
         folder / "dev",
@@ -69,7 +69,7 @@ def prepare(folder: Path, *, n_generated: int, n_real: int, size: int, seed: int
         unique=256,
     )
     total = n_generated + n_real
-    shards.pack(folder / "dev", folder / "shards", image_size=size, max_count=max(4, -(-total // 8)), seed=seed)
+    pack(folder / "dev", folder / "shards", image_size=size, max_count=max(4, -(-total // 8)), seed=seed)
     return folder / "shards"
 
 

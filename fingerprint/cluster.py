@@ -6,7 +6,7 @@ reported numbers are in docs/design-notes.md). Here the same analysis runs over 
 scipy linkage (ward, average or complete; euclidean or cosine distances),
 cophenetic correlation, silhouette, adjusted Rand index and NMI of the cut
 against used / not used (scikit-learn), a per-cluster composition table and a
-truncated dendrogram. The cluster scorer gives a real image the share of
+truncated dendrogram (`fingerprint.cluster_outputs`). The cluster scorer gives a real image the share of
 generated images in its cluster at the cut: if the generator memorised its
 training images, its outputs gather around them. Its score file goes through
 the same evaluate path as every other scorer. `run_cluster(ClusterConfig)` is
@@ -20,31 +20,23 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
-from scipy.cluster.hierarchy import cophenet, dendrogram, fcluster, linkage
+from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
+from fingerprint.cluster_outputs import fmt, write_outputs
 from fingerprint.config import check_fields, fail, option, require
 from fingerprint.features import Features
 from fingerprint.metrics import calibrate_threshold, evaluate
-from fingerprint.scorefiles import write_scores
-from fingerprint.utils import FingerprintError, JsonlLogger, atomic_path, write_json, write_text
+from fingerprint.utils import FingerprintError, JsonlLogger
 from fingerprint.vocab import THRESHOLD_RULES, label_code
 
-matplotlib.use("Agg")  # figures are only ever written to files
 log = logging.getLogger(__name__)
 
 LINKAGES = ("ward", "average", "complete")
-#: what each split's clustering reports, in table order
-SPLIT_METRICS = ("n_real", "n_generated", "cophenetic_correlation", "silhouette", "ari_used", "nmi_used", "ari_role",
-                 "nmi_role")  # fmt: skip
-#: the count columns of a composition row, in table order
-COMPOSITION = ("cluster", "n", "generated", "used", "not_used", "real_unknown")
 DISTANCES = ("euclidean", "cosine")
 
 
@@ -212,99 +204,6 @@ def cluster_split(features: Any, cfg: ClusterConfig, *, name: str = "split") -> 
     return Clustering(keys, roles, labels, Z, assign, cut, metrics, composition(assign, roles, labels), n_gen_total)
 
 
-def dendrogram_png(clustering: Clustering, path: str | Path, *, leaves: int = 30, title: str = "") -> Path:
-    """A dendrogram truncated to its last `leaves` merges (truncate_mode='lastp'), each leaf labelled with its make-up.
-
-    Leaf labels read `n | g G u U n N` (points, generated, used, not used); the
-    dashed line is the cut that gives the scorer's clusters.
-    """
-    n = len(clustering.keys)
-    counts = np.zeros((2 * n - 1, 3), dtype=np.int64)
-    counts[np.arange(n), 0] = clustering.roles == "generated"
-    counts[np.arange(n), 1] = clustering.labels == "used"
-    counts[np.arange(n), 2] = (clustering.roles == "real") & (clustering.labels == "not_used")
-    for i, (a, b, _, _) in enumerate(clustering.Z):
-        counts[n + i] = counts[int(a)] + counts[int(b)]
-
-    def label(i: int) -> str:
-        g, u, nu = counts[i]
-        if i < n:
-            return "gen" if g else ("used" if u else ("not used" if nu else "real ?"))
-        total = int(clustering.Z[i - n, 3])
-        return f"{total} | g{g} u{u} n{nu}"
-
-    p = min(leaves, n)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.32 * p + 2), 5.5))
-    dendrogram(
-        clustering.Z,
-        truncate_mode="lastp",
-        p=p,
-        leaf_label_func=label,
-        leaf_rotation=90,
-        leaf_font_size=8,
-        color_threshold=clustering.cut_height,
-        above_threshold_color="0.55",
-        ax=ax,
-    )
-    ax.axhline(clustering.cut_height, ls="--", lw=1, color="0.3")
-    ax.set_ylabel("merge distance")
-    ax.set_title(title or "dendrogram")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return path
-
-
-def composition_table(rows: Sequence[dict]) -> str:
-    """Markdown table of `composition` rows."""
-    head = (
-        "| cluster | n | generated | used | not used | real unknown | generated share |\n|---|---|---|---|---|---|---|"
-    )
-    body = ["| " + " | ".join(str(r[c]) for c in COMPOSITION) + f" | {r['generated_share']:.3f} |" for r in rows]
-    return "\n".join([head, *body])
-
-
-def _fmt(v: Any) -> str:
-    return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
-
-
-def summary_markdown(result: dict) -> str:
-    """The cluster stage's Markdown summary: metrics and composition per split, and the scorer."""
-    cfg = result["config"]
-    lines = [
-        f"# Hierarchical clustering ({cfg['method']} linkage, {cfg['metric']} distance, "
-        f"cut into {cfg['n_clusters']} clusters)",
-        "",
-    ]
-    for split in ("dev", "test"):
-        s = result.get(split)
-        if not s:
-            continue
-        m = s["metrics"]
-        lines += [f"## {split}", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(m.get(k))} |" for k in ("n_points", *SPLIT_METRICS)]
-        lines += ["", composition_table(s["composition"]), ""]
-    sc = result.get("scorer")
-    if sc:
-        lines += [
-            "## Cluster scorer",
-            "",
-            "Score: share of generated images in a real image's cluster; "
-            f"threshold {sc['threshold']:.4f} ({sc['rule']}).",
-            "",
-        ]
-        dev = sc.get("dev")
-        if dev:
-            lines.append(
-                "Dev (threshold fitted on these images, so F1 is optimistic; ROC-AUC is not): "
-                f"ROC-AUC {_fmt(dev['roc_auc']['value'])}, "
-                f"F1 {_fmt(dev['f1']['value'])}."
-            )
-    return "\n".join(lines) + "\n"
-
-
 def analyse(
     dev: Any,
     test: Any | None = None,
@@ -344,9 +243,9 @@ def analyse(
             "%s: cophenetic %.3f, silhouette %s, ARI(used) %s, NMI(used) %s",
             name,
             m["cophenetic_correlation"],
-            _fmt(m["silhouette"]),
-            _fmt(m["ari_used"]),
-            _fmt(m["nmi_used"]),
+            fmt(m["silhouette"]),
+            fmt(m["ari_used"]),
+            fmt(m["nmi_used"]),
         )
 
     test_scores = None
@@ -377,47 +276,5 @@ def analyse(
         result["scorer"] = scorer
 
     if out_dir is not None:
-        _write_outputs(out_dir, result, splits, test_scores, cfg)
+        write_outputs(out_dir, result, splits, test_scores, cfg)
     return result
-
-
-def _write_outputs(out_dir: Path, result: dict, splits: dict[str, Clustering], test_scores, cfg: ClusterConfig) -> None:
-    """The score file first, then the cluster/ folder in one atomic rename."""
-    score_path = out_dir / "scores" / "cluster.csv"
-    if test_scores is not None:
-        keys, s, pred = test_scores
-        sc = result["scorer"]
-        write_scores(
-            score_path,
-            list(keys),
-            s,
-            pred,
-            meta={
-                "scorer": "cluster",
-                "threshold": sc["threshold"],
-                "rule": sc["rule"],
-                "source": "cluster",
-                "calibrated_on": "dev",
-            },
-        )
-    else:
-        score_path.unlink(missing_ok=True)
-        score_path.with_suffix(".json").unlink(missing_ok=True)
-    with atomic_path(out_dir / "cluster") as tmp:
-        tmp.mkdir(parents=True)
-        for name, c in splits.items():
-            fname = "dendrogram.png" if name == "dev" else f"dendrogram_{name}.png"
-            dendrogram_png(
-                c,
-                tmp / fname,
-                leaves=cfg.dendrogram_leaves,
-                title=f"{name}: {cfg.method} linkage, {cfg.metric}; "
-                f"{c.metrics['n_real']} real + {c.metrics['n_generated']} generated",
-            )
-            rows = ["key,role,label,cluster"] + [
-                f"{k},{r},{lab},{a}" for k, r, lab, a in zip(c.keys, c.roles, c.labels, c.assign)
-            ]
-            write_text(tmp / f"assignments_{name}.csv", "\n".join(rows) + "\n")
-        write_text(tmp / "summary.md", summary_markdown(result))
-        write_json(tmp / "cluster.json", result)
-    log.info("cluster: wrote %s", out_dir / "cluster")

@@ -30,11 +30,12 @@ from fingerprint.embed import EmbedConfig, run_embed
 from fingerprint.evaluate import EvaluateConfig, run_evaluate
 from fingerprint.index import IndexConfig, run_index
 from fingerprint.metrics import format_table
+from fingerprint.pack import PackConfig, run_pack
 from fingerprint.report import ReportConfig, run_report
 from fingerprint.score import ScoreConfig, run_score
 from fingerprint.scorefiles import read_score_meta
 from fingerprint.scorers import get_scorer, scorer_names, untrained_scorers
-from fingerprint.shards import PackConfig, read_manifest, run_pack
+from fingerprint.shards import read_manifest
 from fingerprint.train import TrainConfig, run_train
 from fingerprint.utils import FingerprintError, JsonlLogger, read_json, write_json
 from fingerprint.vocab import BACKBONES, DEVICES, MIXED_PRECISION, SPLITS

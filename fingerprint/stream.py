@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
-from fingerprint.shards import LABELS, ROLES, decode_sample, iter_shard, manifest_for, shard_urls
+from fingerprint.shards import decode_sample, iter_shard, manifest_for, shard_urls
 from fingerprint.utils import FingerprintError
+from fingerprint.vocab import LABELS, ROLES
 
 log = logging.getLogger(__name__)
 

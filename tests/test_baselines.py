@@ -11,8 +11,8 @@ from fingerprint.cli import score as score_cli
 from fingerprint.features import Features
 from fingerprint.model_io import build_model
 from fingerprint.models import ModelConfig
+from fingerprint.pack import pack
 from fingerprint.scorefiles import read_score_meta, read_scores
-from fingerprint.shards import pack
 from fingerprint.utils import FingerprintError
 
 

@@ -16,7 +16,7 @@ from fingerprint.embed import EmbedConfig, embed_shards, run_embed
 from fingerprint.features import Features
 from fingerprint.model_io import build_model, save_model
 from fingerprint.models import ModelConfig
-from fingerprint.shards import pack
+from fingerprint.pack import pack
 from fingerprint.stream import StreamConfig, load_all
 from fingerprint.utils import FingerprintError
 from launch import TWO_CPU_PROCESSES, cpu_env

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from fingerprint import shards
 from fingerprint.episodes import (
     BalancedQueries,
     Bank,
@@ -20,6 +19,7 @@ from fingerprint.episodes import (
     pair_targets,
     split_dev,
 )
+from fingerprint.pack import pack
 from fingerprint.stream import StreamConfig, make_loader
 from fingerprint.utils import FingerprintError
 
@@ -53,7 +53,7 @@ def make_dev(root: Path, n_gen: int = 24, n_used: int = 8, n_not: int = 8, size:
 
 def pack_dev(tmp: Path, max_count: int = 4, **kw) -> Path:
     make_dev(tmp / "dev", **kw)
-    shards.pack(tmp / "dev", tmp / "shards", image_size=kw.get("size", 32), max_count=max_count, seed=0)
+    pack(tmp / "dev", tmp / "shards", image_size=kw.get("size", 32), max_count=max_count, seed=0)
     return tmp / "shards"
 
 

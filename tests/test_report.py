@@ -15,9 +15,9 @@ from fingerprint import cluster, compare
 from fingerprint.cli import report as cli_report
 from fingerprint.features import Features
 from fingerprint.metrics import evaluate
+from fingerprint.pack import pack
 from fingerprint.report import ReportConfig, build_report
 from fingerprint.scorefiles import read_scores, write_scores
-from fingerprint.shards import pack
 from fingerprint.utils import FingerprintError, write_json
 
 SIZE = 32

@@ -1,4 +1,4 @@
-"""Packing: layouts, conversion, skips, determinism, atomic output, reading back, inspect --verify."""
+"""The shard format: reading back, truncation and corruption named by file, inspect and --verify."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from PIL import Image
 
 from fingerprint import shards, sources
 from fingerprint.cli import inspect as inspect_cli
-from fingerprint.cli import pack as pack_cli
-from fingerprint.utils import FingerprintError, read_json, sha256_file
+from fingerprint.pack import pack
+from fingerprint.utils import FingerprintError
 
 SIZE = 16
 
@@ -69,220 +69,6 @@ def read_back(out: Path) -> dict[str, tuple[np.ndarray, dict]]:
     return got
 
 
-@pytest.mark.parametrize("encoding", ["png", "npy"])
-def test_pack_roundtrip_every_pixel_and_key(tmp_path, encoding):
-    pixels = make_layout(tmp_path / "dev", "dev")
-    man = shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, encoding=encoding, max_count=5)
-    got = read_back(tmp_path / "out")
-    assert set(got) == set(pixels)
-    for key, (px, rec) in got.items():
-        np.testing.assert_array_equal(px, pixels[key])
-        assert rec["key"] == key and rec["size"] == [SIZE, SIZE] and rec["converted"] is None
-        assert rec["pixel_sha256"] == sources.pixel_sha256(pixels[key])
-        assert rec["path"].endswith(f"{key}.png") and not Path(rec["path"]).is_absolute()
-    assert got["used_0001"][1]["role"] == "real" and got["used_0001"][1]["label"] == "used"
-    assert got["not_used_0002"][1]["label"] == "not_used"
-    assert got["generated_0003"][1]["role"] == "generated"
-    assert man["counts"]["role_label"] == {"real/used": 4, "real/not_used": 4, "generated/unknown": 8}
-    assert man["encoding"] == encoding and man["count"] == 16
-    assert [s["count"] for s in man["shards"]] == [5, 5, 5, 1]
-    assert sum(sum(s["groups"].values()) for s in man["shards"]) == 16
-    assert read_json(tmp_path / "out" / "manifest.json") == man
-    if encoding == "png":  # unchanged 8-bit gray PNGs are stored byte for byte
-        src = (tmp_path / "dev" / "used" / "used_0001.png").read_bytes()
-        raw = next(
-            s for u in shards.shard_urls(tmp_path / "out") for s in shards.iter_shard(u) if s["__key__"] == "used_0001"
-        )
-        assert raw["png"] == src
-
-
-def test_shards_mix_roles_and_order_follows_seed(tmp_path):
-    make_layout(tmp_path / "dev", "dev", n_gen=12, n_real=6)
-    shards.pack(tmp_path / "dev", tmp_path / "a", image_size=SIZE, max_count=6, seed=0)
-    shards.pack(tmp_path / "dev", tmp_path / "b", image_size=SIZE, max_count=6, seed=1)
-    order = {d: [s["__key__"] for u in shards.shard_urls(tmp_path / d) for s in shards.iter_shard(u)] for d in "ab"}
-    assert sorted(order["a"]) == sorted(order["b"]) and order["a"] != order["b"]
-    assert order["a"] != sorted(order["a"])
-    man = shards.read_manifest(tmp_path / "a")
-    assert sum(len(s["groups"]) > 1 for s in man["shards"]) >= 2
-
-
-@pytest.mark.parametrize("layout", ["dev", "test", "seed"])
-def test_layouts_detected(tmp_path, layout):
-    pixels = make_layout(tmp_path / "src", layout)
-    assert sources.detect_layout(tmp_path / "src") == layout
-    man = shards.pack(tmp_path / "src", tmp_path / "out", image_size=SIZE)
-    assert man["layout"] == layout
-    got = read_back(tmp_path / "out")
-    assert set(got) == set(pixels)
-    if layout == "test":
-        assert got["generated_00001"][1]["role"] == "generated"
-        assert got["real_unknown_0001"][1]["label"] == "unknown" and got["real_unknown_0001"][1]["role"] == "real"
-    if layout == "seed":
-        assert got["used_0001"][1]["label"] == "used" and got["unused_0001"][1]["label"] == "not_used"
-
-
-def test_layout_errors(tmp_path):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "stuff").mkdir()
-    with pytest.raises(FingerprintError, match="no known layout"):
-        sources.detect_layout(tmp_path / "empty")
-    with pytest.raises(FingerprintError, match="not found"):
-        sources.detect_layout(tmp_path / "missing")
-    make_layout(tmp_path / "both", "dev")
-    make_layout(tmp_path / "both", "seed")
-    with pytest.raises(FingerprintError, match="several layouts"):
-        sources.detect_layout(tmp_path / "both")
-    man = shards.pack(tmp_path / "both", tmp_path / "out", layout="seed", image_size=SIZE)
-    assert man["layout"] == "seed"
-    rc = pack_cli.main([str(tmp_path / "empty"), str(tmp_path / "o2")])
-    assert rc == 2 and not (tmp_path / "o2").exists()
-
-
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_manifest_layout(tmp_path, fmt):
-    src = tmp_path / "src"
-    rows = [
-        ("a/x.png", "real", "used"),
-        ("a/y.png", "real", "not_used"),
-        ("b/x.png", "generated", ""),
-        ("b/z.v1.png", "generated", "unknown"),
-    ]
-    pix = {}
-    for i, (p, _, _) in enumerate(rows):
-        pix[p] = gray(i)
-        write_png(src / p, pix[p])
-    if fmt == "csv":
-        text = "path,role,label\n" + "".join(f"{p},{r},{lab}\n" for p, r, lab in rows)
-    else:
-        text = "".join(json.dumps({"path": p, "role": r, "label": lab or None}) + "\n" for p, r, lab in rows)
-    (src / f"manifest.{fmt}").write_text(text)
-    assert sources.detect_layout(src) == "manifest"
-    man = shards.pack(src, tmp_path / "out", image_size=SIZE)
-    got = read_back(tmp_path / "out")
-    # duplicate stem 'x': the first path keeps it, the second gets x_2; dots become underscores
-    assert set(got) == {"x", "x_2", "y", "z_v1"}
-    assert got["x"][1]["path"] == "a/x.png" and got["x_2"][1]["path"] == "b/x.png"
-    assert got["x_2"][1]["label"] == "unknown"
-    np.testing.assert_array_equal(got["z_v1"][0], pix["b/z.v1.png"])
-    assert man["layout"] == "manifest"
-    # the same file given with --manifest from elsewhere
-    man2 = shards.pack(tmp_path / "elsewhere", tmp_path / "out2", image_size=SIZE, manifest=src / f"manifest.{fmt}")
-    assert man2["count"] == 4
-
-
-def test_manifest_errors(tmp_path):
-    src = tmp_path / "src"
-    write_png(src / "a.png", gray(0))
-    (src / "manifest.csv").write_text("path,role,label\na.png,realish,used\n")
-    with pytest.raises(FingerprintError, match=r"manifest.csv: line 2: role 'realish'"):
-        shards.pack(src, tmp_path / "out")
-    (src / "manifest.csv").write_text("path,role,label\n../a.png,real,used\n")
-    with pytest.raises(FingerprintError, match="leaves the manifest's folder"):
-        shards.pack(src, tmp_path / "out")
-    (src / "manifest.csv").write_text("file,role\na.png,real\n")
-    with pytest.raises(FingerprintError, match="header with columns path,role,label"):
-        shards.pack(src, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_conversion_rgb_16bit_and_size(tmp_path):
-    src = tmp_path / "dev"
-    make_layout(src, "dev", n_gen=2, n_real=1)
-    rgb = np.stack([gray(1, 24), gray(2, 24), gray(3, 24)], -1)
-    write_png(src / "used" / "rgb.png", rgb)
-    g16 = gray(4).astype(np.uint16) * 257
-    Image.fromarray(g16).save(src / "used" / "deep.png")
-    Image.fromarray(gray(5, 32)).save(src / "not_used" / "big.tif")
-    man = shards.pack(src, tmp_path / "out", image_size=SIZE, encoding="png")
-    got = read_back(tmp_path / "out")
-    assert man["converted"] == 3
-    px, rec = got["rgb"]
-    assert px.shape == (SIZE, SIZE) and rec["orig_size"] == [24, 24] and rec["orig_mode"] == "RGB"
-    assert "RGB->L" in rec["converted"] and "24x24->16x16" in rec["converted"]
-    px, rec = got["deep"]
-    np.testing.assert_array_equal(px, gray(4))  # v*257/257 is exact
-    assert rec["orig_mode"].startswith("I;16") and "value/257" in rec["converted"]
-    px, rec = got["big"]
-    assert rec["orig_size"] == [32, 32] and "TIFF" in rec["converted"]
-    assert rec["pixel_sha256"] == sources.pixel_sha256(px)
-    assert rec["sha256"] == sha256_file(src / "not_used" / "big.tif")
-    assert inspect_cli.main([str(tmp_path / "out"), "--verify"]) == 0
-
-
-def test_corrupt_image_skipped_and_counted_or_strict(tmp_path, caplog, capsys):
-    src = tmp_path / "dev"
-    make_layout(src, "dev", n_gen=3, n_real=2)
-    (src / "used" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    good = (src / "used" / "used_0001.png").read_bytes()
-    (src / "not_used" / "cut.png").write_bytes(good[: len(good) // 2])
-    man = shards.pack(src, tmp_path / "out", image_size=SIZE)
-    assert man["n_skipped"] == 2 and man["count"] == 7
-    assert {s["path"] for s in man["skipped"]} == {"used/broken.png", "not_used/cut.png"}
-    assert "broken.png" in caplog.text and "cut.png" in caplog.text
-    rc = pack_cli.main([str(src), str(tmp_path / "strict"), "--strict", "--image-size", str(SIZE)])
-    err = capsys.readouterr().err
-    assert rc == 2 and "unreadable image" in err and ("broken.png" in err or "cut.png" in err)
-    assert not (tmp_path / "strict").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
-
-
-def test_same_seed_byte_identical(tmp_path):
-    src = tmp_path / "dev"
-    make_layout(src, "dev")
-    write_png(src / "used" / "rgb.png", np.stack([gray(7)] * 3, -1))
-    for enc in ("png", "npy"):
-        a = shards.pack(src, tmp_path / f"a_{enc}", image_size=SIZE, encoding=enc, max_count=4, seed=3)
-        b = shards.pack(src, tmp_path / f"b_{enc}", image_size=SIZE, encoding=enc, max_count=4, seed=3)
-        assert a == b
-        for s in a["shards"]:
-            assert (tmp_path / f"a_{enc}" / s["name"]).read_bytes() == (tmp_path / f"b_{enc}" / s["name"]).read_bytes()
-        with tarfile.open(tmp_path / f"a_{enc}" / a["shards"][0]["name"]) as tar:
-            assert {(m.mtime, m.uid, m.gid, m.uname) for m in tar.getmembers()} == {(0, 0, 0, "fingerprint")}
-
-
-def test_existing_output_refused_unless_force(tmp_path, capsys):
-    src = tmp_path / "dev"
-    make_layout(src, "dev", n_gen=2, n_real=1)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    assert pack_cli.main([str(src), str(out), "--image-size", str(SIZE)]) == 2
-    assert "already exists" in capsys.readouterr().err and (out / "keep.txt").exists()
-    assert pack_cli.main([str(src), str(out), "--image-size", str(SIZE), "--force"]) == 0
-    assert not (out / "keep.txt").exists() and shards.read_manifest(out)["count"] == 4
-    with pytest.raises(FingerprintError, match="must not be the input"):
-        shards.pack(src, tmp_path, force=True)
-
-
-def test_interrupted_pack_leaves_nothing(tmp_path, monkeypatch):
-    src = tmp_path / "dev"
-    make_layout(src, "dev")
-    calls = {"n": 0}
-    real = shards.load_image
-
-    def flaky(data, size):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(data, size)
-
-    monkeypatch.setattr(shards, "load_image", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        shards.pack(src, tmp_path / "out", image_size=SIZE, max_count=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev"]
-
-
-def test_max_size_splits_shards(tmp_path):
-    make_layout(tmp_path / "dev", "dev")
-    man = shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, encoding="npy", max_size=700)
-    # one npy sample is ~384 bytes + json; a shard closes once its payload reaches 700 bytes
-    assert len(man["shards"]) > 2 and all(s["count"] <= 2 for s in man["shards"])
-    assert (
-        shards.parse_size("256M") == 256 << 20 and shards.parse_size("1.5k") == 1536 and shards.parse_size("99") == 99
-    )
-
-
 def _rewrite_member(path: Path, key: str, ext: str, mutate) -> None:
     """Rewrite one member of a tar in place (same size), keeping everything else."""
     with tarfile.open(path) as tar:
@@ -298,7 +84,7 @@ def _rewrite_member(path: Path, key: str, ext: str, mutate) -> None:
 def test_inspect_and_verify(tmp_path, capsys):
     make_layout(tmp_path / "dev", "dev")
     out = tmp_path / "out"
-    shards.pack(tmp_path / "dev", out, image_size=SIZE, max_count=4, encoding="npy")
+    pack(tmp_path / "dev", out, image_size=SIZE, max_count=4, encoding="npy")
     assert inspect_cli.main([str(out)]) == 0
     text = capsys.readouterr().out
     assert "16 images in 4 shards" in text and "real/used 4" in text and "npy" in text
@@ -311,7 +97,7 @@ def test_inspect_and_verify(tmp_path, capsys):
     def flip_pixel(data: bytes) -> bytes:
         arr = np.load(io.BytesIO(data))
         arr[3, 3] ^= 0xFF
-        return shards.encode_pixels(arr, "npy")
+        return sources.encode_pixels(arr, "npy")
 
     _rewrite_member(Path(bad), "used_0002", "npy", flip_pixel)
     assert inspect_cli.main([str(out), "--verify"]) == 1
@@ -323,7 +109,7 @@ def test_inspect_and_verify(tmp_path, capsys):
 def test_verify_png_source_bytes(tmp_path):
     make_layout(tmp_path / "dev", "dev", n_gen=2, n_real=2)
     out = tmp_path / "out"
-    shards.pack(tmp_path / "dev", out, image_size=SIZE, encoding="png", max_count=100)
+    pack(tmp_path / "dev", out, image_size=SIZE, encoding="png", max_count=100)
     url = shards.shard_urls(out)[0]
     # re-encode the PNG with other zlib settings: same pixels, other bytes
     _rewrite_member(Path(url), "used_0001", "png", lambda d: _reencode(d))
@@ -342,7 +128,7 @@ def _reencode(data: bytes) -> bytes:
 def test_reading_errors_name_the_file(tmp_path):
     make_layout(tmp_path / "dev", "dev", n_gen=2, n_real=1)
     out = tmp_path / "out"
-    shards.pack(tmp_path / "dev", out, image_size=SIZE)
+    pack(tmp_path / "dev", out, image_size=SIZE)
     with pytest.raises(FingerprintError, match="no manifest.json"):
         shards.read_manifest(tmp_path / "dev")
     with pytest.raises(FingerprintError, match="no .tar shards"):
@@ -356,17 +142,3 @@ def test_reading_errors_name_the_file(tmp_path):
     Path(url).unlink()
     with pytest.raises(FingerprintError, match="missing"):
         shards.shard_urls(out)
-
-
-def test_run_pack_and_inspect_library_entries(tmp_path):
-    make_layout(tmp_path / "dev", "dev", n_gen=4, n_real=2)
-    log = tmp_path / "log.jsonl"
-    man = shards.run_pack(shards.PackConfig(src=tmp_path / "dev", out=tmp_path / "out", image_size=SIZE, log=log))
-    assert man["count"] == 8 and man["seconds"] > 0 and "seconds" not in read_json(tmp_path / "out" / "manifest.json")
-    assert json.loads(log.read_text())["stage"] == "pack"
-    summary = shards.run_inspect(shards.InspectConfig(shards=tmp_path / "out", verify=True))
-    assert summary["count"] == 8 and summary["verify"]["ok"] and summary["verify"]["checked"] == 8
-    with pytest.raises(FingerprintError, match=r"out: already exists \(use pack.force"):
-        shards.run_pack(shards.PackConfig(src=tmp_path / "dev", out=tmp_path / "out"))
-    with pytest.raises(FingerprintError, match=r"pack.image_size must be >= 8, got 4"):
-        shards.PackConfig(src=tmp_path / "dev", out=tmp_path / "o", image_size=4)

@@ -15,6 +15,7 @@ import webdataset as wds
 from test_shards import SIZE, make_layout
 
 from fingerprint import shards
+from fingerprint.pack import pack
 from fingerprint.stream import StreamConfig, augment_batch, dist_info, load_all, make_loader
 from fingerprint.utils import FingerprintError
 from launch import TWO_CPU_PROCESSES, cpu_env
@@ -27,7 +28,7 @@ def packed(tmp_path_factory):
     """16 images (8 generated, 4 used, 4 not used) in 8 shards of 2."""
     root = tmp_path_factory.mktemp("stream")
     pixels = make_layout(root / "dev", "dev")
-    shards.pack(root / "dev", root / "out", image_size=SIZE, max_count=2, seed=0)
+    pack(root / "dev", root / "out", image_size=SIZE, max_count=2, seed=0)
     return root / "out", pixels
 
 
@@ -92,7 +93,7 @@ def test_shard_shuffle_follows_seed_and_epoch(packed):
 
 def test_epoch_batches_equal_per_rank(tmp_path):
     make_layout(tmp_path / "dev", "dev", n_gen=9, n_real=3)  # 15 images in shards of 2: 8 shards, last holds 1
-    shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, max_count=2)
+    pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, max_count=2)
     plain = [
         sum(1 for _ in make_loader(tmp_path / "out", StreamConfig(batch_size=2), rank=r, world_size=3))
         for r in range(3)
@@ -119,7 +120,7 @@ def test_too_few_shards_is_a_clear_error(packed):
 def test_truncated_shard_named_or_skipped(tmp_path):
     make_layout(tmp_path / "dev", "dev")
     out = tmp_path / "out"
-    shards.pack(tmp_path / "dev", out, image_size=SIZE, max_count=4)
+    pack(tmp_path / "dev", out, image_size=SIZE, max_count=4)
     urls = shards.shard_urls(out)
     data = Path(urls[1]).read_bytes()
     Path(urls[1]).write_bytes(data[: len(data) // 2])
@@ -142,7 +143,7 @@ def test_corrupt_sample_named_or_counted(tmp_path):
 
     make_layout(tmp_path / "dev", "dev", n_gen=2, n_real=1)
     out = tmp_path / "out"
-    shards.pack(tmp_path / "dev", out, image_size=SIZE, max_count=100, encoding="png")
+    pack(tmp_path / "dev", out, image_size=SIZE, max_count=100, encoding="png")
     url = shards.shard_urls(out)[0]
     with tarfile.open(url) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -201,7 +202,7 @@ def test_dist_info(monkeypatch):
 def test_real_two_process_launch(tmp_path):
     """2 gloo processes x 2 workers each: world size 2, each sample exactly once, equal batches with epoch_batches."""
     make_layout(tmp_path / "dev", "dev", n_gen=10, n_real=4)  # 18 images
-    shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, max_count=2)  # 9 shards
+    pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, max_count=2)  # 9 shards
     env = cpu_env()
     base = [
         *TWO_CPU_PROCESSES,
@@ -232,7 +233,7 @@ def test_stock_webdataset_reads_the_shards(tmp_path, encoding):
     """The shards are plain WebDataset: a stock pipeline decodes the same pixels and records."""
 
     pixels = make_layout(tmp_path / "dev", "dev", n_gen=3, n_real=2)
-    shards.pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, encoding=encoding, max_count=3)
+    pack(tmp_path / "dev", tmp_path / "out", image_size=SIZE, encoding=encoding, max_count=3)
     ds = wds.WebDataset(shards.shard_urls(tmp_path / "out"), shardshuffle=False, nodesplitter=wds.split_by_node).decode(
         "l8"
     )

@@ -15,10 +15,10 @@ from test_episodes import pack_dev
 from test_shards import make_layout
 
 import fingerprint.train_loop as loop_mod
-from fingerprint import shards
 from fingerprint.cli import train as train_cli
 from fingerprint.distributed import seed_everything
 from fingerprint.model_io import build_model, load_model
+from fingerprint.pack import pack
 from fingerprint.train import TrainConfig, run_train
 from fingerprint.utils import FingerprintError
 
@@ -185,7 +185,7 @@ def test_bad_settings_are_clear_errors(dev, tmp_path):
     with pytest.raises(FingerprintError, match="shard folder not found"):
         run_train(tiny_cfg(tmp_path / "missing", tmp_path / "e"))
     make_layout(tmp_path / "test_src", "test")  # unlabelled real images only
-    shards.pack(tmp_path / "test_src", tmp_path / "test_shards", image_size=16)
+    pack(tmp_path / "test_src", tmp_path / "test_shards", image_size=16)
     with pytest.raises(FingerprintError, match="no labelled real images"):
         run_train(tiny_cfg(tmp_path / "test_shards", tmp_path / "f"))
 

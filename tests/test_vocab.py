@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fingerprint import compare, metrics, report, vocab
+from fingerprint import compare, metrics, report_sections, vocab
 from fingerprint.utils import FingerprintError
 
 
@@ -22,7 +22,8 @@ def test_label_codes():
 def test_one_definition_per_word():
     assert set(vocab.LABEL_CODES) < set(vocab.LABELS) and vocab.ROLES == ("real", "generated")
     assert set(vocab.SCORE_METRICS) < set(vocab.METRICS) and set(vocab.METRIC_TITLES) == set(vocab.METRICS)
-    assert metrics.METRICS is vocab.METRICS and report.METRICS is vocab.METRICS and compare.METRICS is vocab.METRICS
+    for module in (metrics, report_sections, compare):
+        assert module.METRICS is vocab.METRICS
     assert "no" in vocab.MIXED_PRECISION and vocab.THRESHOLD_RULES == ("max_f1", "youden")
 
 

@@ -33,33 +33,26 @@ its training set; their measured pixel-NN AUCs are in docs/benchmark-data.md.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from fingerprint import __version__
-from fingerprint.benchdata.difficulty import measure_difficulty
-from fingerprint.benchdata.generators import TrainedGenerator, families, family_accelerator, get_family
+from fingerprint.benchdata.generators import families, family_accelerator, get_family
 from fingerprint.benchdata.generators.vae import GeneratorConfig
+from fingerprint.benchdata.layout import sample_and_write
 from fingerprint.benchdata.realimages import RealImages, folder_images, phantom_images
 from fingerprint.config import check_fields, fail, option
 from fingerprint.distributed import set_threads
-from fingerprint.utils import FingerprintError, atomic_path, is_main_process, read_json, write_json
+from fingerprint.utils import FingerprintError, is_main_process, read_json
 from fingerprint.vocab import MIXED_PRECISION
 
 log = logging.getLogger(__name__)
-
-FORMAT = "fingerprint-synth/1"
 
 
 @dataclass
@@ -252,67 +245,6 @@ def run_synth(cfg: SynthConfig) -> dict:
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------- sampling
-
-
-def _unit_rows(x: np.ndarray):
-    """Images as rows, centred and scaled to unit norm (constant rows stay zero): a float32 torch tensor."""
-    v = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32))
-    v -= v.mean(dim=1, keepdim=True)
-    norm = v.norm(dim=1, keepdim=True)
-    return torch.where(norm > 0, v / norm.clamp_min(1e-12), torch.zeros_like(v))
-
-
-def sample_checked(
-    gen: TrainedGenerator, n: int, real: np.ndarray, *, seed: int, max_correlation: float, batch: int = 256
-) -> tuple[np.ndarray, dict]:
-    """Draw `n` samples, redrawing any whose pixel correlation with a real image exceeds `max_correlation`
-    (or that equals one exactly). Returns the images and rejection statistics."""
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x5A3])
-    real_u = _unit_rows(real)
-    real_bytes = {r.tobytes() for r in real}
-    out: list[np.ndarray] = []
-    rejected, drawn, max_kept = 0, 0, -1.0
-    while sum(len(o) for o in out) < n:
-        need = n - sum(len(o) for o in out)
-        imgs = gen.draw(min(batch, need), rng)
-        drawn += len(imgs)
-        corr = (_unit_rows(imgs) @ real_u.T).max(dim=1).values.numpy()
-        ok = corr <= max_correlation
-        ok &= np.array([im.tobytes() not in real_bytes for im in imgs])
-        rejected += int((~ok).sum())
-        if ok.any():
-            out.append(imgs[ok])
-            max_kept = max(max_kept, float(corr[ok].max()))
-        if rejected > 10 * n + 100:
-            raise FingerprintError(
-                f"the generator keeps reproducing real images (rejected {rejected} of {drawn} samples with "
-                f"pixel correlation > {max_correlation}); raise --temperature or lower --epochs"
-            )
-    return np.concatenate(out)[:n], {"drawn": drawn, "rejected": rejected, "max_kept_correlation": round(max_kept, 5)}
-
-
-# ---------------------------------------------------------------- writing
-
-
-def _png_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr, "L").save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
-
-
-def _write_pngs(folder: Path, prefix: str, images: np.ndarray, digits: int, pool: ThreadPoolExecutor) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    width = max(digits, len(str(len(images))))
-    keys = [f"{prefix}_{i + 1:0{width}d}" for i in range(len(images))]
-
-    def write(k: int) -> None:
-        (folder / f"{keys[k]}.png").write_bytes(_png_bytes(images[k]))
-
-    list(pool.map(write, range(len(images))))
-    return keys
-
-
 def build_benchmark(
     out_dir: str | os.PathLike,
     *,
@@ -358,7 +290,7 @@ def build_benchmark(
         )
         timings["training"] = time.perf_counter() - t0
         if main:
-            _sample_and_write(out_dir, params, real, split, gen, history, timings, t_all)
+            sample_and_write(out_dir, params, real, split, gen, history, timings, t_all)
         accelerator.wait_for_everyone()
     finally:
         torch.set_num_threads(prev_threads)
@@ -374,123 +306,3 @@ def _split(p: SynthParams, real: RealImages) -> dict[str, np.ndarray]:
         out[name] = perm[k : k + n]
         k += n
     return out
-
-
-def _sample_and_write(
-    out_dir: Path, p: SynthParams, real: RealImages, split: dict, gen, history: dict, timings: dict, t_all: float
-) -> None:
-    t0 = time.perf_counter()
-    dev_gen, dev_rej = sample_checked(
-        gen, p.dev_generated, real.images, seed=p.seed * 2 + 1, max_correlation=p.max_correlation
-    )
-    test_gen, test_rej = sample_checked(
-        gen, p.test_generated, real.images, seed=p.seed * 2 + 2, max_correlation=p.max_correlation
-    )
-    timings["sampling"] = time.perf_counter() - t0
-
-    # the test real images: used and not used, shuffled together
-    test_idx = np.concatenate([split["test_used"], split["test_not_used"]])
-    test_lab = np.r_[np.ones(len(split["test_used"]), int), np.zeros(len(split["test_not_used"]), int)]
-    order = np.random.default_rng([p.seed & 0xFFFFFFFF, 0x7E57]).permutation(len(test_idx))
-    test_idx, test_lab = test_idx[order], test_lab[order]
-
-    used_groups = set(real.group[np.concatenate([split["dev_used"], split["test_used"]])].tolist())
-    not_used = np.concatenate([split["dev_not_used"], split["test_not_used"]])
-    siblings = int(sum(g in used_groups for g in real.group[not_used].tolist()))
-
-    with atomic_path(out_dir) as tmp:
-        t0 = time.perf_counter()
-        tmp.mkdir(parents=True)
-        sources: list[tuple[str, str, str]] = []
-        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-            for folder, prefix, idx, digits in (
-                ("dev/used", "used", split["dev_used"], 4),
-                ("dev/not_used", "not_used", split["dev_not_used"], 4),
-                ("test/real_unknown_1", "real_unknown", test_idx, 4),
-            ):
-                keys = _write_pngs(tmp / folder, prefix, real.images[idx], digits, pool)
-                sources += [(k, folder, real.sources[i]) for k, i in zip(keys, idx)]
-            _write_pngs(tmp / "dev" / "generated", "generated", dev_gen, 4, pool)
-            _write_pngs(tmp / "test" / "generated_1", "generated", test_gen, 5, pool)
-        unknown_keys = [s[0] for s in sources if s[1] == "test/real_unknown_1"]
-        truth = "figure_id,label\n" + "".join(f"{k},{int(y)}\n" for k, y in zip(unknown_keys, test_lab))
-        (tmp / "test_truth.csv").write_text(truth)
-        src = io.StringIO()
-        w = csv.writer(src, lineterminator="\n")
-        w.writerow(["figure_id", "folder", "source"])
-        w.writerows(sources)
-        (tmp / "real_sources.csv").write_text(src.getvalue())
-        timings["writing"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        difficulty = measure_difficulty(tmp)
-        timings["difficulty"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - t_all
-        info = _info(p, real, history, dev_rej, test_rej, difficulty, timings, siblings)
-        write_json(tmp / "synth.json", info)
-    log.info(
-        "wrote %s: pixel-NN AUC dev %.3f, test %.3f (%.0f s)",
-        out_dir,
-        difficulty["dev"],
-        difficulty["test"],
-        timings["total"],
-    )
-
-
-def _info(
-    p: SynthParams,
-    real: RealImages,
-    history: dict,
-    dev_rej: dict,
-    test_rej: dict,
-    difficulty: dict,
-    timings: dict,
-    siblings: int,
-) -> dict:
-    params = asdict(p)
-    return {
-        "format": FORMAT,
-        "level": p.level,
-        "seed": p.seed,
-        "params": params,
-        "source": "real_dir" if p.real_dir else "phantom",
-        "counts": {
-            "dev": {"generated": p.dev_generated, "used": p.dev_used, "not_used": p.dev_not_used},
-            "test": {
-                "generated": p.test_generated,
-                "real_unknown": p.test_used + p.test_not_used,
-                "used": p.test_used,
-                "not_used": p.test_not_used,
-            },
-            "generator_training_images": p.dev_used + p.test_used,
-        },
-        "layout": {
-            "dev": {"generated": "dev/generated", "used": "dev/used", "not_used": "dev/not_used"},
-            "test": {"generated": "test/generated_1", "real_unknown": "test/real_unknown_1"},
-            "truth": "test_truth.csv",
-            "sources": "real_sources.csv",
-        },
-        "real_images": {
-            "skipped": real.skipped,
-            "groups": int(len(np.unique(real.group))),
-            "not_used_with_used_sibling": siblings,  # not-used images whose patient has a used slice
-        },
-        "generator": {"family": p.family, **get_family(p.family).summarize(history)},
-        "near_duplicates": {
-            "max_correlation": p.max_correlation,
-            "dev": dev_rej,
-            "test": test_rej,
-            "rejected": dev_rej["rejected"] + test_rej["rejected"],
-        },
-        "difficulty": {
-            "pixel_nn_auc": difficulty,
-            "method": "ROC-AUC of -(L2 distance to the nearest generated image), pixels in [0, 1]",
-        },
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "environment": {
-            "fingerprint": __version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "threads": torch.get_num_threads(),
-        },
-    }
