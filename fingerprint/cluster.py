@@ -32,7 +32,7 @@ from fingerprint.config import check_fields, fail, option, require
 from fingerprint.features import Features
 from fingerprint.metrics import calibrate_threshold, evaluate
 from fingerprint.utils import FingerprintError, JsonlLogger
-from fingerprint.vocab import THRESHOLD_RULES, label_code
+from fingerprint.vocab import LABEL_CODES, THRESHOLD_RULES, label_code
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def composition(assign: np.ndarray, roles: np.ndarray, labels: np.ndarray) -> li
                 "generated": n_gen,
                 "used": int((real & (labels == "used")).sum()),
                 "not_used": int((real & (labels == "not_used")).sum()),
-                "real_unknown": int((real & ~np.isin(labels, ("used", "not_used"))).sum()),
+                "real_unknown": int((real & ~np.isin(labels, tuple(LABEL_CODES))).sum()),
                 "generated_share": round(n_gen / int(m.sum()), 4),
             }
         )

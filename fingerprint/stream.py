@@ -224,7 +224,7 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
     shapes = {s["pixels"].shape for s in samples}
     if len(shapes) > 1:
         raise FingerprintError(
-            f"images of different sizes in one batch {sorted(shapes)}: read shards packed with one --image-size"
+            f"images of different sizes in one batch {sorted(shapes)}: read shards packed with one pack.image_size"
         )
     image = torch.from_numpy(np.stack([s["pixels"] for s in samples]))[:, None]
     return {
@@ -420,7 +420,7 @@ def make_loader(
     if len(urls) < need:
         raise FingerprintError(
             f"{len(urls)} shard(s) with the selected samples, fewer than {w} rank(s) x {max(1, cfg.num_workers)} "
-            "worker(s): repack with a smaller --max-count or use fewer workers"
+            "worker(s): repack with a smaller pack.max_count or use fewer workers"
         )
     return Loader(urls, cfg, r, w)
 

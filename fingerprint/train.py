@@ -66,7 +66,16 @@ from fingerprint.train_loop import (
     warmup_cosine,
 )
 from fingerprint.utils import FingerprintError, JsonlLogger, read_json
-from fingerprint.vocab import BACKBONES, MIXED_PRECISION, ON_ERROR, POOLS, RELATIONS, THRESHOLD_RULES
+from fingerprint.vocab import (
+    BACKBONES,
+    LABEL_CODES,
+    MIXED_PRECISION,
+    ON_ERROR,
+    POOLS,
+    RELATIONS,
+    THRESHOLD_RULES,
+    label_code,
+)
 
 log = logging.getLogger(__name__)
 
@@ -407,14 +416,12 @@ def _real_images(cfg: TrainConfig, keys: list[str]) -> dict:
     """The validation images, in memory (few), with 0/1 labels."""
     if not keys:
         return {"key": [], "image": torch.zeros(0, 1, cfg.image_size, cfg.image_size), "y": []}
-    stream = StreamConfig(
-        roles=("real",), labels=("used", "not_used"), image_size=cfg.image_size, on_error=cfg.on_error
-    )
+    stream = StreamConfig(roles=("real",), labels=tuple(LABEL_CODES), image_size=cfg.image_size, on_error=cfg.on_error)
     batch = load_all(cfg.shards, stream)
     want = set(keys)
     idx = [i for i, k in enumerate(batch["key"]) if k in want]
     return {
         "key": [batch["key"][i] for i in idx],
         "image": batch["image"][idx],
-        "y": [1 if batch["label"][i] == "used" else 0 for i in idx],
+        "y": [label_code(batch["label"][i]) for i in idx],
     }

@@ -40,6 +40,7 @@ from fingerprint.metrics import roc_auc
 from fingerprint.models import Backbone, FingerprintModel, preserved_modes
 from fingerprint.stream import StreamConfig, make_loader
 from fingerprint.utils import FingerprintError, JsonlLogger
+from fingerprint.vocab import LABEL_CODES
 
 if TYPE_CHECKING:
     from fingerprint.train import TrainConfig, TrainState
@@ -249,7 +250,7 @@ def _episode_stream(run: TrainRun, epoch: int) -> BalancedQueries:
     cfg, acc = run.cfg, run.accelerator
     stream_cfg = StreamConfig(
         roles=("real",),
-        labels=("used", "not_used"),
+        labels=tuple(LABEL_CODES),
         batch_size=cfg.queries,
         image_size=cfg.image_size,
         augment=cfg.augment,

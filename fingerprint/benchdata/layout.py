@@ -70,7 +70,7 @@ def sample_checked(
         if rejected > 10 * n + 100:
             raise FingerprintError(
                 f"the generator keeps reproducing real images (rejected {rejected} of {drawn} samples with "
-                f"pixel correlation > {max_correlation}); raise --temperature or lower --epochs"
+                f"pixel correlation > {max_correlation}); raise synth.temperature or lower synth.epochs"
             )
     return np.concatenate(out)[:n], {"drawn": drawn, "rejected": rejected, "max_kept_correlation": round(max_kept, 5)}
 

@@ -114,6 +114,6 @@ def folder_images(p: SynthParams) -> RealImages:
         raise FingerprintError(
             f"{root}: {len(images)} usable images ({skipped['unreadable']} unreadable, {skipped['duplicate']} "
             f"duplicates skipped), need {p.n_real} (dev used + dev not used + test used + test not used); "
-            f"lower --dev-used/--dev-not-used/--test-used/--test-not-used"
+            "lower synth.dev_used/dev_not_used/test_used/test_not_used"
         )
     return RealImages(np.stack(images), sources, np.arange(len(images)), skipped)
