@@ -30,6 +30,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, s
 from fingerprint.cluster_outputs import fmt, write_outputs
 from fingerprint.config import check_fields, fail, option, require
 from fingerprint.features import Features
+from fingerprint.locks import locks_folder
 from fingerprint.metrics import calibrate_threshold, evaluate
 from fingerprint.utils import FingerprintError, JsonlLogger
 from fingerprint.vocab import LABEL_CODES, THRESHOLD_RULES, label_code
@@ -73,6 +74,7 @@ class ClusterConfig:
             )
 
 
+@locks_folder(lambda cfg: cfg.out, "fingerprint cluster")
 def run_cluster(cfg: ClusterConfig) -> dict:
     """Cluster the dev (and test) features from files; write cluster/ and scores/cluster.csv into `cfg.out`."""
     require(cfg, "dev", "out")

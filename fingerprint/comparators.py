@@ -7,7 +7,10 @@ with each fold's threshold calibrated on the other folds' out-of-fold scores
 metrics and bootstrap intervals come from `metrics.evaluate`. The seed's
 run 3 (an RBF SVM on concatenated real + generated embeddings, majority vote
 per real image) stays available as the `seed-pairs` task. Fitted models are
-saved with joblib beside a sha256 sidecar, and never unpickled unverified.
+saved with skops (`skops.io`, no pickle) beside a sha256 sidecar; loading
+checks the sha256 and then lets skops build only the types in `TRUSTED`, a
+fixed list in this module, never the ones a file or its sidecar names, so a
+forged model file cannot run code.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import joblib
 import numpy as np
 import sklearn
+import skops.io as sio
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -51,6 +54,17 @@ COMPARATORS: dict[str, str] = {
 }
 #: per-image features, the seed's run-3 pair features with a majority vote, or both
 MODES = ("per-image", "seed-pairs", "both")
+#: saved comparator files
+MODEL_SUFFIX = ".skops"
+#: types skops may build beyond its own default-trusted scikit-learn/numpy types: the fitted parts of the
+#: comparators above (checked by tests/test_comparators.py). Never taken from a file.
+TRUSTED = (
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.tree._tree.Tree",
+)
 
 
 # --------------------------------------------------------------------------- models
@@ -290,27 +304,28 @@ def ranking_table(
 
 
 def save_comparator(pipe, path: str | Path, meta: dict) -> Path:
-    """Save a fitted pipeline with joblib and a JSON sidecar (`<path>.json`) recording its sha256.
-
-    `load_comparator` refuses a file whose bytes no longer match the sidecar,
-    so a swapped or tampered pickle is never unpickled.
-    """
+    """Save a fitted pipeline with skops and a JSON sidecar (`<path>.json`) recording its sha256."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        joblib.dump(pipe, tmp)
+        sio.dump(pipe, tmp)
         digest = sha256_file(tmp)
     write_json(_sidecar(path), {**meta, "file": path.name, "sha256": digest, "sklearn": sklearn.__version__})
     return path
 
 
 def load_comparator(path: str | Path) -> tuple[Any, dict]:
-    """Load a pipeline saved by `save_comparator` after checking its sha256 against the sidecar."""
+    """Load a pipeline saved by `save_comparator`: the sha256 must match its sidecar, and only `TRUSTED` types load.
+
+    The sha256 guards integrity (a damaged or swapped file); the fixed list of
+    trusted types guards trust: a file that needs any other type (a forged
+    one, whatever its sidecar says) is refused, naming the types.
+    """
     path = Path(path)
     if not path.is_file():
         raise FingerprintError(f"{path}: comparator file not found")
     side = _sidecar(path)
     if not side.is_file():
-        raise FingerprintError(f"{path}: no sidecar {side.name} with its sha256; refusing to load an unverified pickle")
+        raise FingerprintError(f"{path}: no sidecar {side.name} with its sha256; refusing to load an unverified file")
     meta = read_json(side)
     expected = meta.get("sha256") if isinstance(meta, dict) else None
     if not expected:
@@ -320,7 +335,15 @@ def load_comparator(path: str | Path) -> tuple[Any, dict]:
         raise FingerprintError(
             f"{path}: sha256 {actual[:12]}... does not match {side.name} ({expected[:12]}...); refusing to load"
         )
-    return joblib.load(path), meta
+    try:
+        untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED))
+        if untrusted:
+            raise FingerprintError(f"{path}: refusing to load untrusted types {', '.join(untrusted)}")
+        return sio.load(path, trusted=list(TRUSTED)), meta
+    except FingerprintError:
+        raise
+    except Exception as e:  # not a skops file, or one skops cannot read
+        raise FingerprintError(f"{path}: not a readable skops file ({type(e).__name__}: {str(e)[:160]})") from e
 
 
 def _sidecar(path: Path) -> Path:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from fingerprint.comparators import (
     COMPARATORS,
+    MODEL_SUFFIX,
     MODES,
     CVResult,
     Task,
@@ -43,6 +44,7 @@ from fingerprint.compare_features import (
     load_split,
 )
 from fingerprint.config import check_fields, fail, option, require
+from fingerprint.locks import locks_folder
 from fingerprint.runfile import write_run_file
 from fingerprint.scorefiles import write_scores
 from fingerprint.scorers import scorer_names, untrained_scorers
@@ -119,6 +121,7 @@ class CompareConfig:
         return out
 
 
+@locks_folder(lambda cfg: cfg.out, "fingerprint compare")
 def run_compare(cfg: CompareConfig) -> dict:
     """Load the dev (and test) split from files and run `run_comparators` into the run folder `cfg.out`."""
     require(cfg, "dev", "out")
@@ -211,7 +214,7 @@ def run_comparators(
     `dev`/`test` are `SplitData` (or bare `Features`). With `out_dir` (a run
     folder) it writes `scores/cmp_<name>.csv` per comparator (test), and
     `compare/` holding `cv.json` (the returned dict), `ranking.md`, the fitted
-    models (`models/cmp_<name>.joblib` + sha256 sidecar) and `run.csv`, the
+    models (`models/cmp_<name>.skops` + sha256 sidecar) and `run.csv`, the
     official run file of the best comparator. Returns a dict with `cv`
     (scorer -> evaluate-shaped dict over CV repeats), `ranking`, `best`,
     `thresholds` and, with a test split, `test` (scorer -> counts).
@@ -316,7 +319,7 @@ def _write_outputs(out_dir: Path, result: dict, table: str, models: dict, test_s
     with atomic_path(out_dir / "compare") as tmp:
         tmp.mkdir(parents=True)
         for name, (pipe, meta) in models.items():
-            save_comparator(pipe, tmp / "models" / f"{name}.joblib", meta)
+            save_comparator(pipe, tmp / "models" / f"{name}{MODEL_SUFFIX}", meta)
         best = result["best"]
         if best in test_scores:
             keys, _, pred = test_scores[best]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import tomllib
 import types
 import typing
@@ -181,7 +182,11 @@ def require(cfg: Any, *names: str) -> None:
 
 
 def check_fields(cfg: Any) -> None:
-    """Enforce every field's declared choices and lower bound (None passes where the field is optional)."""
+    """Enforce every field's declared choices and lower bound, and finite floats (None passes where optional).
+
+    NaN passes every comparison (`nan <= 0` is False) and infinity passes a
+    lower bound, so both are refused here for every float field, naming it.
+    """
     for spec in fields_of(type(cfg)):
         value = getattr(cfg, spec.name)
         if value is None:
@@ -192,6 +197,8 @@ def check_fields(cfg: Any) -> None:
         if spec.many and not isinstance(value, tuple):
             raise fail(cfg, spec.name, f"must be a tuple, got {type(value).__name__}")
         for v in values:
+            if spec.kind is float and isinstance(v, (int, float)) and not math.isfinite(v):
+                raise fail(cfg, spec.name, f"must be a finite number, got {v}")
             if spec.choices is not None and v not in spec.choices:
                 allowed = ", ".join(map(str, spec.choices))
                 raise fail(cfg, spec.name, f"must be one of {allowed}, got {v!r}")

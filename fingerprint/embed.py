@@ -28,7 +28,7 @@ from fingerprint.distributed import make_accelerator, seed_everything, set_proce
 from fingerprint.features import Features, merge
 from fingerprint.model_io import load_model
 from fingerprint.stream import StreamConfig, make_loader
-from fingerprint.utils import JsonlLogger, is_main_process
+from fingerprint.utils import JsonlLogger, check_writable, is_main_process
 from fingerprint.vocab import MIXED_PRECISION, ON_ERROR
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def run_embed(cfg: EmbedConfig, *, accelerator: Any = None) -> dict:
     """Embed every image of `cfg.shards` with the model in `cfg.model`; write `cfg.out` (rank 0); return stats."""
     if Path(cfg.out).exists() and not cfg.force:
         raise exists_error(cfg, cfg.out)
+    check_writable(Path(cfg.out).parent)  # before any work: a read-only or missing folder fails now, not at the end
     accelerator = accelerator or make_accelerator(cfg.mixed_precision)
     set_process_threads(cfg.threads, accelerator)
     seed_everything(cfg.seed)
@@ -197,7 +198,7 @@ def embed_shards(
     seconds = time.perf_counter() - start
     parts, skipped, seconds = _gather(local.features(fmaps), dict(loader.skipped), seconds, world)
     feats, dupes = merge(parts)
-    feats.meta.update({"image_size": size, "fmaps": bool(fmaps)})
+    feats.meta.update({"image_size": size, "fmaps": bool(fmaps), "skipped": skipped})
     counts = [len(p) for p in parts]
     images = int(sum(counts))
     rate = images / seconds if seconds > 0 else float("nan")

@@ -17,7 +17,7 @@ from fingerprint.config import check_fields, exists_error, option
 from fingerprint.metrics import align_truth, evaluate, read_truth
 from fingerprint.runfile import read_run_file
 from fingerprint.scorefiles import SCORE_HEADER, read_score_meta, read_scores
-from fingerprint.utils import FingerprintError, write_json
+from fingerprint.utils import FingerprintError, check_writable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     """{scorer name (file stem): evaluate dict}; written (with split, truth, n_boot, seed) to `cfg.out` if set."""
     if cfg.out and Path(cfg.out).exists() and not cfg.force:
         raise exists_error(cfg, cfg.out)
+    if cfg.out:
+        check_writable(Path(cfg.out).parent)
     truth = read_truth(cfg.truth)
     results: dict[str, dict] = {}
     for path in cfg.scores:

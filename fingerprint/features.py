@@ -128,6 +128,11 @@ class Features:
             raise FingerprintError(f"{path}: cannot read features ({e})") from None
         if len(set(feats.keys.tolist())) != len(feats):
             raise FingerprintError(f"{path}: a key appears more than once")
+        bad = ~np.isfinite(feats.embeddings).all(axis=1) if feats.embeddings.ndim == 2 else np.zeros(0, bool)
+        if bad.any():
+            raise FingerprintError(
+                f"{path}: embeddings contain NaN or infinity ({int(bad.sum())} row(s), first: {feats.keys[bad][0]})"
+            )
         return feats
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from fingerprint.config import check_fields, exists_error, option
 from fingerprint.distributed import seed_everything, set_threads
 from fingerprint.features import Features
-from fingerprint.utils import FingerprintError, JsonlLogger, atomic_path, read_json, write_json
+from fingerprint.utils import FingerprintError, JsonlLogger, atomic_path, check_writable, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def run_index(cfg: IndexConfig) -> dict:
     """Index the generated embeddings of `cfg.features` into `cfg.out` (+ sidecar); return the sidecar's meta."""
     if Path(cfg.out).exists() and not cfg.force:
         raise exists_error(cfg, cfg.out)
+    check_writable(Path(cfg.out).parent)
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -249,7 +250,10 @@ def save_index(index: faiss.Index, path: str | Path, keys: Sequence[str], *, met
     if len(keys) != index.ntotal:
         raise FingerprintError(f"{path}: {len(keys)} keys for an index of {index.ntotal} vectors")
     with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
+        try:
+            faiss.write_index(index, str(tmp))
+        except RuntimeError as e:  # FAISS reports a failed write (full disk, ...) as RuntimeError
+            raise FingerprintError(f"{path}: cannot write the index ({str(e).strip().splitlines()[-1][:200]})") from e
     record = {
         "keys": keys,
         "ntotal": int(index.ntotal),

@@ -106,7 +106,10 @@ def save_model(model: nn.Module, out_dir: str | Path, *, extra: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out_dir / MODEL_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+        try:
+            save_file(state, str(tmp), metadata={"format": FORMAT})
+        except Exception as e:  # safetensors reports a failed write (full disk, ...) as SafetensorError
+            raise FingerprintError(f"{out_dir / MODEL_FILE}: cannot write the weights ({str(e)[:200]})") from e
     meta = {
         "format": FORMAT,
         "config": asdict(model.cfg),

@@ -51,6 +51,7 @@ from fingerprint.utils import (
     FingerprintError,
     JsonlLogger,
     atomic_path,
+    check_writable,
     is_main_process,
     sha256_bytes,
     sha256_file,
@@ -215,6 +216,16 @@ def pack(
         raise FingerprintError(f"{out}: output folder must not be the input folder or hold it")
     layout, images = find_sources(src, layout, manifest)
     keys = make_keys(images)
+    renamed = [{"path": s.rel, "key": k} for s, k in zip(images, keys) if k != Path(s.rel).stem]
+    if renamed:
+        log.warning(
+            "%d generated image(s) stored under another key than their file name (repeated or unusable names; "
+            "listed in manifest.json 'renamed'), e.g. %s -> %s",
+            len(renamed),
+            renamed[0]["path"],
+            renamed[0]["key"],
+        )
+    check_writable(out.parent)
     order = list(range(len(images)))
     random.Random(seed).shuffle(order)
     with atomic_path(out) as tmp:
@@ -226,7 +237,7 @@ def pack(
             sink.close()
         if not sink.shards:
             raise FingerprintError(f"{src}: no readable images ({len(skipped)} skipped)")
-        man = _manifest(cfg, layout, sink, tmp, counts, skipped, n_converted)
+        man = _manifest(cfg, layout, sink, tmp, counts, skipped, n_converted) | {"renamed": renamed}
         write_json(tmp / "manifest.json", man)
     log.info(
         "packed %d images into %d shards in %s (%d converted, %d skipped)",

@@ -3,12 +3,18 @@
 pack -> train -> embed -> index -> score (every registered scorer) ->
 compare / cluster -> evaluate -> report, each stage a library call with its
 config object (`run_pack(PackConfig)`, `run_train(TrainConfig)`, ...). Every
-stage writes into one run folder (layout in docs/design.md); `Stages` is the
-one place a stage is run: it skips a stage whose outputs exist (so an
-interrupted run picks up where it stopped; `force` redoes everything), logs
-the stage's equivalent command line, and times it. `run_demo(DemoConfig)`
-builds (or reuses) the built-in benchmark with `benchdata.synth`, then runs
-the pipeline on it.
+stage config is built, and so checked, before the first stage starts
+(`plan_run`), together with the input's file names (figure ids). Every stage
+writes into one run folder (layout in docs/design.md), which is locked while
+the run writes into it (`fingerprint.locks`); `Stages` is the one place a
+stage is run: it skips a stage whose stage-complete record matches
+(`fingerprint.records`; so an interrupted or failed run picks up where it
+stopped, and an interrupted training continues from its last checkpoint;
+`force` redoes everything), logs the stage's equivalent command line, times
+it and writes the record last. Before it reports success, `run` checks its
+run file with the rules of `fingerprint validate` against the test split's
+real figure ids. `run_demo(DemoConfig)` builds (or reuses) the built-in
+benchmark with `benchdata.synth`, then runs the pipeline on it.
 """
 
 from __future__ import annotations
@@ -22,22 +28,37 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import faiss
+
 from fingerprint.benchdata.synth import LEVELS, SynthConfig, run_synth
+from fingerprint.checkpoints import resumable_checkpoint
 from fingerprint.cluster import ClusterConfig, run_cluster
 from fingerprint.compare import CompareConfig, run_compare
-from fingerprint.config import check_fields, command_line, config_from_file, option, section_of
+from fingerprint.config import ConfigError, check_fields, command_line, config_from_file, option, section_of, to_argv
 from fingerprint.embed import EmbedConfig, run_embed
 from fingerprint.evaluate import EvaluateConfig, run_evaluate
 from fingerprint.index import IndexConfig, run_index
+from fingerprint.locks import folder_lock
 from fingerprint.metrics import format_table
 from fingerprint.pack import PackConfig, run_pack
+from fingerprint.records import StageRecords, listing_digest
 from fingerprint.report import ReportConfig, run_report
+from fingerprint.runfile import validate
 from fingerprint.score import ScoreConfig, run_score
 from fingerprint.scorefiles import read_score_meta
 from fingerprint.scorers import get_scorer, scorer_names, untrained_scorers
 from fingerprint.shards import read_manifest
+from fingerprint.sources import find_sources, make_keys
 from fingerprint.train import TrainConfig, run_train
-from fingerprint.utils import FingerprintError, JsonlLogger, read_json, write_json
+from fingerprint.utils import (
+    FingerprintError,
+    JsonlLogger,
+    atomic_path,
+    check_writable,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
 from fingerprint.vocab import BACKBONES, DEVICES, MIXED_PRECISION, SPLITS
 
 log = logging.getLogger(__name__)
@@ -106,28 +127,50 @@ class DemoConfig(RunOptions):
 
 
 class Stages:
-    """The one place a run's stage is run: skipped when its outputs exist, logged as a command line, timed."""
+    """The one place a run's stage is run: skipped when its stage-complete record matches, logged, timed, recorded.
+
+    A stage runs when it has no matching record (`fingerprint.records`): its
+    record is removed first and written last, after every output exists.
+    `derived` stages (evaluate, report) are cheap and always redone. A stage
+    that runs may find what an interrupted attempt left (a score file without
+    its run file, a model folder with checkpoints), so it runs with `force`
+    (the run folder is locked: nothing else writes there), or as `resume(cfg)`
+    returns it (an interrupted training continues from its checkpoint).
+    """
 
     def __init__(self, out: Path, force: bool):
         self.out = out
         self.force = force
         self.log = JsonlLogger(out / "log.jsonl")
         self.timings: dict[str, float] = {}
+        self.records = StageRecords(out)
+        self.after = ""  # digest of the previous stage's record: redoing a stage redoes every later one
 
     def __call__(
-        self, name: str, fn: Callable[[Any], Any], cfg: Any, outputs: Sequence[Path], derived: bool = False
-    ) -> Any:
-        """Run `fn(cfg)` as stage `name`; `derived` stages (evaluate, report) are cheap and always redone."""
-        if not self.force and not derived and outputs and all(Path(p).exists() for p in outputs):
-            log.info("[%s] outputs exist: skipped", name)
+        self, name: str, fn: Callable[[Any], Any], cfg: Any, outputs: Sequence[Path], derived: bool = False, *,
+        inputs: Sequence[Path] = (), resume: Callable[[Any], Any] | None = None,
+    ) -> Any:  # fmt: skip
+        """Run `fn(cfg)` as stage `name` unless its record says it is done; returns its result (None if skipped)."""
+        config = to_argv(dataclasses.replace(cfg, force=False))
+        listing = listing_digest(inputs) if inputs else ""
+        done = None if self.force or derived else self.records.complete(name, config, self.after, outputs, listing)
+        if done is not None:
+            log.info("[%s] complete (%s): skipped", name, self.records.path(name).relative_to(self.out))
             self.log.log(stage="run", step=name, skipped=True)
+            self.after = done["digest"]
             return None
-        redo = self.force or derived or any(Path(p).exists() for p in outputs)
-        cfg = dataclasses.replace(cfg, force=redo)
+        self.records.invalidate(name)
+        cfg = dataclasses.replace(cfg, force=True)
+        if resume is not None and not self.force:
+            cfg = resume(cfg)
         log.info("[%s] %s", name, command_line(cfg))
         t0 = time.perf_counter()
         result = fn(cfg)
         dt = time.perf_counter() - t0
+        missing = [p for p in outputs if not Path(p).exists()]
+        if missing:
+            raise FingerprintError(f"{missing[0]}: stage {name} ended without writing it")
+        self.after = self.records.write(name, config, self.after, outputs, listing, seconds=round(dt, 3))["digest"]
         self.timings[name] = round(dt, 2)
         self.log.log(stage="run", step=name, command=section_of(cfg), seconds=round(dt, 3))
         return result
@@ -172,32 +215,114 @@ def check_data_dir(data_dir: Path) -> Path | None:
     return truth if truth.is_file() else None
 
 
+@dataclass
+class RunPlan:
+    """Every stage config of a run, built (so checked) before the first stage starts, and the test figure ids."""
+
+    cfg: RunConfig
+    data: Path
+    paths: RunPaths
+    truth: Path | None
+    test_ids: list[str]  # the real test images' figure ids: their file names, as the run file must carry them
+    pack: dict[str, PackConfig]
+    train: TrainConfig
+    embed: dict[str, EmbedConfig]
+    index: dict[str, IndexConfig]
+    compare: CompareConfig | None
+    cluster: ClusterConfig | None
+    report: ReportConfig | None
+
+
+def plan_run(cfg: RunConfig) -> RunPlan:
+    """Check the data folder, the input names (ids) and every stage's options, writing nothing.
+
+    A bad option of any stage (a `--train-config` value, an unknown FAISS
+    factory, ...) is an error here, not after packing and training.
+    """
+    data, paths = Path(cfg.data_dir), RunPaths(Path(cfg.out))
+    truth = check_data_dir(data)
+    test_ids = input_ids(data)
+    train = _train_config(paths, cfg)
+    check_index_factory(cfg.index_factory, train.embed_dim)
+    embed, index = {}, {}
+    for s in SPLITS:
+        embed[s] = EmbedConfig(
+            model=paths.model, shards=paths.shards(s), out=paths.features(s), fmaps=True, batch_size=cfg.batch_size,
+            mixed_precision=cfg.mixed_precision, log=paths.log, **_common(cfg),
+        )  # fmt: skip
+        index[s] = IndexConfig(
+            features=paths.features(s), out=paths.index(s), index_factory=cfg.index_factory, log=paths.log,
+            **_common(cfg),
+        )  # fmt: skip
+    for name in (RUN_FILE_SCORER, *cfg.baselines):
+        for s in SPLITS:
+            score_config(name, s, paths, cfg, threshold=0.5)  # the test split's real threshold comes from dev
+    if truth is not None:
+        EvaluateConfig(scores=(paths.scores("test") / f"{RUN_FILE_SCORER}.csv",), truth=truth, n_boot=cfg.n_boot)
+    feats = {"dev": paths.features("dev"), "test": paths.features("test")}
+    return RunPlan(
+        cfg=cfg, data=data, paths=paths, truth=truth, test_ids=test_ids, train=train, embed=embed, index=index,
+        pack={s: PackConfig(src=data / s, out=paths.shards(s), seed=cfg.seed) for s in SPLITS},
+        compare=_compare_config(paths, cfg) if cfg.compare else None,
+        cluster=ClusterConfig(**feats, out=paths.out, n_boot=cfg.n_boot, seed=cfg.seed) if cfg.cluster else None,
+        report=ReportConfig(run_dir=paths.out, seed=cfg.seed) if cfg.report else None,
+    )  # fmt: skip
+
+
+def input_ids(data_dir: Path) -> list[str]:
+    """The test split's real figure ids (file names); any name clash or unusable real name is an error now."""
+    ids = []
+    for split in SPLITS:
+        _, images = find_sources(data_dir / split)
+        keys = make_keys(images)  # raises on a real image's unusable or repeated name, naming the files
+        if split == "test":
+            ids = sorted(k for k, image in zip(keys, images) if image.role == "real")
+    return ids
+
+
+def check_index_factory(factory: str, dim: int) -> None:
+    """Refuse a FAISS factory string FAISS cannot build for `dim`-dimensional embeddings (before any stage runs)."""
+    try:
+        faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"run.index_factory: FAISS cannot build {factory!r} for {dim} dimensions ({reason})") from e
+
+
 def run_pipeline(cfg: RunConfig) -> dict:
     """pack -> train -> embed -> index -> score (+ baselines) -> compare -> cluster -> evaluate -> report."""
-    data, out = Path(cfg.data_dir), Path(cfg.out)
-    truth = check_data_dir(data)
+    plan = plan_run(cfg)
+    out = plan.paths.out
     if cfg.device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "1"
-    out.mkdir(parents=True, exist_ok=True)
-    stage, paths = Stages(out, cfg.force), RunPaths(out)
+    with folder_lock(out, "fingerprint run"):
+        remove_stale_temporaries(out, recursive=True)
+        check_writable(out)
+        return _run_stages(plan)
+
+
+def _run_stages(plan: RunPlan) -> dict:
+    cfg, paths, out, truth = plan.cfg, plan.paths, plan.paths.out, plan.truth
+    stage = Stages(out, cfg.force)
     t0 = time.perf_counter()
-    _pack_and_train(stage, paths, data, cfg)
-    _embed_and_index(stage, paths, cfg)
+    for s in SPLITS:
+        stage(f"pack-{s}", run_pack, plan.pack[s], [paths.shards(s)], inputs=[plan.data / s])
+    stage("train", run_train, plan.train, [paths.model / "model.safetensors"], resume=_resume_training)
+    _embed_and_index(stage, paths, plan)
     _score(stage, paths, cfg)
-    if cfg.compare:
-        _compare(stage, paths, cfg)
-    if cfg.cluster:
-        feats = {"dev": paths.features("dev"), "test": paths.features("test")}
-        cluster = ClusterConfig(**feats, out=out, n_boot=cfg.n_boot, seed=cfg.seed)
-        stage("cluster", run_cluster, cluster, [out / "cluster" / "cluster.json"])
+    check_run_file(paths, plan.test_ids)
+    if plan.compare is not None:
+        stage("compare", run_compare, plan.compare, [out / "compare"])
+    if plan.cluster is not None:
+        stage("cluster", run_cluster, plan.cluster, [out / "cluster"])
     metrics = _evaluate(stage, paths, truth, cfg) if truth is not None else None
     if truth is None:
-        log.info("no test_truth.csv in %s: scores and run file written, nothing to evaluate", data)
-    if cfg.report:
-        stage("report", run_report, ReportConfig(run_dir=out, seed=cfg.seed), [out / "report.html"], derived=True)
+        log.info("no test_truth.csv in %s: scores and run file written, nothing to evaluate", plan.data)
+    if plan.report is not None:
+        stage("report", run_report, plan.report, [out / "report.html"], derived=True)
     total = time.perf_counter() - t0
     summary = {
-        "data_dir": str(data),
+        "data_dir": str(plan.data),
         "out": str(out),
         "seconds": round(total, 1),
         "stage_seconds": stage.timings,
@@ -210,42 +335,50 @@ def run_pipeline(cfg: RunConfig) -> dict:
     return summary
 
 
+def check_run_file(paths: RunPaths, test_ids: list[str]) -> None:
+    """The run file must pass `fingerprint validate` against the real test images' ids (less any skipped at pack)."""
+    skipped = {Path(s["path"]).stem for s in read_manifest(paths.shards("test")).get("skipped", [])}
+    ids = [i for i in test_ids if i not in skipped]
+    if len(ids) < len(test_ids):
+        log.warning("run.csv: %d real test image(s) were unreadable (skipped at pack) and are not in it",
+                    len(test_ids) - len(ids))  # fmt: skip
+    run_file = paths.out / "run.csv"
+    problems = validate(run_file, ids)
+    if problems:
+        raise FingerprintError(
+            f"{run_file}: {problems[0]} ({len(problems)} problem(s) against the {len(ids)} real test images' ids)"
+        )
+
+
 def _common(cfg: RunOptions) -> dict[str, Any]:
     """seed and threads, which every Accelerate/torch stage takes from the run."""
     return {"seed": cfg.seed, "threads": cfg.threads}
 
 
-def _pack_and_train(stage: Stages, paths: RunPaths, data: Path, cfg: RunConfig) -> None:
-    for s in SPLITS:
-        pack = PackConfig(src=data / s, out=paths.shards(s), seed=cfg.seed)
-        stage(f"pack-{s}", run_pack, pack, [paths.shards(s) / "manifest.json"])
+def _train_config(paths: RunPaths, cfg: RunConfig) -> TrainConfig:
     given = {"epochs": cfg.epochs} if cfg.epochs is not None else {}
-    train = config_from_file(
-        TrainConfig,
-        cfg.train_config,
-        shards=paths.shards("dev"),
-        out=paths.model,
-        backbone=cfg.backbone,
-        image_size=cfg.image_size,
-        mixed_precision=cfg.mixed_precision,
-        **_common(cfg),
-        **given,
-    )
-    stage("train", run_train, train, [paths.model / "model.json"])
+    try:
+        return config_from_file(
+            TrainConfig, cfg.train_config, shards=paths.shards("dev"), out=paths.model, backbone=cfg.backbone,
+            image_size=cfg.image_size, mixed_precision=cfg.mixed_precision, **_common(cfg), **given,
+        )  # fmt: skip
+    except ConfigError as e:
+        raise ConfigError(f"{cfg.train_config}: {e}" if cfg.train_config else str(e)) from None
 
 
-def _embed_and_index(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
+def _resume_training(cfg: TrainConfig) -> TrainConfig:
+    """An interrupted training continues from its newest complete checkpoint if that was the same training."""
+    ckpt = resumable_checkpoint(cfg)
+    if ckpt is None:
+        return cfg
+    log.info("[train] continuing the interrupted training from %s", ckpt)
+    return dataclasses.replace(cfg, resume="latest", force=False)
+
+
+def _embed_and_index(stage: Stages, paths: RunPaths, plan: RunPlan) -> None:
     for s in SPLITS:
-        embed = EmbedConfig(
-            model=paths.model, shards=paths.shards(s), out=paths.features(s), fmaps=True, batch_size=cfg.batch_size,
-            mixed_precision=cfg.mixed_precision, log=paths.log, **_common(cfg),
-        )  # fmt: skip
-        stage(f"embed-{s}", run_embed, embed, [paths.features(s)])
-        index = IndexConfig(
-            features=paths.features(s), out=paths.index(s), index_factory=cfg.index_factory, log=paths.log,
-            **_common(cfg),
-        )  # fmt: skip
-        stage(f"index-{s}", run_index, index, [paths.index(s)])
+        stage(f"embed-{s}", run_embed, plan.embed[s], [paths.features(s)])
+        stage(f"index-{s}", run_index, plan.index[s], [paths.index(s), paths.index(s).with_suffix(".json")])
 
 
 def _split_sizes(shards_dir: Path) -> tuple[int, int]:
@@ -263,12 +396,15 @@ def _threshold(score_file: Path) -> float:
     return float(meta["threshold"])
 
 
-def score_config(name: str, split: str, paths: RunPaths, cfg: RunOptions) -> ScoreConfig:
+def score_config(
+    name: str, split: str, paths: RunPaths, cfg: RunOptions, threshold: float | None = None
+) -> ScoreConfig:
     """The score stage of scorer `name` on `split`: its inputs from the registry's declared needs.
 
     dev: calibrated on the labelled dev split it scores (the relation scorer
-    stores the threshold with the model); test: the dev stage's threshold,
-    not a second computation of every dev score.
+    stores the threshold with the model); test: the dev stage's threshold
+    (read from its sidecar unless `threshold` is given), not a second
+    computation of every dev score.
     """
     needs = get_scorer(name).needs
     pixels = "pixels" in needs
@@ -286,7 +422,7 @@ def score_config(name: str, split: str, paths: RunPaths, cfg: RunOptions) -> Sco
         if "index" in needs:
             args["dev_index"] = paths.index("dev")
     else:
-        args["threshold"] = _threshold(paths.scores("dev") / f"{name}.csv")
+        args["threshold"] = _threshold(paths.scores("dev") / f"{name}.csv") if threshold is None else threshold
         if name == RUN_FILE_SCORER:
             args["run_file"] = paths.out / "run.csv"
     return ScoreConfig(**args, **_common(cfg))
@@ -302,26 +438,26 @@ def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
             )
             continue
         for s in SPLITS:
-            out = paths.scores(s) / f"{name}.csv"
             # the test config reads the dev threshold, so it is built after the dev stage ran
-            stage(f"score-{name}-{s}", run_score, score_config(name, s, paths, cfg), [out])
+            score = score_config(name, s, paths, cfg)
+            stage(f"score-{name}-{s}", run_score, score, [*score.outputs(), score.out.with_suffix(".json")])
 
 
-def _compare(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
+def _compare_config(paths: RunPaths, cfg: RunOptions) -> CompareConfig:
     # untrained scorers only: the dev relation/seed-rule scores come from a model trained on those images
     stacked = tuple(b for b in cfg.baselines if b in untrained_scorers())
     features = {"features": ("profile", "baselines"), "baselines": stacked} if stacked else {}
-    compare = CompareConfig(
+    return CompareConfig(
         dev=paths.features("dev"), test=paths.features("test"), out=paths.out, dev_scores=paths.scores("dev"),
         test_scores=paths.scores("test"), n_boot=cfg.n_boot, seed=cfg.seed, **features,
     )  # fmt: skip
-    stage("compare", run_compare, compare, [paths.out / "compare" / "cv.json"])
 
 
 def _evaluate(stage: Stages, paths: RunPaths, truth: Path, cfg: RunConfig) -> dict:
     """Every test score file against the truth -> metrics.json (with the dev numbers where a stage measured them)."""
     out = paths.out
-    shutil.copyfile(truth, out / "test_truth.csv")
+    with atomic_path(out / "test_truth.csv") as tmp:
+        shutil.copyfile(truth, tmp)
     score_files = tuple(Path(p) for p in sorted(str(p) for p in paths.scores("test").glob("*.csv")))
     evaluate = EvaluateConfig(
         scores=score_files, truth=out / "test_truth.csv", out=out / "metrics.json", split="test", n_boot=cfg.n_boot,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from fingerprint.config import check_fields, exists_error, option
+from fingerprint.locks import locks_folder
 from fingerprint.report_data import (
     read_inputs,
 )
@@ -36,7 +37,7 @@ from fingerprint.report_sections import (
     section_strips,
     section_training,
 )
-from fingerprint.utils import FingerprintError, JsonlLogger, write_text
+from fingerprint.utils import FingerprintError, JsonlLogger, check_writable, write_text
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class ReportConfig:
         check_fields(self)
 
 
+@locks_folder(lambda cfg: cfg.run_dir, "fingerprint report", create=False)
 def run_report(cfg: ReportConfig) -> tuple[Path, Path]:
     """Write report.html and report.md for `cfg.run_dir`; returns their paths (and logs the stage)."""
     t0 = time.perf_counter()
@@ -93,6 +95,7 @@ def build_report(cfg: ReportConfig) -> tuple[Path, Path]:
     for p in (html_path, md_path):
         if p.exists() and not cfg.force:
             raise exists_error(cfg, p)
+    check_writable(out_dir)
     run = read_inputs(run_dir, cfg.truth)
     builders: list[tuple[str, str, Callable[[], Section]]] = [
         ("overview", "Overview", lambda: section_overview(run)),

@@ -8,6 +8,8 @@ neighbour strips for the most confident hits and misses.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,8 +89,37 @@ def _sample_groups(run: RunInputs, split: str, per_group: int, seed: int) -> dic
     return groups
 
 
+def skip_notes(run_dir: Path, split: str, listed: int = 5) -> list[str]:
+    """What a split lost or had renamed: images skipped at pack, keys renamed, shards/samples skipped later."""
+    notes = []
+    man_path = run_dir / "shards" / split / "manifest.json"
+    if man_path.is_file():
+        man = read_manifest(man_path.parent)
+        skipped, renamed = man.get("skipped") or [], man.get("renamed") or []
+        if skipped:
+            names = ", ".join(f"{s['path']} ({s['reason']})" for s in skipped[:listed])
+            notes.append(
+                f"{split}: {len(skipped)} unreadable image(s) skipped at pack: {names}"
+                + ("..." * (len(skipped) > listed))
+            )
+        if renamed:
+            names = ", ".join(f"{r['path']} as {r['key']}" for r in renamed[:listed])
+            notes.append(
+                f"{split}: {len(renamed)} generated image(s) stored under another key: {names}"
+                + ("..." * (len(renamed) > listed))
+            )
+    feats = run_dir / "features" / f"{split}.npz"
+    if feats.is_file():
+        with np.load(feats, allow_pickle=False) as z:
+            skipped_later = json.loads(str(z["meta"])).get("skipped") if "meta" in z.files else None
+        if skipped_later:
+            counts = ", ".join(f"{n} {what}" for what, n in sorted(skipped_later.items()))
+            notes.append(f"{split}: skipped when embedding (--on-error skip): {counts}")
+    return notes
+
+
 def section_dataset(run: RunInputs, *, per_group: int, seed: int) -> Section:
-    """Counts per split and role/label, and a few sample images of each group."""
+    """Counts per split and role/label, skipped and renamed inputs, and a few sample images of each group."""
     s = Section("dataset", "Data set")
     rows = []
     for split in SPLITS:
@@ -100,6 +131,9 @@ def section_dataset(run: RunInputs, *, per_group: int, seed: int) -> Section:
         rows.append([split, "all", "", str(sum(counts.values()))])
     if rows:
         s.table(["split", "role", "label", "images"], rows)
+    for split in SPLITS:
+        for note in skip_notes(run.run_dir, split):
+            s.note(note)
     for split in SPLITS:
         sdir = run.run_dir / "shards" / split
         if not sdir.is_dir():

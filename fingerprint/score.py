@@ -31,7 +31,7 @@ from fingerprint.runfile import load_ids, validate, write_run_file
 from fingerprint.scorefiles import ScoreResult, write_scores
 from fingerprint.scorers import Scorer, ScorerInputs, get_scorer, scorer_names
 from fingerprint.stream import StreamConfig, load_all
-from fingerprint.utils import FingerprintError, JsonlLogger
+from fingerprint.utils import FingerprintError, JsonlLogger, check_writable
 from fingerprint.vocab import ON_ERROR, ROLES, THRESHOLD_RULES, label_codes
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     for path in cfg.outputs():
         if path.exists() and not cfg.force:
             raise exists_error(cfg, path)
+        check_writable(path.parent)
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
     t0 = time.perf_counter()

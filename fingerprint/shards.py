@@ -111,18 +111,44 @@ def manifest_for(urls: list[str]) -> dict[str, Any] | None:
     return read_manifest(d) if (d / "manifest.json").is_file() else None
 
 
+def _plain_member_name(name: str) -> bool:
+    """A shard member is `<key>.<ext>`: no folders, no absolute path, no `..`, no hidden name."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
+def check_archive(url: str) -> None:
+    """Check a shard's tar structure before reading it: plain file members, and the end-of-archive marker.
+
+    Walks the member headers (cheap: data is skipped) and refuses members that
+    are not regular files or whose names could point anywhere but a key
+    (`../../x`, `/etc/x`, `a/b`), and a shard that does not end with the two
+    zero blocks right after its last member: a shard cut at a member
+    boundary reads as a valid tar otherwise.
+    """
+    with open(url, "rb") as f:
+        end = 0
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                if not _plain_member_name(m.name):
+                    raise FingerprintError(f"{url}: unsafe member name {m.name!r} (members are <key>.<ext>)")
+                if not m.isfile():
+                    raise FingerprintError(f"{url}: member {m.name!r} is not a regular file")
+                end = m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        f.seek(end)
+        marker = f.read(2 * tarfile.BLOCKSIZE)
+    if len(marker) != 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
+        raise FingerprintError(f"{url}: corrupt or truncated shard (no end-of-archive marker after its last member)")
+
+
 def iter_shard(url: str) -> Iterator[dict[str, Any]]:
     """Raw samples ({__key__, __url__, json, png|npy}) of one shard, read with WebDataset's tar reader.
 
-    A missing end-of-archive marker (a shard cut at a member boundary reads
-    as valid otherwise) or any read error becomes a FingerprintError naming the shard.
+    `check_archive` runs first (unsafe member names; a shard cut at a member
+    boundary, which reads as valid otherwise); it or any read error becomes a
+    FingerprintError naming the shard.
     """
     try:
-        with open(url, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            tail = f.seek(size - 1024) >= 0 and f.read(1024) if size >= 1024 else b""
-        if len(tail) != 1024 or tail.strip(b"\0"):
-            raise FingerprintError(f"{url}: corrupt or truncated shard (no end-of-archive marker)")
+        check_archive(url)
         yield from wds.tarfile_samples([{"url": url}], handler=wds.reraise_exception)
     except FileNotFoundError:
         raise FingerprintError(f"{url}: shard not found") from None

@@ -203,13 +203,44 @@ def find_sources(
     return layout, sorted(images, key=lambda s: s.rel)
 
 
+#: characters a key (a WebDataset key, and for real images the run file's figure id) cannot hold
+_NOT_IN_KEYS = re.compile(r"[.,\s/\\]")
+
+
 def make_keys(images: list[SourceImage]) -> list[str]:
     """Unique dot-free keys from file stems, in the given (path-sorted) order.
 
-    A repeated stem keeps its name on its first file; later files get
-    `<stem>_2`, `<stem>_3`, ..., skipping names that are another file's stem.
+    A real image's key is its file stem, unchanged, because it is the figure
+    id of run files: a real image whose stem cannot be one (a dot, comma or
+    whitespace in it), or whose stem another image of either role also has,
+    is a FingerprintError naming both files. Generated images never appear in
+    run files: a repeated or unusable stem gets `<stem>_2`, `<stem>_3`, ...
+    (dots and whitespace as `_`), never a name another file has, and `pack`
+    lists these renames in its manifest.
     """
-    base = [re.sub(r"[.\s/\\]", "_", Path(s.rel).stem) or "image" for s in images]
+    owner: dict[str, SourceImage] = {}
+    for s in images:
+        if s.role != "real":
+            continue
+        stem = Path(s.rel).stem
+        if not stem or _NOT_IN_KEYS.search(stem):
+            raise FingerprintError(
+                f"{s.path}: a real image's file name is its figure id and cannot hold dots, commas or whitespace "
+                "(rename the file)"
+            )
+        if stem in owner:
+            raise FingerprintError(f"{s.path}: same name as {owner[stem].path} (real images need unique file names)")
+        owner[stem] = s
+    for s in images:
+        stem = Path(s.rel).stem
+        if s.role != "real" and stem in owner:
+            raise FingerprintError(
+                f"{s.path}: a {s.role} image with the same name as the real image {owner[stem].path} "
+                "(rename one of them: a real image's name is its figure id)"
+            )
+    base = [
+        Path(s.rel).stem if s.role == "real" else (_NOT_IN_KEYS.sub("_", Path(s.rel).stem) or "image") for s in images
+    ]
     stems = set(base)
     taken: set[str] = set()
     keys: list[str] = []

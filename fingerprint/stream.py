@@ -105,8 +105,12 @@ def resolve_urls(urls_or_dir: str | os.PathLike | Iterable[str]) -> list[str]:
     return urls
 
 
-def _select_shards(urls: list[str], cfg: StreamConfig) -> list[str]:
-    """Drop shards that the manifest says hold no selected sample; check sizes against it."""
+def _select_shards(urls: list[str], cfg: StreamConfig, skipped: dict[str, int] | None = None) -> list[str]:
+    """Drop shards that the manifest says hold no selected sample; check sizes against it.
+
+    A shard whose size differs from the manifest is an error, or with
+    on_error="skip" a skipped shard counted in `skipped["shards"]`.
+    """
     man = manifest_for(urls)
     if man is None:
         return urls
@@ -123,6 +127,8 @@ def _select_shards(urls: list[str], cfg: StreamConfig) -> list[str]:
             if cfg.on_error == "raise":
                 raise FingerprintError(msg)
             log.warning("skipping shard %s", msg)
+            if skipped is not None:
+                skipped["shards"] = skipped.get("shards", 0) + 1
             continue
         groups = s.get("groups", {})
         if any(_wanted(cfg, *g.split("/", 1)) for g, n in groups.items() if n):
@@ -316,9 +322,12 @@ class Loader:
     logged by name.
     """
 
-    def __init__(self, urls: list[str], cfg: StreamConfig, rank: int, world: int):
+    def __init__(
+        self, urls: list[str], cfg: StreamConfig, rank: int, world: int, preskipped: dict[str, int] | None = None
+    ):
         self.urls, self.cfg, self.rank, self.world = urls, cfg, rank, world
-        self.skipped: dict[str, int] = {}
+        self.preskipped = dict(preskipped or {})  # shards dropped before reading (counted on rank 0)
+        self.skipped: dict[str, int] = dict(self.preskipped)
 
     def set_epoch(self, epoch: int) -> None:
         self.cfg = replace(self.cfg, epoch=epoch)
@@ -347,6 +356,7 @@ class Loader:
     def __iter__(self) -> Iterator[Batch]:
         cfg = self.cfg
         self.skipped.clear()
+        self.skipped.update(self.preskipped)
         ds = self.dataset()
         pin = torch.cuda.is_available()
         if cfg.num_workers > 0:
@@ -374,7 +384,7 @@ class Loader:
             worker, counts = batch.pop(_COUNTS)
             per_worker[int(worker)] = counts
             self.skipped.clear()
-            for c in per_worker.values():
+            for c in [self.preskipped, *per_worker.values()]:
                 for k, n in c.items():
                     self.skipped[k] = self.skipped.get(k, 0) + int(n)
             yield batch
@@ -413,7 +423,8 @@ def make_loader(
     """Batches of the selected samples for this rank (see module doc); FingerprintError if shards < ranks x workers."""
     cfg.check()
     r, w = dist_info(rank, world_size)
-    urls = _select_shards(resolve_urls(urls_or_dir), cfg)
+    preskipped: dict[str, int] = {}
+    urls = _select_shards(resolve_urls(urls_or_dir), cfg, preskipped if r == 0 else None)
     if not urls:
         raise FingerprintError(f"no shard holds samples with roles={cfg.roles} labels={cfg.labels}")
     need = w * max(1, cfg.num_workers)
@@ -422,7 +433,7 @@ def make_loader(
             f"{len(urls)} shard(s) with the selected samples, fewer than {w} rank(s) x {max(1, cfg.num_workers)} "
             "worker(s): repack with a smaller pack.max_count or use fewer workers"
         )
-    return Loader(urls, cfg, r, w)
+    return Loader(urls, cfg, r, w, preskipped)
 
 
 def load_all(
@@ -434,8 +445,8 @@ def load_all(
     """
     cfg = replace(cfg, num_workers=0, shuffle=False, shuffle_buffer=0, epoch_batches=None)
     cfg.check()
-    urls = _select_shards(resolve_urls(urls_or_dir), cfg)
     counts: dict[str, int] = skipped if skipped is not None else {}
+    urls = _select_shards(resolve_urls(urls_or_dir), cfg, counts)
     samples = sorted(_Samples(urls, cfg, 0, 1, counts).samples({"url": u} for u in urls), key=lambda s: s["key"])
     if counts:
         log.warning("load_all skipped %s", ", ".join(f"{n} {k}" for k, n in counts.items()))

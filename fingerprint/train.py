@@ -37,9 +37,10 @@ from torch import nn
 
 from fingerprint.checkpoints import (
     LOG_FILE,
-    STATE_FILE,
+    discard_unresumable,
     find_checkpoint,
     finish,
+    load_checkpoint,
     prepare_out_dir,
     save_checkpoint,
     state_digest,
@@ -53,6 +54,7 @@ from fingerprint.distributed import (
     set_process_threads,
 )
 from fingerprint.episodes import MODES, SupportSampler, dev_reals, split_dev
+from fingerprint.locks import locks_folder
 from fingerprint.model_io import build_model, save_model
 from fingerprint.models import Backbone, FingerprintModel, ModelConfig, count_parameters, describe
 from fingerprint.stream import StreamConfig, load_all
@@ -65,7 +67,7 @@ from fingerprint.train_loop import (
     train_one_epoch,
     warmup_cosine,
 )
-from fingerprint.utils import FingerprintError, JsonlLogger, read_json
+from fingerprint.utils import FingerprintError, JsonlLogger
 from fingerprint.vocab import (
     BACKBONES,
     LABEL_CODES,
@@ -212,25 +214,37 @@ class TrainState:
 # ----------------------------------------------------------------------------- the driver
 
 
+@locks_folder(lambda cfg: cfg.out, "fingerprint train")
 def run_train(cfg: TrainConfig, *, accelerator: Any = None) -> dict:
     """Train a relation network on the labelled dev shards `cfg.shards`; write the model to `cfg.out`.
 
     Writes out/model.safetensors + model.json (config, calibration, training
     summary, sha256), out/best/ (best validation epoch so far),
     out/checkpoints/checkpoint_<n>/ (accelerate state + train_state.json)
-    and out/train_log.jsonl. Returns the training summary.
+    and out/train_log.jsonl. Returns the training summary. The output folder
+    is locked while it trains (`fingerprint.locks`). A run that fails before
+    its first complete checkpoint leaves nothing behind (and no folder it
+    created); one that fails later keeps its checkpoints for `resume`.
     """
     t_start = time.time()
     accelerator = _accelerator(cfg, accelerator)
     set_process_threads(cfg.threads, accelerator)
     seed_everything(cfg.seed)
     prepare_out_dir(cfg, accelerator)
+    try:
+        return _train(cfg, accelerator, t_start)
+    except BaseException:
+        if accelerator.is_main_process:
+            discard_unresumable(cfg.out)
+        raise
+
+
+def _train(cfg: TrainConfig, accelerator: Any, t_start: float) -> dict:
     run = setup(cfg, accelerator)
     state = TrainState()
     if cfg.resume is not None:
         ckpt = find_checkpoint(cfg.out, cfg.resume)
-        accelerator.load_state(str(ckpt))
-        state = TrainState.from_json(read_json(ckpt / STATE_FILE))
+        state = TrainState.from_json(load_checkpoint(accelerator, ckpt))
         accelerator.project_configuration.iteration = state.checkpoint + 1
         log.info("train: resumed from %s (epoch %d, step %d)", ckpt, state.epoch, state.step)
     stop_reason, train_seconds, episodes = fit(run, state)
@@ -286,7 +300,7 @@ def fit(run: TrainRun, state: TrainState) -> tuple[str, float, int]:
                 "train: epoch %d/%d loss %.4f%s (%.1fs)", epoch + 1, cfg.epochs, record["loss"], val, record["seconds"]
             )
         acc.wait_for_everyone()
-        last_ckpt = save_checkpoint(acc, state)
+        last_ckpt = save_checkpoint(acc, state, cfg)
         if cfg.patience and state.bad_epochs >= cfg.patience and state.epoch < cfg.epochs:
             if acc.is_main_process:
                 log.info(

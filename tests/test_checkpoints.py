@@ -1,5 +1,6 @@
 """Training files: complete checkpoints only, the newest one for resume, a weights digest, the model folder."""
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from fingerprint import checkpoints
 from fingerprint.train import TrainConfig
-from fingerprint.utils import FingerprintError, write_json
+from fingerprint.utils import FingerprintError, sha256_file, write_json
 
 
 def test_find_checkpoint_takes_the_newest_complete_one(tmp_path):
@@ -46,3 +47,68 @@ def test_prepare_out_dir_refuses_a_model_unless_forced(tmp_path):
     assert (out / "model.json").exists()
     checkpoints.prepare_out_dir(TrainConfig(shards=Path("s"), out=out, force=True), acc)
     assert not (out / "model.json").exists() and not (out / "checkpoints").exists() and out.is_dir()
+
+
+def _checkpoint(root: Path) -> Path:
+    """A checkpoint folder as save_checkpoint leaves it: files, an RNG state, train_state.json with their sha256."""
+    import random
+
+    import numpy as np
+
+    ckpt = root / "checkpoints" / "checkpoint_0"
+    ckpt.mkdir(parents=True)
+    (ckpt / "optimizer.bin").write_bytes(b"optimizer")
+    rng = {"random_state": random.getstate(), "numpy_random_seed": np.random.get_state(),
+           "torch_manual_seed": torch.get_rng_state()}  # fmt: skip
+    torch.save(rng, ckpt / "random_states_0.pkl")
+    files = {p.name: sha256_file(p) for p in ckpt.iterdir()}
+    write_json(ckpt / checkpoints.STATE_FILE, {"epoch": 1, "files": files, "world_size": 1})
+    return ckpt
+
+
+def test_verify_checkpoint_refuses_altered_missing_or_unreadable_files(tmp_path):
+    ckpt = _checkpoint(tmp_path / "a")
+    assert checkpoints.verify_checkpoint(ckpt, 0, 1)["epoch"] == 1
+    with pytest.raises(FingerprintError, match="written by 1 process"):
+        checkpoints.verify_checkpoint(ckpt, 0, 2)
+    (ckpt / "optimizer.bin").write_bytes(b"0ptimizer")
+    with pytest.raises(FingerprintError, match="optimizer.bin: sha256 differs"):
+        checkpoints.verify_checkpoint(ckpt, 0, 1)
+    ckpt = _checkpoint(tmp_path / "b")
+    (ckpt / "random_states_0.pkl").unlink()
+    with pytest.raises(FingerprintError, match="random_states_0.pkl: missing from the checkpoint"):
+        checkpoints.verify_checkpoint(ckpt, 0, 1)
+    ckpt = _checkpoint(tmp_path / "c")
+    (ckpt / "random_states_0.pkl").write_bytes(b"junk")  # and the checksum rewritten to match
+    state = json.loads((ckpt / checkpoints.STATE_FILE).read_text())
+    state["files"]["random_states_0.pkl"] = sha256_file(ckpt / "random_states_0.pkl")
+    write_json(ckpt / checkpoints.STATE_FILE, state)
+    with pytest.raises(FingerprintError, match="random_states_0.pkl: unreadable RNG state"):
+        checkpoints.verify_checkpoint(ckpt, 0, 1)
+    write_json(ckpt / checkpoints.STATE_FILE, {"epoch": 1})
+    with pytest.raises(FingerprintError, match="no file checksums"):
+        checkpoints.verify_checkpoint(ckpt, 0, 1)
+
+
+def test_a_failed_run_without_a_checkpoint_leaves_nothing(tmp_path):
+    out = tmp_path / "m"
+    (out / "best").mkdir(parents=True)
+    (out / checkpoints.LOG_FILE).write_text("{}\n")
+    (out / "checkpoints" / "checkpoint_0").mkdir(parents=True)  # incomplete: no train_state.json
+    checkpoints.discard_unresumable(out)
+    assert list(out.iterdir()) == []
+    _checkpoint(out)
+    (out / "best").mkdir()
+    checkpoints.discard_unresumable(out)
+    assert (out / "best").is_dir()  # a complete checkpoint: everything kept for resume
+
+
+def test_resumable_checkpoint_only_for_the_same_training(tmp_path):
+    cfg = TrainConfig(shards=Path("s"), out=tmp_path / "m", epochs=3)
+    assert checkpoints.resumable_checkpoint(cfg) is None
+    ckpt = _checkpoint(tmp_path / "m")
+    state = json.loads((ckpt / checkpoints.STATE_FILE).read_text())
+    write_json(ckpt / checkpoints.STATE_FILE, state | {"config": checkpoints.run_config(cfg)})
+    assert checkpoints.resumable_checkpoint(cfg) == ckpt
+    assert checkpoints.resumable_checkpoint(TrainConfig(shards=Path("s"), out=tmp_path / "m", epochs=3, force=True))
+    assert checkpoints.resumable_checkpoint(TrainConfig(shards=Path("s"), out=tmp_path / "m", epochs=4)) is None

@@ -81,7 +81,7 @@ def test_outputs_are_complete_reproducible_and_refused_without_force(tmp_path):
         thr = res["thresholds"][name]
         assert np.array_equal(table.labels, (table.scores >= thr).astype(int))
         assert json.loads((tmp_path / "scores" / f"{name}.json").read_text())["threshold"] == thr
-        pipe, meta = comparators.load_comparator(tmp_path / "compare" / "models" / f"{name}.joblib")
+        pipe, meta = comparators.load_comparator(tmp_path / "compare" / "models" / f"{name}{comparators.MODEL_SUFFIX}")
         fm = compare_features.build_features(SplitData(test), cfg.features, top_k=cfg.top_k)
         order = np.argsort(fm.keys)
         np.testing.assert_allclose(comparators.decision_scores(pipe, fm.X)[order], table.scores[np.argsort(table.keys)])

@@ -125,3 +125,11 @@ def test_to_argv_round_trips_through_the_command_line():
     assert parse_config("score", ScoreConfig, line) == score
     embed = EmbedConfig(model=Path("m"), shards=Path("s"), out=Path("o"), fmaps=True)
     assert to_argv(embed) == ["--model", "m", "--shards", "s", "--out", "o", "--fmaps"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_are_refused_naming_the_field(value):
+    """NaN passes every comparison and infinity every lower bound: both are refused for any float field."""
+    for name in ("lr", "clip_grad", "warmup", "weight_decay", "val_fraction"):
+        with pytest.raises(ConfigError, match=rf"train\.{name} must be a finite number"):
+            TrainConfig(shards=Path("s"), out=Path("o"), **{name: value})

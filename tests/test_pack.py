@@ -95,7 +95,8 @@ def test_manifest_layout(tmp_path, fmt):
     rows = [
         ("a/x.png", "real", "used"),
         ("a/y.png", "real", "not_used"),
-        ("b/x.png", "generated", ""),
+        ("b/w.png", "generated", ""),
+        ("c/w.png", "generated", "unknown"),
         ("b/z.v1.png", "generated", "unknown"),
     ]
     pix = {}
@@ -110,15 +111,17 @@ def test_manifest_layout(tmp_path, fmt):
     assert sources.detect_layout(src) == "manifest"
     man = pack(src, tmp_path / "out", image_size=SIZE)
     got = read_back(tmp_path / "out")
-    # duplicate stem 'x': the first path keeps it, the second gets x_2; dots become underscores
-    assert set(got) == {"x", "x_2", "y", "z_v1"}
-    assert got["x"][1]["path"] == "a/x.png" and got["x_2"][1]["path"] == "b/x.png"
-    assert got["x_2"][1]["label"] == "unknown"
+    # generated images: a repeated stem 'w' keeps it on the first path, the second gets w_2; dots become
+    # underscores; both renames are listed in the manifest (real images keep their names: test_sources)
+    assert set(got) == {"x", "w", "w_2", "y", "z_v1"}
+    assert got["w"][1]["path"] == "b/w.png" and got["w_2"][1]["path"] == "c/w.png"
+    assert got["w"][1]["label"] == "unknown"
     np.testing.assert_array_equal(got["z_v1"][0], pix["b/z.v1.png"])
     assert man["layout"] == "manifest"
+    assert man["renamed"] == [{"path": "b/z.v1.png", "key": "z_v1"}, {"path": "c/w.png", "key": "w_2"}]
     # the same file given with --manifest from elsewhere
     man2 = pack(tmp_path / "elsewhere", tmp_path / "out2", image_size=SIZE, manifest=src / f"manifest.{fmt}")
-    assert man2["count"] == 4
+    assert man2["count"] == 5
 
 
 def test_manifest_errors(tmp_path):

@@ -1,19 +1,23 @@
-"""The pipeline: `fingerprint demo` end to end on the tiny benchmark (CLI), re-runs, bad input, the stage runner."""
+"""The pipeline: `fingerprint demo` end to end (CLI), re-runs, options checked first, the stage runner, records."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_shards import make_layout
 
 from fingerprint.cli import main as cli
 from fingerprint.config import option
-from fingerprint.pipeline import RunOptions, RunPaths, Stages, score_config
+from fingerprint.pipeline import RunOptions, RunPaths, Stages, check_run_file, input_ids, score_config
+from fingerprint.records import StageRecords
 from fingerprint.runfile import validate
 from fingerprint.scorefiles import write_scores
+from fingerprint.utils import FingerprintError, write_json
 
 #: the tiny run's options, shared by the demo and the re-run
 TINY = ["--seed", "3", "--epochs", "1", "--image-size", "32", "--k", "4"]
@@ -105,7 +109,8 @@ def test_stages_skip_force_and_log_the_command_line(tmp_path, caplog):
     with caplog.at_level("INFO"):
         assert stage("echo-a", echo, cfg, [cfg.out]) == 0.1 + 0.2
     assert f"[echo-a] fingerprint echo --out {tmp_path / 'a.txt'} --value {0.1 + 0.2!r}" in caplog.text
-    assert stage("echo-a", echo, cfg, [cfg.out]) is None and len(runs) == 1  # outputs exist: skipped
+    stage = Stages(tmp_path, force=False)  # a re-run
+    assert stage("echo-a", echo, cfg, [cfg.out]) is None and len(runs) == 1  # its record matches: skipped
     stage("echo-a", echo, cfg, [cfg.out], derived=True)
     assert runs[-1].force is True  # redone over existing outputs
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -121,3 +126,98 @@ def test_test_split_takes_the_dev_threshold_as_a_number(tmp_path):
     assert test.threshold == threshold and test.calibrate_on is None and test.k == 3 and test.seed == 2
     assert test.index == paths.index("test") and test.run_file is None
     assert score_config("dcr", "dev", paths, RunOptions()).k == 16  # pixel scorers keep their own default
+
+
+def _tiny_layout(root: Path) -> Path:
+    make_layout(root / "dev", "dev", n_gen=4, n_real=2)
+    make_layout(root / "test", "test", n_gen=4, n_real=2)
+    return root
+
+
+@pytest.mark.parametrize(
+    "fault, flags, message",
+    [
+        (None, ["--index-factory", "Bogus"], "--index-factory: FAISS cannot build 'Bogus'"),
+        (None, ["--k", "0"], "--k must be >= 1, got 0"),
+        ("train.toml", ["--train-config", "{toml}"], "train.lr must be a finite number, got nan"),
+        ("collision", [], "same name as the real image"),
+        ("comma", [], "cannot hold dots, commas or whitespace"),
+    ],
+)
+def test_every_option_and_input_name_is_checked_before_the_first_stage(tmp_path, capsys, fault, flags, message):
+    data = _tiny_layout(tmp_path / "data")
+    if fault == "train.toml":
+        (tmp_path / "train.toml").write_text("lr = nan\n")
+    elif fault == "collision":
+        real = data / "test" / "real_unknown_1" / "real_unknown_0001.png"
+        shutil.copy(real, data / "test" / "generated_1" / real.name)
+    elif fault == "comma":
+        (data / "test" / "real_unknown_1" / "real_unknown_0001.png").rename(
+            data / "test" / "real_unknown_1" / "a,b.png"
+        )
+    argv = ["run", str(data), "--out", str(tmp_path / "run"), *(f.format(toml=tmp_path / "train.toml") for f in flags)]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_input_ids_are_the_real_test_file_names(tmp_path):
+    data = _tiny_layout(tmp_path / "data")
+    assert input_ids(data) == [f"real_unknown_{i:04d}" for i in range(1, 5)]
+
+
+def test_stages_record_completion_and_redo_what_changed(tmp_path):
+    runs = []
+
+    def echo(cfg):
+        runs.append(cfg.out.name)
+        cfg.out.write_text(str(cfg.value))
+
+    stage = Stages(tmp_path, force=False)
+    a, b = EchoConfig(out=tmp_path / "a.txt"), EchoConfig(out=tmp_path / "b.txt")
+    stage("a", echo, a, [a.out])
+    stage("b", echo, b, [b.out])
+    assert StageRecords(tmp_path).read("a")["outputs"]["a.txt"]["a.txt"]["size"] == 3
+    again = Stages(tmp_path, force=False)
+    again("a", echo, a, [a.out])
+    again("b", echo, b, [b.out])
+    assert runs == ["a.txt", "b.txt"]  # both complete: skipped
+    a.out.write_text("0.7")  # an output changed after its stage: redone; b's inputs are as before: kept
+    third = Stages(tmp_path, force=False)
+    third("a", echo, a, [a.out])
+    third("b", echo, b, [b.out])
+    assert runs == ["a.txt", "b.txt", "a.txt"] and a.out.read_text() == "0.5"
+    other = Stages(tmp_path, force=False)  # a stage's options changed: it and every later stage redone (the chain)
+    other("a", echo, EchoConfig(out=a.out, value=0.25), [a.out])
+    other("b", echo, b, [b.out])
+    assert runs == ["a.txt", "b.txt", "a.txt", "a.txt", "b.txt"]
+    runs.clear()
+    stage = Stages(tmp_path, force=False)
+    stage("a", echo, EchoConfig(out=a.out, value=0.25), [a.out])
+    records = StageRecords(tmp_path)
+    records.invalidate("b")  # interrupted before its record: redone, though its output exists
+    fourth = Stages(tmp_path, force=False)
+    fourth("a", echo, EchoConfig(out=a.out, value=0.25), [a.out])
+    fourth("b", echo, b, [b.out])
+    assert runs == ["b.txt"]
+
+    def forgets(cfg):
+        pass
+
+    with pytest.raises(FingerprintError, match="c.txt: stage c ended without writing it"):
+        fourth("c", forgets, EchoConfig(out=tmp_path / "c.txt"), [tmp_path / "c.txt"])
+    assert records.read("c") is None
+
+
+def test_the_run_file_is_checked_against_the_test_ids(tmp_path):
+    paths = RunPaths(tmp_path)
+    write_json(
+        paths.shards("test") / "manifest.json",
+        {"format": "fingerprint-shards", "skipped": [{"path": "real_unknown_1/c.png", "reason": "x"}]},
+    )
+    (tmp_path / "run.csv").write_text("a,1\nb,0\n")
+    check_run_file(paths, ["a", "b", "c"])  # c was unreadable at pack: not expected
+    (tmp_path / "run.csv").write_text("a,1\nb_2,0\n")
+    with pytest.raises(FingerprintError, match=r"run.csv: line 2: unknown-id.*'b_2'.*against the 2 real test images"):
+        check_run_file(paths, ["a", "b", "c"])

@@ -1,7 +1,17 @@
 """Report sections: metric rows sorted by ROC-AUC with the best F1 marked; missing inputs become notes."""
 
+import numpy as np
+
+from fingerprint.features import Features
 from fingerprint.report_data import RunInputs
-from fingerprint.report_sections import _metrics_rows, section_clustering, section_comparators, section_metrics
+from fingerprint.report_sections import (
+    _metrics_rows,
+    section_clustering,
+    section_comparators,
+    section_metrics,
+    skip_notes,
+)
+from fingerprint.utils import write_json
 
 
 def _m(auc, f1, thr=None):
@@ -20,3 +30,20 @@ def test_missing_parts_are_notes(tmp_path):
                           (section_clustering, "no cluster output")):  # fmt: skip
         s = section(run)
         assert s.notes and text in s.notes[0] and 'class="note"' in "".join(s.html)
+
+
+def test_skips_and_renames_are_listed(tmp_path):
+    """Counted skips reach the report: unreadable images at pack, renamed generated keys, shards skipped later."""
+    man = {"format": "fingerprint-shards", "counts": {"role_label": {"real/used": 1}}, "n_skipped": 1,
+           "skipped": [{"path": "used/bad.png", "reason": "not a recognised image format"}],
+           "renamed": [{"path": "generated_2/g.png", "key": "g_2"}]}  # fmt: skip
+    write_json(tmp_path / "shards" / "test" / "manifest.json", man)
+    feats = Features(["a"], ["real"], ["used"], np.ones((1, 2), np.float32), None, {"skipped": {"shards": 1}})
+    feats.save(tmp_path / "features" / "test.npz")
+    notes = skip_notes(tmp_path, "test")
+    assert notes == [
+        "test: 1 unreadable image(s) skipped at pack: used/bad.png (not a recognised image format)",
+        "test: 1 generated image(s) stored under another key: generated_2/g.png as g_2",
+        "test: skipped when embedding (--on-error skip): 1 shards",
+    ]
+    assert skip_notes(tmp_path, "dev") == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -142,3 +143,48 @@ def test_reading_errors_name_the_file(tmp_path):
     Path(url).unlink()
     with pytest.raises(FingerprintError, match="missing"):
         shards.shard_urls(out)
+
+
+def _retar(src: Path, dst: Path, rename: dict[str, str] | None = None, cut_after_last: bool = False) -> None:
+    """A copy of shard `src` with members renamed, or cut right after its last member (no end-of-archive marker)."""
+    with tarfile.open(src) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        last = tar.getmembers()[-1]
+    if cut_after_last:
+        dst.write_bytes(src.read_bytes()[: last.offset_data + -(-last.size // 512) * 512])
+        return
+    with tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tar:
+        for m, data in members:
+            m.name = (rename or {}).get(m.name, m.name)
+            tar.addfile(m, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("name", ["../../x.json", "/etc/x.json", "a/x.json", ".x.json"])
+def test_unsafe_member_names_are_refused(tmp_path, name):
+    make_layout(tmp_path / "dev", "dev", n_gen=2, n_real=1)
+    out = tmp_path / "out"
+    pack(tmp_path / "dev", out, image_size=SIZE, max_count=100)
+    url = Path(shards.shard_urls(out)[0])
+    with tarfile.open(url) as tar:
+        first = tar.getmembers()[0].name
+    _retar(url, tmp_path / "x.tar", {first: name})
+    (tmp_path / "x.tar").replace(url)
+    with pytest.raises(FingerprintError, match=f"unsafe member name {re.escape(repr(name))}"):
+        list(shards.iter_shard(str(url)))
+    result = shards.verify(out)
+    assert not result["ok"] and any("unsafe member name" in p for p in result["problems"])
+
+
+def test_a_shard_cut_at_a_member_boundary_is_refused_without_a_manifest(tmp_path):
+    """The cut removes exactly the end-of-archive blocks: every member reads fine, only the marker is missing."""
+    make_layout(tmp_path / "dev", "dev", n_gen=2, n_real=1)
+    out = tmp_path / "out"
+    pack(tmp_path / "dev", out, image_size=SIZE, max_count=100)
+    url = Path(shards.shard_urls(out)[0])
+    lone = tmp_path / "lone" / "shard-000000.tar"
+    lone.parent.mkdir()
+    _retar(url, lone, cut_after_last=True)
+    with tarfile.open(lone) as tar:  # the plain tar reader sees nothing wrong
+        assert len(tar.getmembers()) == 8
+    with pytest.raises(FingerprintError, match="no end-of-archive marker after its last member"):
+        list(shards.iter_shard(str(lone)))

@@ -128,7 +128,11 @@ def test_truncated_shard_named_or_skipped(tmp_path):
         make_loader(out, StreamConfig())
     skipped: dict[str, int] = {}
     batch = load_all(out, StreamConfig(on_error="skip"), skipped=skipped)
-    assert len(batch["key"]) == 12
+    assert len(batch["key"]) == 12 and skipped == {"shards": 1}  # the shard dropped on its size is counted
+    loader = make_loader(out, StreamConfig(on_error="skip", batch_size=4))
+    assert len(keys_of(loader)) == 12 and loader.skipped == {"shards": 1}
+    loader = make_loader(out, StreamConfig(on_error="skip", batch_size=4), rank=1, world_size=2)
+    assert loader.skipped == {}  # counted once, on rank 0
     # without a manifest to compare sizes, the tar reader names the shard
     lone = tmp_path / "lone.tar"
     lone.write_bytes(data[: len(data) // 2 + 100])

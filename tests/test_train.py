@@ -176,6 +176,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(dev, tmp_path, m
 def test_bad_settings_are_clear_errors(dev, tmp_path):
     with pytest.raises(FingerprintError, match=r"K=64 is larger than the generated pool \(24 images\)"):
         run_train(tiny_cfg(dev, tmp_path / "a", k=64))
+    assert not (tmp_path / "a").exists()  # a failed train leaves no (empty) output folder
     with pytest.raises(FingerprintError, match="queries must be even"):
         run_train(tiny_cfg(dev, tmp_path / "b", queries=5))
     with pytest.raises(FingerprintError, match="need a shared backbone"):

@@ -49,7 +49,7 @@ from fingerprint.benchdata.layout import sample_and_write
 from fingerprint.benchdata.realimages import RealImages, folder_images, phantom_images
 from fingerprint.config import check_fields, fail, option
 from fingerprint.distributed import set_threads
-from fingerprint.utils import FingerprintError, is_main_process, read_json
+from fingerprint.utils import FingerprintError, check_writable, is_main_process, read_json
 from fingerprint.vocab import MIXED_PRECISION
 
 log = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class SynthConfig:
 
 def run_synth(cfg: SynthConfig) -> dict:
     """Build the benchmark described by `cfg`; returns the content of its synth.json."""
+    check_writable(Path(cfg.out).parent)  # before training the generator
     return build_benchmark(
         cfg.out, level=cfg.level, seed=cfg.seed, real_dir=cfg.real_dir, force=cfg.force, progress=cfg.progress,
         **cfg.overrides(),

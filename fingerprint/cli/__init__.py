@@ -38,13 +38,20 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"usage: fingerprint <command> [flags]   (fingerprint {__version__})", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run 'fingerprint <command> --help' for a command's flags."]
+    lines += [
+        "",
+        "Run 'fingerprint <command> --help' for a command's flags; 'fingerprint --debug <command> ...'",
+        "prints the traceback of an error (as does --debug after the command, or FINGERPRINT_DEBUG=1).",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch `fingerprint <command> ...` to the command's module (imported only when used)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    while argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -56,4 +63,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fingerprint: error: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest)
+    return module.main(rest + ["--debug"] if debug else rest)

@@ -9,8 +9,12 @@ YAML file first (top-level keys plus a `[command]` table; keys are flag
 names with dashes or underscores; flags on the command line override it;
 an unknown key or a bad value names the file and the key), then builds the
 config, which checks itself. `run_command` runs a command and turns a
-library error into one line, with `<command>.<field>` rewritten as the
-field's flag: the only place fields are mapped to flags. The pattern is
+user or environment error (our FingerprintError, an OSError such as a full
+disk or a read-only folder, running out of memory) into one line
+`fingerprint <command>: error: <file or flag>: <cause>` and exit code 2,
+with `<command>.<field>` rewritten as the field's flag: the only place
+fields are mapped to flags. `--debug` (per command, or `fingerprint --debug
+<command>`) prints the traceback too. The pattern is
 SSCD's `add_arguments` / `call_using_args`
 (facebookresearch/sscd-copy-detection, sscd/lib/util.py).
 """
@@ -18,12 +22,21 @@ SSCD's `add_arguments` / `call_using_args`
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
 import sys
+import traceback
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tqdm import tqdm
+
 from fingerprint.config import FieldSpec, coerce, fields_of, load_config_file, values_from_mapping
-from fingerprint.utils import FingerprintError, setup_logging
+from fingerprint.utils import FingerprintError, os_error_text, setup_logging
+
+#: set to 1 to show tracebacks of every command (what --debug does)
+DEBUG_ENV = "FINGERPRINT_DEBUG"
 
 
 def _help(spec: FieldSpec) -> str:
@@ -75,6 +88,7 @@ def build_parser(command: str, cls: type, description: str | None = None) -> arg
     """The parser of `fingerprint <command>`: `--config` plus the fields of `cls`."""
     parser = argparse.ArgumentParser(prog=f"fingerprint {command}", description=description)
     parser.add_argument("--config", help="TOML or YAML file holding any of these flags (flags override it)")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     add_config_arguments(parser, cls, command)
     return parser
 
@@ -116,17 +130,61 @@ def flags_in(message: str, cls: type) -> str:
     return re.sub(rf"\b{section}\.([a-z_][a-z0-9_]*)\b", flag, message)
 
 
+def error_line(command: str, cls: type, e: BaseException, cfg: Any = None) -> str:
+    """The one line a user or environment error becomes: `fingerprint <command>: error: <file or flag>: <cause>`."""
+    if isinstance(e, OSError):
+        where = e.filename if e.filename is not None else _output_of(cfg)
+        text = f"{where}: {os_error_text(e)}" if where is not None else os_error_text(e)
+    elif isinstance(e, MemoryError):
+        text = f"out of memory{f' (writing {_output_of(cfg)})' if _output_of(cfg) else ''}: use smaller batches"
+    else:
+        text = flags_in(str(e), cls)
+    return f"fingerprint {command}: error: " + " ".join(text.split())
+
+
+def _output_of(cfg: Any) -> Path | None:
+    """Where a command writes (its `out` or `run_dir`), to name in an OSError that carries no file name."""
+    for name in ("out", "run_dir"):
+        value = getattr(cfg, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def close_progress_bars() -> None:
+    """End the progress bars an error interrupted, so the error starts its own line."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def debug_requested(argv: Sequence[str]) -> bool:
+    """--debug on the command line (before a bare `--`), or FINGERPRINT_DEBUG=1."""
+    flags = list(argv)[: list(argv).index("--")] if "--" in argv else list(argv)
+    return "--debug" in flags or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 def run_command(
     command: str, cls: type, run: Callable[[Any], int | None], argv: Sequence[str] | None, description: str | None
 ) -> int:
-    """Parse `argv` into a `cls` config and `run` it; user errors become one line and exit code 2."""
+    """Parse `argv` into a `cls` config and `run` it; user and environment errors become one line and exit code 2.
+
+    Programming errors (anything else) keep their traceback.
+    """
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    if debug:
+        logging.getLogger("fingerprint").setLevel(logging.DEBUG)
+    argv = [a for a in argv if a != "--debug"]
+    cfg = None
     try:
         cfg = parse_config(command, cls, argv, description)
         return int(run(cfg) or 0)
-    except FingerprintError as e:
-        print(f"fingerprint {command}: error: {flags_in(str(e), cls)}", file=sys.stderr)
+    except (FingerprintError, OSError, MemoryError) as e:
+        close_progress_bars()
+        if debug:
+            traceback.print_exc()
+        print(error_line(command, cls, e, cfg), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fingerprint {command}: interrupted", file=sys.stderr)

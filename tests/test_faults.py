@@ -1,0 +1,785 @@
+"""Fault injection: every fault ends in a one-line error (exit 2), a counted skip, or a correct resume.
+
+The table `CASES` is the suite: for each input or fault, the command, the
+expected exit code, the expected fragment of the one error line (or of the
+output), and what must hold afterwards. Every command runs as a real process
+(tests/_forkserver.py), and every case also checks: no traceback, exactly one
+`fingerprint <command>: error:` line when it fails, no partial output (a
+failed command leaves its output absent, or as it was), inputs untouched and
+nothing written outside the output folder. Faults come from real mechanisms:
+RLIMIT_FSIZE (a full disk: EFBIG) and a small tmpfs (ENOSPC) where it can be
+mounted, a read-only bind mount (or `chattr +i`; chmod when not root) for an
+unwritable folder, SIGKILL at seeded random points, concurrent writers.
+The kill-in-every-stage and chaos tests (marked slow) kill `fingerprint run`
+inside each stage, and at 5 seeded random moments, and check that the
+resumed run ends byte-identical to an uninterrupted one. docs/reliability.md
+lists every case with the test that holds it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import random
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from faultkit import ForkServer, files_under, link_copy, read_only, replace_bytes, snapshot
+from PIL import Image
+
+from fingerprint.records import StageRecords
+from fingerprint.utils import sha256_file, write_json
+
+#: the tiny run every case starts from (relative paths: run folders compare byte for byte across sandboxes)
+RUN_ARGS = ["--seed", "3", "--epochs", "2", "--image-size", "32", "--k", "4", "--batch-size", "32", "--n-boot", "20",
+            "--threads", "1", "--no-compare"]  # fmt: skip
+TRAIN_ARGS = ["--image-size", "32", "--threads", "1", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = ForkServer(tmp_path_factory.mktemp("forkserver-logs"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def ref(server, tmp_path_factory) -> Path:
+    """REF/data (tiny benchmark, seed 3) and REF/run, an uninterrupted `fingerprint run` of it."""
+    root = tmp_path_factory.mktemp("ref")
+    r = server.run(["synth", "data", "--level", "tiny", "--seed", "3"], cwd=root)
+    assert r.rc == 0, r.err[-2000:]
+    r = server.run(["run", "data", "--out", "run", *RUN_ARGS], cwd=root)
+    assert r.rc == 0, r.err[-3000:]
+    return root
+
+
+# ----------------------------------------------------------------------------- the sandbox of one case
+
+
+@dataclass
+class Sandbox:
+    """A case's folder: what it prepares there, its output, and the reference run it may copy."""
+
+    root: Path
+    ref: Path
+    ctx: dict[str, Any] = field(default_factory=dict)
+
+    def data(self) -> Path:
+        """A copy of the tiny benchmark (file times kept, as the run's stage records expect)."""
+        if not (self.root / "data").exists():
+            shutil.copytree(self.ref / "data", self.root / "data")
+        return self.root / "data"
+
+    def run(self) -> Path:
+        """A (hard-linked) copy of the reference run folder."""
+        self.data()
+        return link_copy(self.ref / "run", self.root / "run")
+
+    def shards(self, split: str = "test") -> Path:
+        return shutil.copytree(self.ref / "run" / "shards" / split, self.root / f"shards-{split}")
+
+    def model(self) -> Path:
+        return link_copy(self.ref / "run" / "model", self.root / "model")
+
+
+def one_png(folder: Path) -> Path:
+    return sorted(folder.glob("*.png"))[0]
+
+
+class Payload:
+    """A pickle that creates a marker file when unpickled: proves no unpickling ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def evil_pickle(sb: Sandbox) -> bytes:
+    sb.ctx["marker"] = sb.root / "PWNED"
+    return pickle.dumps(Payload(sb.ctx["marker"]))
+
+
+def no_payload(sb: Sandbox, r) -> None:
+    assert not sb.ctx["marker"].exists(), "a pickle payload ran"
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def corrupt_image(sb):
+    data = sb.data()
+    replace_bytes(one_png(data / "dev" / "used"), b"this is not an image")
+    return {"out": sb.root / "out"}
+
+
+def truncated_image(sb):
+    data = sb.data()
+    p = one_png(data / "dev" / "not_used")
+    replace_bytes(p, p.read_bytes()[: p.stat().st_size // 2])
+    return {"out": sb.root / "out"}
+
+
+def odd_formats(sb):
+    data = sb.data()
+    base = np.asarray(Image.open(one_png(data / "dev" / "generated")))
+    Image.fromarray(base.astype(np.uint16) * 257).save(data / "dev" / "generated" / "odd_16bit.png")
+    Image.fromarray(np.stack([base] * 3, -1)).save(data / "dev" / "generated" / "odd_rgb.jpg", quality=90)
+    Image.fromarray(base).convert("P").save(data / "dev" / "generated" / "odd_palette.gif")
+    Image.fromarray(base).resize((100, 60)).save(data / "dev" / "generated" / "odd_size.tiff")
+    return {"out": sb.root / "out"}
+
+
+def packed_skips(expected: int) -> Callable:
+    def check(sb, r):
+        man = json.loads((sb.ctx["out"] / "manifest.json").read_text())
+        assert man["n_skipped"] == expected and len(man["skipped"]) == expected and man["skipped"][0]["reason"]
+
+    return check
+
+
+def four_converted(sb, r):
+    man = json.loads((sb.ctx["out"] / "manifest.json").read_text())
+    assert man["converted"] >= 4 and man["count"] == 68 and man["n_skipped"] == 0
+
+
+def truncated_shard(sb):
+    shards = sb.shards("test")
+    tar = sorted(shards.glob("*.tar"))[-1]
+    replace_bytes(tar, tar.read_bytes()[: tar.stat().st_size // 2])
+    return {"out": sb.root / "f.npz", "shards": shards, "model": sb.ref / "run" / "model"}
+
+
+def shard_skip_counted(sb, r):
+    with np.load(sb.ctx["out"], allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+    assert meta["skipped"] == {"shards": 1}, meta
+    assert "skipped 1 shards" in r.err
+
+
+def bad_config_file(sb):
+    toml = sb.root / "bad.toml"
+    toml.write_text("frobnicate = 1\n")
+    return {"out": sb.root / "i.faiss", "toml": toml, "features": sb.ref / "run" / "features" / "test.npz"}
+
+
+def tampered_weights(sb):
+    model = sb.model()
+    w = model / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-100] ^= 0xFF
+    replace_bytes(w, bytes(data))
+    return {"out": sb.root / "f.npz", "model": model, "shards": sb.ref / "run" / "shards" / "test"}
+
+
+def pickle_weights(sb):
+    evil = sb.root / "resnet18.pt"
+    evil.write_bytes(evil_pickle(sb))
+    return {"out": sb.root / "model", "weights": evil, "dev": sb.ref / "run" / "shards" / "dev"}
+
+
+def nan_features(sb):
+    src = sb.ref / "run" / "features" / "test.npz"
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["embeddings"][3, :] = np.nan
+    bad = sb.root / "nan.npz"
+    np.savez(bad, **arrays)
+    return {"out": sb.root / "i.faiss", "features": bad}
+
+
+RUNFILES = {
+    "header": "figure_id,label\na_1,0\na_2,1\n",
+    "blank-line": "a_1,0\n\na_2,1\n",
+    "duplicate-id": "a_1,0\na_1,1\na_2,1\n",
+    "extension": "a_1.png,0\na_2,1\n",
+    "unknown-id": "a_1,0\na_3,1\na_2,1\n",
+    "label": "a_1,0.5\na_2,1\n",
+    "missing-ids": "a_1,0\n",
+}
+
+
+def runfile(rule: str) -> Callable:
+    def prepare(sb):
+        (sb.root / "ids.txt").write_text("a_1\na_2\n")
+        (sb.root / "run.csv").write_text(RUNFILES[rule])
+        return {"out": sb.root / "nothing", "file": sb.root / "run.csv", "ids": sb.root / "ids.txt"}
+
+    return prepare
+
+
+def id_collision(sb):
+    data = sb.data()
+    real = one_png(data / "test" / "real_unknown_1")
+    shutil.copy2(one_png(data / "test" / "generated_1"), data / "test" / "generated_1" / real.name)
+    sb.ctx["files"] = (data / "test" / "generated_1" / real.name, real)
+    return {"out": sb.root / "out"}
+
+
+def names_both_files(sb, r):
+    line = r.error_lines()[0]
+    assert all(str(f) in line for f in sb.ctx["files"]), line
+
+
+def comma_in_name(sb):
+    data = sb.data()
+    real = one_png(data / "test" / "real_unknown_1")
+    real.rename(real.with_name("a,b.png"))
+    return {"out": sb.root / "out"}
+
+
+def forged_run_file(sb):
+    """A run.csv that does not match the test ids, with its stage record updated to vouch for it."""
+    run = sb.run()
+    lines = (run / "run.csv").read_text().splitlines()
+    replace_bytes(
+        run / "run.csv", ("\n".join([lines[0].replace("real_unknown", "real_unknwn"), *lines[1:]]) + "\n").encode()
+    )
+    rec_path = StageRecords(run).path("score-relation-test")
+    rec = json.loads(rec_path.read_text())
+    st = (run / "run.csv").stat()
+    rec["outputs"]["run.csv"]["run.csv"] = {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": sha256_file(run / "run.csv"),
+    }
+    replace_bytes(rec_path, json.dumps(rec).encode())
+    return {"out": run}
+
+
+def edited_run_file(sb):
+    run = sb.run()
+    lines = (run / "run.csv").read_text().splitlines()
+    replace_bytes(run / "run.csv", ("\n".join(lines[:-1]) + "\n").encode())
+    return {"out": run}
+
+
+def same_as_reference(*names: str) -> Callable:
+    def check(sb, r):
+        for name in names:
+            assert (sb.ctx["out"] / name).read_bytes() == (sb.ref / "run" / name).read_bytes(), name
+
+    return check
+
+
+def fresh(kind: str) -> Callable:
+    """An output path that does not exist yet, with the inputs the command needs from the reference run."""
+
+    def prepare(sb):
+        run = sb.ref / "run"
+        if kind == "run":
+            sb.data()
+        return {
+            "out": sb.root / kind, "data": sb.ref / "data", "shards": run / "shards" / "test",
+            "dev": run / "shards" / "dev", "model": run / "model", "scores": run / "scores" / "relation.csv",
+            "truth": sb.ref / "data" / "test_truth.csv",
+            "run": link_copy(run, sb.root / "runcopy") if kind == "report" else run,
+        }  # fmt: skip
+
+    return prepare
+
+
+def read_only_parent(kind: str) -> Callable:
+    def prepare(sb):
+        ctx = fresh(kind)(sb)
+        ctx["ro"] = sb.root / "ro"
+        ctx["ro"].mkdir()
+        ctx["out"] = ctx["ro"] / kind
+        return ctx
+
+    return prepare
+
+
+def failed_early(sb, r):
+    assert "images on 1 process" not in r.err, "embed computed before finding out it cannot write"
+
+
+def train_config_nan(sb):
+    (sb.root / "train.toml").write_text("lr = nan\n")
+    sb.data()
+    return {"out": sb.root / "run", "toml": sb.root / "train.toml"}
+
+
+def checkpoint_fault(name: str, content: Callable[[Sandbox], bytes] | None, vouch: bool = False) -> Callable:
+    """A copy of the reference model whose newest checkpoint has `name` replaced (None: removed)."""
+
+    def prepare(sb):
+        model = sb.model()
+        ckpt = max((model / "checkpoints").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
+        target = ckpt / name
+        if content is None:
+            target.unlink()
+        else:
+            replace_bytes(target, content(sb))
+        if vouch:  # the attacker also rewrote the checksum
+            state = json.loads((ckpt / "train_state.json").read_text())
+            state["files"][name] = sha256_file(target)
+            replace_bytes(ckpt / "train_state.json", json.dumps(state).encode())
+        return {"out": model, "dev": sb.ref / "run" / "shards" / "dev"}
+
+    return prepare
+
+
+def unsafe_member(name: str) -> Callable:
+    def prepare(sb):
+        shards = sb.shards("test")
+        tar = sorted(shards.glob("*.tar"))[0]
+        with tarfile.open(tar) as t:
+            members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+            for i, (m, data) in enumerate(members):
+                if i == 0:
+                    m.name = name
+                t.addfile(m, io.BytesIO(data))
+        replace_bytes(tar, buf.getvalue())
+        return {"out": sb.root / "nothing", "shards": shards}
+
+    return prepare
+
+
+def cut_at_member_boundary(sb):
+    src = sorted((sb.ref / "run" / "shards" / "test").glob("*.tar"))[0]
+    with tarfile.open(src) as t:
+        last = t.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    folder = sb.root / "bare"
+    folder.mkdir()
+    (folder / src.name).write_bytes(src.read_bytes()[:end])  # no manifest.json beside it
+    return {"out": sb.root / "f.npz", "shards": folder, "model": sb.ref / "run" / "model"}
+
+
+# ----------------------------------------------------------------------------- cases with more than one command
+
+
+def failed_stage_then_rerun(server, sb, case):
+    """Issue 12.2: score writes scores/relation.csv, then fails on run.csv; a re-run must not report success."""
+    run = sb.run()
+    (run / "run.csv").unlink()
+    StageRecords(run).invalidate("score-relation-test")
+    (run / "run.csv").mkdir()  # the run file cannot be written: os.replace onto a folder fails
+    argv = ["run", "data", "--out", "run", *RUN_ARGS]
+    first = server.run(argv, cwd=sb.root)
+    assert first.rc == 2 and (run / "scores" / "relation.csv").exists()  # failed half-way
+    assert StageRecords(run).read("score-relation-test") is None
+    again = server.run(argv, cwd=sb.root)
+    assert again.rc == 2 and "run file:" not in again.out, "a failed stage counted as done"
+    (run / "run.csv").rmdir()
+    last = server.run(argv, cwd=sb.root)
+    assert last.rc == 0 and (run / "run.csv").read_bytes() == (sb.ref / "run" / "run.csv").read_bytes()
+    return first
+
+
+def concurrent_runs(server, sb, case):
+    """Issue 12.5: a second writer into a run folder gets a clear error naming the holder; the first is unharmed."""
+    sb.run()
+    first = server.start(["run", "data", "--out", "run", *RUN_ARGS], cwd=sb.root)
+    assert first.wait_for("[pack-dev] complete")  # the run folder is locked by now
+    second = server.run(["run", "data", "--out", "run", *RUN_ARGS, "--force"], cwd=sb.root)
+    third = server.run(["report", "run", "--force"], cwd=sb.root)
+    assert third.rc == 2 and f"in use by pid {first.pid}" in third.error_lines()[0]
+    assert first.wait().rc == 0
+    for name in ("run.csv", "model/model.safetensors", "scores/relation.csv"):
+        assert (sb.root / "run" / name).read_bytes() == (sb.ref / "run" / name).read_bytes(), name
+    assert not (sb.root / "run" / ".lock").exists()
+    sb.ctx["holder"] = first.pid
+    return second
+
+
+def concurrent_trains(server, sb, case):
+    dev = sb.ref / "run" / "shards" / "dev"
+    argv = ["train", "--shards", dev, "--out", "m", *TRAIN_ARGS, "--epochs", "4"]
+    first = server.start(argv, cwd=sb.root)
+    assert first.wait_for("train: ")  # set up, training
+    second = server.run([*argv, "--force"], cwd=sb.root)
+    assert first.wait().rc == 0 and (sb.root / "m" / "model.json").exists()
+    sb.ctx["holder"] = first.pid
+    return second
+
+
+def names_the_holder(sb, r):
+    assert f"in use by pid {sb.ctx['holder']} on host" in r.error_lines()[0]
+
+
+def kill_mid_training(server, sb, case):
+    """kill -9 after the first checkpoint, then --resume latest: the weights of an uninterrupted run."""
+    dev = sb.ref / "run" / "shards" / "dev"
+    argv = ["train", "--shards", dev, *TRAIN_ARGS, "--epochs", "4", "--keep-checkpoints", "4"]
+    assert server.run([*argv, "--out", "whole"], cwd=sb.root).rc == 0
+    child = server.start([*argv, "--out", "cut"], cwd=sb.root)
+    state = sb.root / "cut" / "checkpoints" / "checkpoint_0" / "train_state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and not server.ended(child.id):
+        time.sleep(0.005)
+    child.kill()
+    assert child.wait().rc == -9 and not (sb.root / "cut" / "model.json").exists(), "killed too late"
+    resumed = server.run([*argv, "--out", "cut", "--resume", "latest"], cwd=sb.root)
+    assert resumed.rc == 0, resumed.err[-2000:]
+    for name in ("model.safetensors", "checkpoints/checkpoint_3/model.safetensors"):
+        assert (sb.root / "cut" / name).read_bytes() == (sb.root / "whole" / name).read_bytes(), name
+    return resumed
+
+
+def kill_mid_pack(server, sb, case):
+    """kill -9 while packing (a few large images keep it busy), then pack again: no stale temporary is left."""
+    data = sb.data()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (3000, 3000), dtype=np.uint8)).save(
+            data / "dev" / "generated" / f"big_{i}.png"
+        )
+    child = server.start(["pack", data / "dev", "out"], cwd=sb.root)
+    deadline = time.monotonic() + 120
+    while not list(sb.root.glob(".out.tmp-*")) and time.monotonic() < deadline and not server.ended(child.id):
+        time.sleep(0.002)
+    time.sleep(random.Random(5).uniform(0, 0.3))
+    child.kill()
+    assert child.wait().rc == -9
+    assert list(sb.root.glob(".out.tmp-*")) and not (sb.root / "out").exists()  # the killed pack's temporary
+    again = server.run(["pack", data / "dev", "out"], cwd=sb.root)
+    assert not list(sb.root.glob(".out.tmp-*")), "stale temporary left behind"
+    return again
+
+
+def forged_comparator(server, sb, case):
+    """Library case (no command loads comparators): a forged model file is refused whatever its sidecar says."""
+    import skops.io as sio
+
+    from fingerprint.comparators import load_comparator
+    from fingerprint.utils import FingerprintError
+
+    forged = sb.root / "cmp_logreg.skops"
+    sio.dump({"model": Payload(sb.root / "never")}, forged)
+    write_json(forged.with_name(forged.name + ".json"), {"sha256": sha256_file(forged)})
+    with pytest.raises(FingerprintError, match="refusing to load untrusted types") as e:
+        load_comparator(forged)
+    evil = sb.root / "cmp_svm.skops"
+    evil.write_bytes(evil_pickle(sb))
+    write_json(evil.with_name(evil.name + ".json"), {"sha256": sha256_file(evil)})
+    with pytest.raises(FingerprintError, match="not a readable skops file"):
+        load_comparator(evil)
+    return None if e else None
+
+
+def tmpfs(size: str):
+    """Mount a small tmpfs at the case's output parent (a real full disk: ENOSPC), or skip."""
+
+    def prepare(sb):
+        small = sb.root / "small"
+        small.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)]).returncode:
+            pytest.skip("cannot mount a tmpfs here (needs mount privilege)")
+        sb.ctx["unmount"] = small
+        sb.data()
+        return {"out": small / "run"}
+
+    return prepare
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Case:
+    id: str
+    fault: str
+    prepare: Callable[[Sandbox], dict] | None
+    argv: list[str] | None  # `{name}` is formatted from the prepared context
+    rc: int | None
+    message: str  # a fragment of the one error line (of stdout for exit 0, of either for exit 1)
+    after: tuple[Callable, ...] = ()
+    fsize: int | None = None  # RLIMIT_FSIZE in the command's process: a full disk
+    readonly: bool = False  # ctx["ro"] is made read-only during the command
+    custom: Callable | None = None  # several commands or timing: returns the result to check
+    output: str = "absent"  # after a failure: "absent", "unchanged" (out existed) or "any"
+    debug: bool = False
+
+
+RUN = ["run", "data", "--out", "{out}", *RUN_ARGS]
+TRAIN = ["train", "--shards", "{dev}", "--out", "{out}", *TRAIN_ARGS, "--epochs", "1"]
+EMBED = ["embed", "--model", "{model}", "--shards", "{shards}", "--out", "{out}", "--threads", "1"]
+SCORE = ["score", "--scorer", "dcr", "--shards", "{shards}", "--out", "{out}", "--threshold", "-5"]
+EVALUATE = ["evaluate", "{scores}", "--truth", "{truth}", "--out", "{out}", "--n-boot", "20"]
+REPORT = ["report", "{run}", "--out-dir", "{out}"]
+PACK = ["pack", "{data}/dev", "{out}"]
+RESUME = ["train", "--shards", "{dev}", "--out", "{out}", *TRAIN_ARGS, "--epochs", "2", "--resume", "latest"]
+FULL = ("File too large", "{out}")  # RLIMIT_FSIZE: the write fails with EFBIG, naming the file being written
+
+CASES: list[Case] = [
+    # --- cases that already ended well (kept so they stay so)
+    Case("corrupt-image", "a dev image is not an image", corrupt_image, ["pack", "data/dev", "{out}"], 0, "1 skipped",
+         (packed_skips(1),)),
+    Case("truncated-image", "a dev PNG cut in half", truncated_image, ["pack", "data/dev", "{out}"], 0, "1 skipped",
+         (packed_skips(1),)),
+    Case("odd-formats", "16-bit PNG, RGB JPEG, palette GIF, TIFF of another size", odd_formats,
+         ["pack", "data/dev", "{out}"], 0, "0 skipped", (four_converted,)),
+    Case("truncated-shard", "a test shard cut in half", truncated_shard, EMBED, 2, "truncated or changed"),
+    Case("truncated-shard-skip", "the same, with --on-error skip", truncated_shard, [*EMBED, "--on-error", "skip"], 0,
+         "", (shard_skip_counted,)),
+    Case("bad-config-value", "--k 0", fresh("score"), [*SCORE, "--k", "0"], 2, "--k must be >= 1, got 0"),
+    Case("bad-config-file", "an unknown key in --config", bad_config_file,
+         ["index", "--features", "{features}", "--out", "{out}", "--config", "{toml}"], 2, "unknown key 'frobnicate'"),
+    Case("tampered-weights", "a byte of model.safetensors flipped", tampered_weights, EMBED, 2,
+         "does not match model.json"),
+    Case("debug-traceback", "the same, with fingerprint --debug", tampered_weights, ["--debug", *EMBED], 2,
+         "does not match model.json", debug=True),
+    Case("pickle-as-weights", "--weights is a pickle with a payload", pickle_weights,
+         [*TRAIN, "--weights", "{weights}"], 2, "cannot read weights", (no_payload,)),
+    Case("kill-mid-training", "SIGKILL after the first checkpoint, then --resume latest", None, None, 0, "",
+         custom=kill_mid_training),
+    Case("kill-mid-pack", "SIGKILL while packing, then pack again", None, None, 0, "70 images", custom=kill_mid_pack),
+    *[Case(f"validate-{rule}", f"run file breaking the {rule} rule", runfile(rule),
+           ["validate", "{file}", "--ids", "{ids}"], 1, rule) for rule in RUNFILES],
+    Case("nan-features", "a features file with NaN embeddings", nan_features,
+         ["index", "--features", "{features}", "--out", "{out}"], 2, "nan.npz: embeddings contain NaN or infinity"),
+    # --- issue 12: cases that did not end well
+    Case("id-collision-run", "test/generated_1/X.png beside test/real_unknown_1/X.png (12.1)", id_collision, RUN, 2,
+         "same name as the real image", (names_both_files,)),
+    Case("id-collision-pack", "the same, packing the test split", id_collision, ["pack", "data/test", "{out}"], 2,
+         "same name as the real image", (names_both_files,)),
+    Case("comma-in-name", "a real test image renamed a,b.png (12.2)", comma_in_name, RUN, 2,
+         "cannot hold dots, commas or whitespace"),
+    Case("failed-stage-rerun", "score fails after its score file, before run.csv; run again (12.2)", None, None, 2,
+         "run.csv", custom=failed_stage_then_rerun, output="any"),
+    Case("run-file-checked", "a run.csv that misses a test id, its record forged to match", forged_run_file,
+         ["run", "data", "--out", "run", *RUN_ARGS], 2, "unknown-id", output="any"),
+    Case("edited-output-redone", "run.csv edited after its stage finished", edited_run_file,
+         ["run", "data", "--out", "run", *RUN_ARGS], 0, "run file:", (same_as_reference("run.csv"),)),
+    *[Case(f"full-disk-{kind}", "RLIMIT_FSIZE: writes past the limit fail (12.3)", fresh(kind), argv, 2, FULL[0],
+           fsize=limit) for kind, argv, limit in [
+        ("pack", PACK, 64 << 10), ("embed", EMBED, 16 << 10), ("train", TRAIN, 1 << 20), ("score", SCORE, 256),
+        ("evaluate", EVALUATE, 256), ("report", REPORT, 64 << 10), ("run", RUN, 64 << 10)]],
+    Case("full-disk-tmpfs-run", "a 2 MB tmpfs as the output's file system (ENOSPC)", tmpfs("2m"), RUN, 2,
+         "No space left on device"),
+    *[Case(f"read-only-{kind}", "the output's folder is read-only (12.3)", read_only_parent(kind), argv, 2,
+           "cannot write here", (failed_early,) if kind == "embed" else (), readonly=True) for kind, argv in [
+        ("pack", PACK), ("embed", EMBED), ("train", TRAIN), ("score", SCORE), ("evaluate", EVALUATE),
+        ("report", REPORT), ("run", RUN)]],
+    Case("lr-nan", "--lr nan (12.4)", fresh("train"), [*TRAIN, "--lr", "nan"], 2, "--lr must be a finite number"),
+    Case("lr-inf", "--lr inf (12.4)", fresh("train"), [*TRAIN, "--lr", "inf"], 2, "--lr must be a finite number"),
+    Case("clip-grad-nan", "--clip-grad nan (12.4)", fresh("train"), [*TRAIN, "--clip-grad", "nan"], 2,
+         "--clip-grad must be a finite number"),
+    Case("train-config-nan", "lr = nan in run --train-config (12.4, 12.7)", train_config_nan,
+         [*RUN, "--train-config", "{toml}"], 2, "train.lr must be a finite number"),
+    Case("concurrent-run", "a second run --force into a running run's folder (12.5)", None, None, 2, "in use by pid",
+         (names_the_holder,), custom=concurrent_runs, output="any"),
+    Case("concurrent-train", "a second train --force into a training's folder (12.5)", None, None, 2, "in use by pid",
+         (names_the_holder,), custom=concurrent_trains, output="any"),
+    Case("resume-evil-optimizer", "optimizer.bin replaced by a pickle with a payload (12.6)",
+         checkpoint_fault("optimizer.bin", evil_pickle), RESUME, 2, "optimizer.bin: sha256 differs", (no_payload,),
+         output="unchanged"),
+    Case("resume-evil-optimizer-vouched", "the same, with its checksum rewritten too",
+         checkpoint_fault("optimizer.bin", evil_pickle, vouch=True), RESUME, 2, "cannot load the checkpoint",
+         (no_payload,), output="unchanged"),
+    Case("resume-bad-rng", "random_states_0.pkl replaced by junk (12.6)",
+         checkpoint_fault("random_states_0.pkl", lambda sb: b"junk"), RESUME, 2, "random_states_0.pkl: sha256 differs",
+         output="unchanged"),
+    Case("resume-bad-rng-vouched", "the same, with its checksum rewritten too",
+         checkpoint_fault("random_states_0.pkl", lambda sb: b"junk", vouch=True), RESUME, 2, "unreadable RNG state",
+         output="unchanged"),
+    Case("resume-missing-rng", "random_states_0.pkl deleted (12.6)", checkpoint_fault("random_states_0.pkl", None),
+         RESUME, 2, "missing from the checkpoint", output="unchanged"),
+    Case("run-checks-options-first", "--index-factory Bogus (12.7)", fresh("run"), [*RUN, "--index-factory", "Bogus"],
+         2, "--index-factory: FAISS cannot build 'Bogus'"),
+    Case("run-checks-k", "--k 0 (12.7)", fresh("run"), [*RUN, "--k", "0"], 2, "--k must be >= 1"),
+    Case("run-checks-n-boot", "--n-boot -1 (12.7)", fresh("run"), [*RUN, "--n-boot", "-1"], 2, "--n-boot must be >= 0"),
+    Case("run-checks-batch-size", "--batch-size 0 (12.7)", fresh("run"), [*RUN, "--batch-size", "0"], 2,
+         "--batch-size must be >= 1"),
+    Case("verify-dotdot-member", "a shard member named ../../x.json (12.7)", unsafe_member("../../x.json"),
+         ["inspect", "{shards}", "--verify"], 1, "unsafe member name '../../x.json'"),
+    Case("verify-absolute-member", "a shard member named /etc/x.json (12.7)", unsafe_member("/etc/x.json"),
+         ["inspect", "{shards}", "--verify"], 1, "unsafe member name '/etc/x.json'"),
+    Case("failed-train-no-folder", "train fails at set-up (--k 64 > the generated pool) (12.7)", fresh("train"),
+         [*TRAIN, "--k", "64"], 2, "larger than the generated pool"),
+    Case("cut-at-member-boundary", "a shard cut at a member boundary, no manifest beside it (12.7)",
+         cut_at_member_boundary, EMBED, 2, "no end-of-archive marker"),
+    Case("forged-comparator", "a skops file needing an untrusted type, or a pickle, vouched by its sidecar (12.7)",
+         None, None, None, "", custom=forged_comparator),
+]  # fmt: skip
+
+
+def _format(argv: list[str], ctx: dict) -> list[str]:
+    return [str(a).format(**{k: v for k, v in ctx.items() if isinstance(v, (str, Path))}) for a in argv]
+
+
+def _command(argv: list[str]) -> str:
+    return next(a for a in argv if not a.startswith("--"))
+
+
+def check_result(case: Case, sb: Sandbox, r) -> None:
+    if case.rc is not None:
+        assert r.rc == case.rc, f"exit {r.rc}, expected {case.rc}\n{r.err[-3000:]}"
+    if "Traceback (most recent call last)" in r.err:
+        assert case.debug, f"traceback:\n{r.err[-3000:]}"
+    if case.rc == 2:
+        lines = r.error_lines()
+        assert len(lines) == 1, f"expected one error line, got {lines}"
+        assert lines[0].startswith(f"fingerprint {_command(case.argv or ['run'])}: error: ") or case.custom
+        assert case.message.format(**sb.ctx) in lines[0], lines[0]
+    elif case.rc == 1:
+        assert case.message in r.out + r.err
+    elif case.rc == 0:
+        assert case.message in r.out + r.err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_fault(case: Case, server, ref, tmp_path):
+    sb = Sandbox(tmp_path, ref)
+    try:
+        _run_case(case, server, sb)
+    finally:
+        if "unmount" in sb.ctx:
+            subprocess.run(["umount", str(sb.ctx["unmount"])])
+
+
+def _run_case(case: Case, server, sb: Sandbox) -> None:
+    (sb.root / "cwd").mkdir()
+    if case.prepare is not None:
+        sb.ctx.update(case.prepare(sb))
+    out = sb.ctx.get("out")
+    keep_out = (out,) if out is not None else ()
+    before = snapshot(sb.root, exclude=keep_out)
+    out_before = snapshot(out) if out is not None and Path(out).is_dir() else None
+    if case.custom is not None:
+        r = case.custom(server, sb, case)
+        if r is None:  # a library case: checked inside
+            return
+    else:
+        argv = _format(case.argv, sb.ctx)
+        cwd = sb.root if any(a in ("data", "run", "data/dev", "data/test") for a in argv) else sb.root / "cwd"
+        if case.readonly:
+            with read_only(sb.ctx["ro"]) as how:
+                sb.ctx["mechanism"] = how
+                r = server.run(argv, cwd=cwd, fsize=case.fsize)
+        else:
+            r = server.run(argv, cwd=cwd, fsize=case.fsize)
+    check_result(case, sb, r)
+    for check in case.after:
+        check(sb, r)
+    if case.custom is None:
+        assert snapshot(sb.root, exclude=keep_out) == before, "inputs changed or something written outside the output"
+        assert files_under(sb.root / "cwd") == []
+    if case.rc == 2 and out is not None and case.output != "any":
+        if out_before is not None and case.output == "unchanged":
+            assert snapshot(out) == out_before, "a failed command changed its output folder"
+        else:
+            assert not Path(out).exists(), f"partial output left: {files_under(out) if Path(out).is_dir() else out}"
+    if out is not None and Path(out).is_dir():
+        assert not [f for f in files_under(out) if re.search(r"\.(tmp|old)-\d+", f)], "temporaries left"
+
+
+# ----------------------------------------------------------------------------- kill -9 inside the stages of `run`
+
+
+def stage_seconds(run: Path) -> dict[str, float]:
+    """Each stage's seconds in the reference run, in order, from its stage records."""
+    records = [json.loads(p.read_text()) for p in (run / ".stages").glob("*.json")]
+    return {r["stage"]: r["seconds"] for r in sorted(records, key=lambda r: r["finished"])}
+
+
+def kill_at(server, root: Path, moments: list[tuple[str, float]]) -> list:
+    """Start `run`, SIGKILL it `offset` seconds into `stage`, for each moment in turn; returns each attempt's result.
+
+    After each kill, every stage record present must describe complete outputs.
+    """
+    results = []
+    for stage, offset in moments:
+        child = server.start(["run", "data", "--out", "run", *RUN_ARGS], cwd=root)
+        assert child.wait_for(f"[{stage}] fingerprint "), f"stage {stage} never started"
+        time.sleep(offset)
+        child.kill()
+        r = child.wait()
+        r.stage = stage
+        results.append(r)
+        check_records(root / "run")
+        if r.rc == 0:  # the run ended before the kill: nothing more to interrupt
+            break
+    print("kills:", [(r.stage, r.rc) for r in results])
+    return results
+
+
+def check_records(run: Path) -> None:
+    """Every stage record that exists describes outputs that are complete and as recorded."""
+    records = StageRecords(run)
+    for p in sorted(records.dir.glob("*.json")) if records.dir.is_dir() else []:
+        rec = json.loads(p.read_text())
+        for name, files in rec["outputs"].items():
+            base = run / name
+            for rel, d in files.items():
+                f = base if base.is_file() else base / rel
+                assert f.is_file() and f.stat().st_size == d["size"], f"{p.name}: {f} incomplete"
+
+
+def assert_same_as_reference(root: Path, ref: Path) -> None:
+    for name in ("run.csv", "metrics.json", "model/model.safetensors", "scores/relation.csv", "features/test.npz"):
+        assert (root / "run" / name).read_bytes() == (ref / "run" / name).read_bytes(), name
+    leftovers = [f for f in files_under(root / "run") if re.search(r"\.(tmp|old)-\d+|^\.lock$", Path(f).name)]
+    assert leftovers == []
+
+
+STAGE_KINDS = ("pack-dev", "train", "embed-dev", "index-dev", "score-relation-dev", "score-ssim-test", "cluster",
+               "evaluate", "report")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_kill_in_every_stage_then_resume(server, ref, tmp_path):
+    """SIGKILL at a seeded random point inside each kind of stage; each re-run resumes; the end is the reference's."""
+    shutil.copytree(ref / "data", tmp_path / "data")
+    seconds = stage_seconds(ref / "run")
+    rng = random.Random(12)
+    moments = [(s, rng.uniform(0, max(seconds.get(s, 0.2), 0.05))) for s in STAGE_KINDS]
+    results = kill_at(server, tmp_path, moments)
+    assert [r.rc for r in results[:-1]] == [-9] * (len(moments) - 1), "a kill came after the run had ended"
+    assert all("taking over the lock" in r.err for r in results[1:]), "a killed run's lock was not taken over"
+    r = server.run(["run", "data", "--out", "run", *RUN_ARGS], cwd=tmp_path)
+    assert r.rc == 0, r.err[-3000:]
+    assert_same_as_reference(tmp_path, ref)
+
+
+@pytest.mark.slow
+def test_chaos_five_random_kills(server, ref, tmp_path):
+    """Chaos: `fingerprint run` killed at 5 seeded random moments of its work, re-run each time: byte-identical end."""
+    shutil.copytree(ref / "data", tmp_path / "data")
+    seconds = stage_seconds(ref / "run")
+    timeline = np.cumsum(list(seconds.values()))
+    rng = random.Random(2024)
+    moments = []
+    for t in sorted(rng.uniform(0, float(timeline[-1])) for _ in range(5)):
+        i = int(np.searchsorted(timeline, t, side="right"))
+        stage = list(seconds)[min(i, len(seconds) - 1)]
+        moments.append((stage, t - (float(timeline[i - 1]) if i else 0.0)))
+    results = kill_at(server, tmp_path, moments)
+    assert [r.rc for r in results] == [-9] * len(moments), "a kill came after the run had ended"
+    r = server.run(["run", "data", "--out", "run", *RUN_ARGS], cwd=tmp_path)
+    assert r.rc == 0, r.err[-3000:]
+    assert_same_as_reference(tmp_path, ref)
+
+
+@pytest.mark.slow
+def test_kill_in_compare_then_resume(server, ref, tmp_path):
+    """The compare stage (left out of the reference run for time): killed inside, the re-run completes it."""
+    sb = Sandbox(tmp_path, ref)
+    sb.run()
+    argv = ["run", "data", "--out", "run", *[a for a in RUN_ARGS if a != "--no-compare"], "--no-report"]
+    child = server.start(argv, cwd=tmp_path)
+    assert child.wait_for("[compare] fingerprint ")
+    time.sleep(random.Random(7).uniform(0.2, 3.0))
+    child.kill()
+    assert child.wait().rc == -9
+    assert StageRecords(tmp_path / "run").read("compare") is None and not (tmp_path / "run" / "compare").exists()
+    r = server.run(argv, cwd=tmp_path)
+    assert r.rc == 0, r.err[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert any(k.startswith("cmp_") for k in metrics["scorers"]) and (tmp_path / "run" / "compare" / "cv.json").exists()
+    assert (tmp_path / "run" / "run.csv").read_bytes() == (ref / "run" / "run.csv").read_bytes()
