@@ -118,7 +118,13 @@ def run_config(cfg: TrainConfig) -> dict[str, Any]:
 def save_checkpoint(accelerator: Any, state: TrainState, cfg: TrainConfig | None = None) -> Path:
     """accelerate save_state (rotated) + train_state.json (with every file's sha256), which marks it complete."""
     state.checkpoint = accelerator.project_configuration.iteration
-    where = Path(accelerator.project_dir) / "checkpoints" / f"checkpoint_{state.checkpoint}"
+    root = Path(accelerator.project_dir) / "checkpoints"
+    where = root / f"checkpoint_{state.checkpoint}"
+    if accelerator.is_main_process and root.is_dir():
+        # a checkpoint a killed run left half-written: Accelerate would refuse its folder, or rotate out a complete one
+        for partial in [p for p in root.glob("checkpoint_*") if not (p / STATE_FILE).is_file()]:
+            shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
     try:
         accelerator.save_state()
     except OSError:

@@ -71,14 +71,21 @@ class Child:
 
     def wait_for(self, text: str, timeout: float = 120, poll: float = 0.01) -> bool:
         """Wait until `text` appears in the child's stderr; False if the child ended first."""
+        return self.wait_first([text], timeout, poll) is not None
+
+    def wait_first(self, texts: list[str], timeout: float = 120, poll: float = 0.01) -> str | None:
+        """Wait until one of `texts` appears in the child's stderr; returns it (None if the child ended first)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if text in self.err_text():
-                return True
-            if self.server.ended(self.id):
-                return text in self.err_text()
+            ended = self.server.ended(self.id)
+            err = self.err_text()
+            seen = [t for t in texts if t in err]
+            if seen:
+                return min(seen, key=err.index)
+            if ended:
+                return None
             time.sleep(poll)
-        raise TimeoutError(f"{text!r} not seen in {timeout} s")
+        raise TimeoutError(f"none of {texts!r} seen in {timeout} s")
 
 
 class ForkServer:
@@ -144,8 +151,12 @@ class ForkServer:
 # ----------------------------------------------------------------------------- fault mechanisms
 
 
-def _run(*cmd: str) -> bool:
-    return subprocess.run(list(cmd), capture_output=True).returncode == 0
+def run_ok(*cmd: str) -> bool:
+    """True if the command ran and succeeded (False also when the program is missing)."""
+    try:
+        return subprocess.run(list(cmd), capture_output=True).returncode == 0
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -161,19 +172,19 @@ def read_only(folder: Path) -> Iterator[str]:
         finally:
             folder.chmod(mode)
         return
-    if _run("mount", "--bind", str(folder), str(folder)):
-        if _run("mount", "-o", "remount,bind,ro", str(folder)):
+    if run_ok("mount", "--bind", str(folder), str(folder)):
+        if run_ok("mount", "-o", "remount,bind,ro", str(folder)):
             try:
                 yield "read-only bind mount"
             finally:
-                _run("umount", str(folder))
+                run_ok("umount", str(folder))
             return
-        _run("umount", str(folder))
-    if shutil.which("chattr") and _run("chattr", "+i", str(folder)):
+        run_ok("umount", str(folder))
+    if shutil.which("chattr") and run_ok("chattr", "+i", str(folder)):
         try:
             yield "chattr +i"
         finally:
-            _run("chattr", "-i", str(folder))
+            run_ok("chattr", "-i", str(folder))
         return
     pytest.skip("no way to make a folder read-only for root here (no mount privilege, no chattr)")
 

