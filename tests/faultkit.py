@@ -210,8 +210,16 @@ def files_under(folder: Path) -> list[str]:
 
 
 def link_copy(src: Path, dst: Path) -> Path:
-    """A copy of a folder whose files are hard links (cheap); replace a file by unlinking before writing it."""
-    shutil.copytree(src, dst, copy_function=os.link)
+    """A cheap copy of a folder: files over 1 MB are hard links (every writer replaces them by renaming), smaller
+    ones (logs a command appends to, JSON) are copied. Replace a linked file by unlinking before writing it."""
+
+    def copy(a: str, b: str) -> None:
+        if os.path.getsize(a) > 1 << 20:
+            os.link(a, b)
+        else:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=copy)
     return dst
 
 
