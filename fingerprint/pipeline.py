@@ -25,9 +25,10 @@ from typing import Any, Callable, Sequence
 from fingerprint.benchdata.synth import LEVELS, SynthConfig, run_synth
 from fingerprint.cluster import ClusterConfig, run_cluster
 from fingerprint.compare import CompareConfig, run_compare
-from fingerprint.config import check_fields, command_line, config_from_file, option, section_of
+from fingerprint.config import check_fields, command_line, config_from_file, fail, option, section_of
 from fingerprint.embed import EmbedConfig, run_embed
 from fingerprint.evaluate import EvaluateConfig, run_evaluate
+from fingerprint.feature_store import SET_FILE
 from fingerprint.index import IndexConfig, run_index
 from fingerprint.metrics import format_table
 from fingerprint.pack import PackConfig, run_pack
@@ -87,8 +88,30 @@ class RunConfig(RunOptions):
 
     SECTION = "run"
 
-    data_dir: Path = option(positional=True, help="folder with dev/ and test/ (2023 layouts), optional test_truth.csv")
+    data_dir: Path | None = option(
+        None,
+        positional=True,
+        help="folder with dev/ and test/ (2023 layouts), optional test_truth.csv (not needed when both splits "
+        "come as shards)",
+    )
     out: Path = option(help="run folder to write")
+    dev_shards: str | None = option(
+        None,
+        help="start from packed dev shards instead of DATA_DIR/dev: a folder, a folder URL (https://, s3://), "
+        "a brace pattern or a pipe: command",
+    )
+    test_shards: str | None = option(None, help="start from packed test shards instead of DATA_DIR/test (as dev)")
+    truth: Path | None = option(None, help="test truth file (figure_id,label) (default: DATA_DIR/test_truth.csv)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.data_dir is None and (self.dev_shards is None or self.test_shards is None):
+            raise fail(self, "data_dir", "must be given unless both run.dev_shards and run.test_shards are")
+
+    def given_shards(self) -> dict[str, str]:
+        """split -> shards given instead of an image folder."""
+        given = {"dev": self.dev_shards, "test": self.test_shards}
+        return {split: str(v) for split, v in given.items() if v is not None}
 
 
 @dataclass(kw_only=True)
@@ -135,15 +158,21 @@ class Stages:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where each stage writes inside the run folder."""
+    """Where each stage writes inside the run folder (and where the shards are read from)."""
 
     out: Path
+    given: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> shards given instead of packing
 
-    def shards(self, split: str) -> Path:
-        return self.out / "shards" / split
+    def shards(self, split: str) -> Path | str:
+        return self.given.get(split) or self.out / "shards" / split
 
     def features(self, split: str) -> Path:
-        return self.out / "features" / f"{split}.npz"
+        """The split's features folder (one memory-mappable part per shard)."""
+        return self.out / "features" / split
+
+    def features_done(self, split: str) -> Path:
+        """The file that marks the split's features complete."""
+        return self.features(split) / SET_FILE
 
     def index(self, split: str) -> Path:
         return self.out / "index" / f"{split}.faiss"
@@ -160,26 +189,38 @@ class RunPaths:
         return self.out / "log.jsonl"
 
 
-def check_data_dir(data_dir: Path) -> Path | None:
-    """Check DATA_DIR holds dev/ and test/; return its test_truth.csv if present."""
+def check_data_dir(data_dir: Path | None, splits: Sequence[str] = SPLITS, truth: Path | None = None) -> Path | None:
+    """Check DATA_DIR holds the split folders to pack; return the test truth file if there is one."""
+    if truth is not None:
+        if not Path(truth).is_file():
+            raise FingerprintError(f"{truth}: truth file not found")
+        return Path(truth)
+    if data_dir is None:
+        return None
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FingerprintError(f"{data_dir}: data folder not found")
-    for split in SPLITS:
+    for split in splits:
         if not (data_dir / split).is_dir():
             raise FingerprintError(f"{data_dir}: no '{split}/' folder (expected dev/ and test/ in the 2023 layout)")
-    truth = data_dir / "test_truth.csv"
-    return truth if truth.is_file() else None
+    found = data_dir / "test_truth.csv"
+    return found if found.is_file() else None
 
 
 def run_pipeline(cfg: RunConfig) -> dict:
-    """pack -> train -> embed -> index -> score (+ baselines) -> compare -> cluster -> evaluate -> report."""
-    data, out = Path(cfg.data_dir), Path(cfg.out)
-    truth = check_data_dir(data)
+    """pack -> train -> embed -> index -> score (+ baselines) -> compare -> cluster -> evaluate -> report.
+
+    Splits given as shards (`dev_shards`, `test_shards`: local or by URL) are
+    read from there instead of being packed from DATA_DIR.
+    """
+    data, out, given = cfg.data_dir, Path(cfg.out), cfg.given_shards()
+    truth = check_data_dir(data, [s for s in SPLITS if s not in given], cfg.truth)
     if cfg.device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "1"
     out.mkdir(parents=True, exist_ok=True)
-    stage, paths = Stages(out, cfg.force), RunPaths(out)
+    stage, paths = Stages(out, cfg.force), RunPaths(out, given)
+    if given:
+        write_json(out / "shards.json", given)
     t0 = time.perf_counter()
     _pack_and_train(stage, paths, data, cfg)
     _embed_and_index(stage, paths, cfg)
@@ -192,12 +233,13 @@ def run_pipeline(cfg: RunConfig) -> dict:
         stage("cluster", run_cluster, cluster, [out / "cluster" / "cluster.json"])
     metrics = _evaluate(stage, paths, truth, cfg) if truth is not None else None
     if truth is None:
-        log.info("no test_truth.csv in %s: scores and run file written, nothing to evaluate", data)
+        log.info("no test truth (run.truth, DATA_DIR/test_truth.csv): scores and run file written, nothing to evaluate")
     if cfg.report:
         stage("report", run_report, ReportConfig(run_dir=out, seed=cfg.seed), [out / "report.html"], derived=True)
     total = time.perf_counter() - t0
     summary = {
-        "data_dir": str(data),
+        "data_dir": None if data is None else str(data),
+        "shards": {s: str(paths.shards(s)) for s in SPLITS},
         "out": str(out),
         "seconds": round(total, 1),
         "stage_seconds": stage.timings,
@@ -215,8 +257,8 @@ def _common(cfg: RunOptions) -> dict[str, Any]:
     return {"seed": cfg.seed, "threads": cfg.threads}
 
 
-def _pack_and_train(stage: Stages, paths: RunPaths, data: Path, cfg: RunConfig) -> None:
-    for s in SPLITS:
+def _pack_and_train(stage: Stages, paths: RunPaths, data: Path | None, cfg: RunConfig) -> None:
+    for s in (s for s in SPLITS if s not in paths.given):
         pack = PackConfig(src=data / s, out=paths.shards(s), seed=cfg.seed)
         stage(f"pack-{s}", run_pack, pack, [paths.shards(s) / "manifest.json"])
     given = {"epochs": cfg.epochs} if cfg.epochs is not None else {}
@@ -240,7 +282,7 @@ def _embed_and_index(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
             model=paths.model, shards=paths.shards(s), out=paths.features(s), fmaps=True, batch_size=cfg.batch_size,
             mixed_precision=cfg.mixed_precision, log=paths.log, **_common(cfg),
         )  # fmt: skip
-        stage(f"embed-{s}", run_embed, embed, [paths.features(s)])
+        stage(f"embed-{s}", run_embed, embed, [paths.features_done(s)])
         index = IndexConfig(
             features=paths.features(s), out=paths.index(s), index_factory=cfg.index_factory, log=paths.log,
             **_common(cfg),
@@ -248,7 +290,7 @@ def _embed_and_index(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
         stage(f"index-{s}", run_index, index, [paths.index(s)])
 
 
-def _split_sizes(shards_dir: Path) -> tuple[int, int]:
+def _split_sizes(shards_dir: Path | str) -> tuple[int, int]:
     """(real, generated) image counts of a packed split, from its manifest."""
     counts = read_manifest(shards_dir).get("counts", {})
     roles = counts.get("role", counts)
