@@ -19,7 +19,6 @@ import math
 import os
 import random
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
+from fingerprint import urls
 from fingerprint.shards import ShardSet, decode_sample, iter_shard, resolve
 from fingerprint.utils import FingerprintError
 from fingerprint.vocab import LABELS, ROLES
@@ -106,7 +106,8 @@ def _select_shards(shards: ShardSet, cfg: StreamConfig) -> ShardSet:
         if s is None:
             kept.append(u)
             continue
-        size = Path(u).stat().st_size if shards.local else s["bytes"]
+        path = urls.local_path(u)
+        size = path.stat().st_size if path is not None else s["bytes"]
         if size != s["bytes"]:
             msg = f"{u}: shard is {size} bytes, manifest.json says {s['bytes']} (truncated or changed)"
             if cfg.on_error == "raise":
