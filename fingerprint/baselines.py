@@ -163,13 +163,14 @@ def ssim_max(
     return values[np.arange(len(real)), best], np.asarray(cand)[np.arange(len(real)), best]
 
 
-def emb_nn(real_emb: np.ndarray, gen_emb: np.ndarray, *, index=None) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine to the nearest generated embedding (R,), its gen row (R,)); `index` as in score.neighbours."""
+def emb_nn(real_emb: np.ndarray, gen_emb, *, index=None) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine to the nearest generated embedding (R,), its gen row (R,)); `gen_emb` and `index` as in
+    index.neighbours (embeddings or a Gallery)."""
     sims, rows = neighbours(real_emb, gen_emb, index, k=1)
     return sims[:, 0].astype(np.float64), rows[:, 0]
 
 
-def emb_topk(real_emb: np.ndarray, gen_emb: np.ndarray, *, k: int = 16, index=None) -> tuple[np.ndarray, np.ndarray]:
+def emb_topk(real_emb: np.ndarray, gen_emb, *, k: int = 16, index=None) -> tuple[np.ndarray, np.ndarray]:
     """(mean cosine over the k nearest generated embeddings (R,), their gen rows (R,k))."""
     sims, rows = neighbours(real_emb, gen_emb, index, k=k)
     return sims.mean(axis=1).astype(np.float64), rows

@@ -73,8 +73,8 @@ def load_split(
 ) -> SplitData:
     """One split's features file, plus `neighbours.npz` and score CSVs from `scores_dir` where needed."""
     features_path = Path(features_path)
-    if not features_path.is_file():
-        raise FingerprintError(f"{features_path}: feature file not found")
+    if not features_path.exists():
+        raise FingerprintError(f"{features_path}: features not found")
     split = SplitData(Features.load(features_path, fmaps=False), name=name or features_path.stem)
     if "relation" in feature_sets or "baselines" in feature_sets:
         if scores_dir is None:

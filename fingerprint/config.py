@@ -302,7 +302,8 @@ def to_argv(cfg: Any) -> list[str]:
     for spec in fields_of(type(cfg)):
         value = getattr(cfg, spec.name)
         if spec.positional:
-            positional += [_text(v) for v in value] if spec.many else [_text(value)]
+            if value is not None:
+                positional += [_text(v) for v in value] if spec.many else [_text(value)]
             continue
         if not spec.required and value == spec.default:
             continue

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from fingerprint.index import build_index, search
-from fingerprint.shards import iter_shard, shard_urls
+from fingerprint.shards import iter_shard, resolve
 from fingerprint.utils import FingerprintError
 from fingerprint.vocab import LABEL_CODES
 
@@ -41,13 +41,14 @@ MODES = ("nearest", "pairs")
 
 
 def dev_reals(shards: str | Path) -> tuple[list[str], list[str]]:
-    """Keys and labels ("used"/"not_used") of the labelled real images in a shard folder, sorted by key.
+    """Keys and labels ("used"/"not_used") of the labelled real images in a shard set (local or URL), by key.
 
     Reads only the json records (no image decoding), so every rank can afford it.
     """
     found: dict[str, str] = {}
-    for url in shard_urls(shards):
-        for raw in iter_shard(url):
+    listed = resolve(shards)
+    for url in listed.urls:
+        for raw in iter_shard(url, listed.entry(url)):
             try:
                 rec = json.loads(raw["json"])
             except (KeyError, ValueError) as e:

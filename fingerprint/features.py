@@ -1,9 +1,11 @@
-"""Keyed features: the embeddings (and feature maps) of a shard set, one row per image key, in one .npz.
+"""Keyed features: the embeddings (and feature maps) of a shard set, one row per image key.
 
-`fingerprint embed` writes them; index, score, compare, cluster and report
-read them. Rows are sorted by key and each key appears once, so every later
-file can be joined on the key; the file is a plain .npz (no pickle) with a JSON
-`meta` string (image size, model sha256, shards).
+`fingerprint embed` writes them as a folder of per-shard memory-mappable
+parts (`fingerprint.feature_store`); a single .npz (no pickle, with a JSON
+`meta` string: image size, model sha256, shards) is the small-set form.
+`Features.load` reads either into the same in-memory rows: sorted by key,
+each key once, so every later file can be joined on the key. Index, score,
+compare, cluster and report read them.
 """
 
 from __future__ import annotations
@@ -104,8 +106,12 @@ class Features:
 
     @classmethod
     def load(cls, path: str | Path, *, fmaps: bool = True) -> "Features":
-        """Read a features file; `fmaps=False` skips the (large) feature maps."""
+        """Read a features folder (per-shard parts) or a single .npz; `fmaps=False` skips the (large) feature maps."""
         path = Path(path)
+        if path.is_dir():
+            from fingerprint.feature_store import FeatureStore  # the folder format builds on this class
+
+            return FeatureStore.open(path).load(fmaps=fmaps)
         if not path.is_file():
             raise FingerprintError(f"{path}: features file not found")
         try:

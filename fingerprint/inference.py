@@ -19,13 +19,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from fingerprint.feature_store import ArrayGallery, Gallery
 from fingerprint.features import Features
 from fingerprint.index import neighbours, resolve_index
 from fingerprint.models import FingerprintModel, preserved_modes
 from fingerprint.scorefiles import ScoreResult
 from fingerprint.utils import FingerprintError
 
-#: a support source: (N,C,h,w) maps indexed by rows, or a function rows (Q,K) -> maps (Q,K,C,h,w)
+#: a support source: (N,C,h,w) maps indexed by rows, or a function rows (Q,K) -> maps (Q,K,C,h,w) (tensor or array)
 Supports = np.ndarray | torch.Tensor | Callable[[np.ndarray], torch.Tensor]
 
 
@@ -41,7 +42,8 @@ def _tensor(x: np.ndarray | torch.Tensor, like: torch.nn.Parameter) -> torch.Ten
 
 def _take(supports: Supports, rows: np.ndarray, like: torch.nn.Parameter) -> torch.Tensor:
     if callable(supports):
-        return supports(rows)
+        got = supports(rows)
+        return got if isinstance(got, torch.Tensor) else _tensor(got, like)
     if isinstance(supports, torch.Tensor):
         return _tensor(supports[torch.as_tensor(rows, device=supports.device)], like)
     return _tensor(supports[rows], like)
@@ -79,15 +81,16 @@ def pooled_logits(model: FingerprintModel, pair_logits: np.ndarray) -> np.ndarra
     return pooled.float().cpu().numpy()
 
 
-def check_fmaps(model: FingerprintModel, feats: Features, what: str) -> None:
+def check_fmaps(model: FingerprintModel, feats: Features | Gallery, what: str) -> None:
     """Refuse features without feature maps, or with maps another model made."""
-    if feats.fmaps is None:
+    channels = feats.channels if isinstance(feats, Gallery) else (None if feats.fmaps is None else feats.fmaps.shape[1])
+    if channels is None:
         raise FingerprintError(
             f"score: the {what} features have no feature maps (re-run 'fingerprint embed' with embed.fmaps)"
         )
-    if feats.fmaps.shape[1] != model.channels:
+    if channels != model.channels:
         raise FingerprintError(
-            f"score: the {what} feature maps have {feats.fmaps.shape[1]} channels, the model's relation head wants "
+            f"score: the {what} feature maps have {channels} channels, the model's relation head wants "
             f"{model.channels} (features from another model?)"
         )
 
@@ -95,7 +98,7 @@ def check_fmaps(model: FingerprintModel, feats: Features, what: str) -> None:
 def relation_scores(
     model: FingerprintModel,
     real: Features,
-    gen: Features,
+    gen: Features | Gallery,
     index: Any = None,
     *,
     k: int = 16,
@@ -104,23 +107,28 @@ def relation_scores(
 ) -> ScoreResult:
     """The trained scorer: relation head on each real image's top-k generated neighbours, pooled.
 
-    `real`/`gen` are Features with fmaps (real rows are scored, in their
-    order); `index` is None (exact search) or a faiss index over gen's
-    embeddings, whose ids are gen rows unless `index_keys` (the saved index's
-    keys) say otherwise. score = sigmoid(pooled logit). Components: `nn_sim`
-    (cosine to the nearest generated image) and `mean_topk_sim` (mean cosine
-    over the k).
+    `real` is Features with fmaps (its rows are scored, in order); `gen` the
+    generated Features with fmaps or a `Gallery` (a features folder's
+    generated rows: only the k neighbours' maps of each batch of queries are
+    read from disk, so memory does not grow with the generated count).
+    `index` is None (exact search) or a faiss index over the gallery's rows
+    (or over gen's rows in `index_keys` order). score = sigmoid(pooled logit).
+    Components: `nn_sim` (cosine to the nearest generated image) and
+    `mean_topk_sim` (mean cosine over the k).
     """
+    gallery = gen if isinstance(gen, Gallery) else ArrayGallery.of(gen)
     check_fmaps(model, real, "real")
-    check_fmaps(model, gen, "generated")
-    sims, rows = neighbours(real.embeddings, gen.embeddings, resolve_index(index, index_keys, gen.keys.tolist()), k=k)
-    logits = relation_logits(model, real.fmaps, gen.fmaps, rows, batch_size=batch_size)
+    check_fmaps(model, gallery, "generated")
+    if index_keys is not None:
+        index = resolve_index(index, index_keys, gallery.keys_at(np.arange(len(gallery))).tolist())
+    sims, rows = neighbours(real.embeddings, gallery, index, k=k)
+    logits = relation_logits(model, real.fmaps, gallery.supports(), rows, batch_size=batch_size)
     score = torch.sigmoid(torch.from_numpy(pooled_logits(model, logits))).double().numpy()
     return ScoreResult(
         keys=real.keys.tolist(),
         score=score,
         components={"nn_sim": sims[:, 0].astype(np.float64), "mean_topk_sim": sims.mean(axis=1).astype(np.float64)},
-        neighbour_keys=gen.keys[rows],
+        neighbour_keys=gallery.keys_at(rows),
         neighbour_sims=sims,
         pair_scores=(1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32),
     )

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from fingerprint import __version__
+from fingerprint import __version__, urls
 from fingerprint.config import check_fields, exists_error, option
 from fingerprint.shards import (
     DEFAULT_ENCODING,
@@ -82,7 +83,11 @@ class PackConfig:
     SECTION = "pack"
 
     src: Path = option(positional=True, help="input folder (or the folder a manifest's paths are relative to)")
-    out: Path = option(positional=True, help="output folder for shard-NNNNNN.tar + manifest.json")
+    out: str = option(
+        positional=True,
+        help="output folder for shard-NNNNNN.tar + manifest.json: a local path, or an fsspec URL (s3://bucket/dev, "
+        "needs the optional extra) written from a local temporary folder, manifest last",
+    )
     layout: str = option(
         "auto",
         choices=LAYOUTS,
@@ -202,9 +207,12 @@ def pack(
 
     Samples are ordered by a seeded shuffle of the path-sorted list, so shards
     mix roles and labels and the same input + seed gives byte-identical tars.
-    Everything is written into a temporary folder renamed to `out` at the end.
-    The keyword arguments are the PackConfig fields of the same names.
+    Everything is written into a temporary folder renamed to `out` at the end;
+    an fsspec URL `out` (`s3://bucket/dev`) is packed locally, then uploaded
+    with the manifest last. The keyword arguments are the PackConfig fields.
     """
+    if urls.is_url(out):
+        return _pack_to_url(src, str(out), **{k: v for k, v in locals().items() if k not in ("src", "out")})
     src, out = Path(src), Path(out)
     cfg = PackConfig(
         src=src, out=out, layout=layout, manifest=manifest, image_size=image_size, encoding=encoding,
@@ -243,6 +251,20 @@ def pack(
         "packed %d images into %d shards in %s (%d converted, %d skipped)",
         *(man["count"], len(man["shards"]), out, n_converted, len(skipped)),
     )
+    return man
+
+
+def _pack_to_url(src: str | os.PathLike, out: str, *, force: bool, **options: Any) -> dict[str, Any]:
+    """Pack into a local temporary folder, then upload it to the fsspec URL `out` (the manifest last)."""
+    manifest = urls.join(out, "manifest.json")
+    if urls.exists(manifest) and not force:
+        raise exists_error(PackConfig(src=Path(src), out=out, force=force), out)
+    with tempfile.TemporaryDirectory(prefix="fingerprint-pack-") as tmp:
+        man = pack(src, Path(tmp) / "out", force=False, **options)
+        if force:
+            urls.remove_folder(out)
+        urls.upload_folder(Path(tmp) / "out", out)
+    log.info("uploaded %d shards + manifest.json to %s", len(man["shards"]), out)
     return man
 
 

@@ -34,9 +34,19 @@ from fingerprint.benchdata.synth import LEVELS, SynthConfig, run_synth
 from fingerprint.checkpoints import resumable_checkpoint
 from fingerprint.cluster import ClusterConfig, run_cluster
 from fingerprint.compare import CompareConfig, run_compare
-from fingerprint.config import ConfigError, check_fields, command_line, config_from_file, option, section_of, to_argv
+from fingerprint.config import (
+    ConfigError,
+    check_fields,
+    command_line,
+    config_from_file,
+    fail,
+    option,
+    section_of,
+    to_argv,
+)
 from fingerprint.embed import EmbedConfig, run_embed
 from fingerprint.evaluate import EvaluateConfig, run_evaluate
+from fingerprint.feature_store import SET_FILE, FeatureStore
 from fingerprint.index import IndexConfig, run_index
 from fingerprint.locks import folder_lock
 from fingerprint.metrics import format_table
@@ -108,8 +118,30 @@ class RunConfig(RunOptions):
 
     SECTION = "run"
 
-    data_dir: Path = option(positional=True, help="folder with dev/ and test/ (2023 layouts), optional test_truth.csv")
+    data_dir: Path | None = option(
+        None,
+        positional=True,
+        help="folder with dev/ and test/ (2023 layouts), optional test_truth.csv (not needed when both splits "
+        "come as shards)",
+    )
     out: Path = option(help="run folder to write")
+    dev_shards: str | None = option(
+        None,
+        help="start from packed dev shards instead of DATA_DIR/dev: a folder, a folder URL (https://, s3://), "
+        "a brace pattern or a pipe: command",
+    )
+    test_shards: str | None = option(None, help="start from packed test shards instead of DATA_DIR/test (as dev)")
+    truth: Path | None = option(None, help="test truth file (figure_id,label) (default: DATA_DIR/test_truth.csv)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.data_dir is None and (self.dev_shards is None or self.test_shards is None):
+            raise fail(self, "data_dir", "must be given unless both run.dev_shards and run.test_shards are")
+
+    def given_shards(self) -> dict[str, str]:
+        """split -> shards given instead of an image folder."""
+        given = {"dev": self.dev_shards, "test": self.test_shards}
+        return {split: str(v) for split, v in given.items() if v is not None}
 
 
 @dataclass(kw_only=True)
@@ -178,15 +210,21 @@ class Stages:
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where each stage writes inside the run folder."""
+    """Where each stage writes inside the run folder (and where the shards are read from)."""
 
     out: Path
+    given: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> shards given instead of packing
 
-    def shards(self, split: str) -> Path:
-        return self.out / "shards" / split
+    def shards(self, split: str) -> Path | str:
+        return self.given.get(split) or self.out / "shards" / split
 
     def features(self, split: str) -> Path:
-        return self.out / "features" / f"{split}.npz"
+        """The split's features folder (one memory-mappable part per shard)."""
+        return self.out / "features" / split
+
+    def features_done(self, split: str) -> Path:
+        """The file that marks the split's features complete."""
+        return self.features(split) / SET_FILE
 
     def index(self, split: str) -> Path:
         return self.out / "index" / f"{split}.faiss"
@@ -203,16 +241,22 @@ class RunPaths:
         return self.out / "log.jsonl"
 
 
-def check_data_dir(data_dir: Path) -> Path | None:
-    """Check DATA_DIR holds dev/ and test/; return its test_truth.csv if present."""
+def check_data_dir(data_dir: Path | None, splits: Sequence[str] = SPLITS, truth: Path | None = None) -> Path | None:
+    """Check DATA_DIR holds the split folders to pack; return the test truth file if there is one."""
+    if truth is not None:
+        if not Path(truth).is_file():
+            raise FingerprintError(f"{truth}: truth file not found")
+        return Path(truth)
+    if data_dir is None:
+        return None
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FingerprintError(f"{data_dir}: data folder not found")
-    for split in SPLITS:
+    for split in splits:
         if not (data_dir / split).is_dir():
             raise FingerprintError(f"{data_dir}: no '{split}/' folder (expected dev/ and test/ in the 2023 layout)")
-    truth = data_dir / "test_truth.csv"
-    return truth if truth.is_file() else None
+    found = data_dir / "test_truth.csv"
+    return found if found.is_file() else None
 
 
 @dataclass
@@ -220,10 +264,10 @@ class RunPlan:
     """Every stage config of a run, built (so checked) before the first stage starts, and the test figure ids."""
 
     cfg: RunConfig
-    data: Path
+    data: Path | None
     paths: RunPaths
     truth: Path | None
-    test_ids: list[str]  # the real test images' figure ids: their file names, as the run file must carry them
+    test_ids: list[str] | None  # the real test images' figure ids (file names); None: read from given test shards
     pack: dict[str, PackConfig]
     train: TrainConfig
     embed: dict[str, EmbedConfig]
@@ -239,9 +283,11 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     A bad option of any stage (a `--train-config` value, an unknown FAISS
     factory, ...) is an error here, not after packing and training.
     """
-    data, paths = Path(cfg.data_dir), RunPaths(Path(cfg.out))
-    truth = check_data_dir(data)
-    test_ids = input_ids(data)
+    given = cfg.given_shards()
+    data, paths = None if cfg.data_dir is None else Path(cfg.data_dir), RunPaths(Path(cfg.out), given)
+    packed = [s for s in SPLITS if s not in given]
+    truth = check_data_dir(data, packed, cfg.truth)
+    test_ids = input_ids(data, packed)
     train = _train_config(paths, cfg)
     check_index_factory(cfg.index_factory, train.embed_dim)
     embed, index = {}, {}
@@ -262,17 +308,20 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     feats = {"dev": paths.features("dev"), "test": paths.features("test")}
     return RunPlan(
         cfg=cfg, data=data, paths=paths, truth=truth, test_ids=test_ids, train=train, embed=embed, index=index,
-        pack={s: PackConfig(src=data / s, out=paths.shards(s), seed=cfg.seed) for s in SPLITS},
+        pack={s: PackConfig(src=data / s, out=paths.shards(s), seed=cfg.seed) for s in packed},
         compare=_compare_config(paths, cfg) if cfg.compare else None,
         cluster=ClusterConfig(**feats, out=paths.out, n_boot=cfg.n_boot, seed=cfg.seed) if cfg.cluster else None,
         report=ReportConfig(run_dir=paths.out, seed=cfg.seed) if cfg.report else None,
     )  # fmt: skip
 
 
-def input_ids(data_dir: Path) -> list[str]:
-    """The test split's real figure ids (file names); any name clash or unusable real name is an error now."""
-    ids = []
-    for split in SPLITS:
+def input_ids(data_dir: Path | None, splits: Sequence[str] = SPLITS) -> list[str] | None:
+    """The test split's real figure ids (file names); any name clash or unusable real name is an error now.
+
+    Only the `splits` packed from DATA_DIR are read; None when the test split is given as shards.
+    """
+    ids = None
+    for split in splits:
         _, images = find_sources(data_dir / split)
         keys = make_keys(images)  # raises on a real image's unusable or repeated name, naming the files
         if split == "test":
@@ -290,7 +339,11 @@ def check_index_factory(factory: str, dim: int) -> None:
 
 
 def run_pipeline(cfg: RunConfig) -> dict:
-    """pack -> train -> embed -> index -> score (+ baselines) -> compare -> cluster -> evaluate -> report."""
+    """pack -> train -> embed -> index -> score (+ baselines) -> compare -> cluster -> evaluate -> report.
+
+    Splits given as shards (`dev_shards`, `test_shards`: local or by URL) are
+    read from there instead of being packed from DATA_DIR.
+    """
     plan = plan_run(cfg)
     out = plan.paths.out
     if cfg.device == "cpu":
@@ -298,6 +351,8 @@ def run_pipeline(cfg: RunConfig) -> dict:
     with folder_lock(out, "fingerprint run"):
         remove_stale_temporaries(out, recursive=True)
         check_writable(out)
+        if plan.paths.given:
+            write_json(out / "shards.json", plan.paths.given)
         return _run_stages(plan)
 
 
@@ -305,8 +360,8 @@ def _run_stages(plan: RunPlan) -> dict:
     cfg, paths, out, truth = plan.cfg, plan.paths, plan.paths.out, plan.truth
     stage = Stages(out, cfg.force)
     t0 = time.perf_counter()
-    for s in SPLITS:
-        stage(f"pack-{s}", run_pack, plan.pack[s], [paths.shards(s)], inputs=[plan.data / s])
+    for s, pack in plan.pack.items():
+        stage(f"pack-{s}", run_pack, pack, [paths.shards(s) / "manifest.json"], inputs=[pack.src])
     stage("train", run_train, plan.train, [paths.model / "model.safetensors"], resume=_resume_training)
     _embed_and_index(stage, paths, plan)
     _score(stage, paths, cfg)
@@ -317,12 +372,13 @@ def _run_stages(plan: RunPlan) -> dict:
         stage("cluster", run_cluster, plan.cluster, [out / "cluster"])
     metrics = _evaluate(stage, paths, truth, cfg) if truth is not None else None
     if truth is None:
-        log.info("no test_truth.csv in %s: scores and run file written, nothing to evaluate", plan.data)
+        log.info("no test truth (run.truth, DATA_DIR/test_truth.csv): scores and run file written, nothing to evaluate")
     if plan.report is not None:
         stage("report", run_report, plan.report, [out / "report.html"], derived=True)
     total = time.perf_counter() - t0
     summary = {
-        "data_dir": str(plan.data),
+        "data_dir": None if plan.data is None else str(plan.data),
+        "shards": {s: str(paths.shards(s)) for s in SPLITS},
         "out": str(out),
         "seconds": round(total, 1),
         "stage_seconds": stage.timings,
@@ -335,13 +391,20 @@ def _run_stages(plan: RunPlan) -> dict:
     return summary
 
 
-def check_run_file(paths: RunPaths, test_ids: list[str]) -> None:
-    """The run file must pass `fingerprint validate` against the real test images' ids (less any skipped at pack)."""
-    skipped = {Path(s["path"]).stem for s in read_manifest(paths.shards("test")).get("skipped", [])}
-    ids = [i for i in test_ids if i not in skipped]
-    if len(ids) < len(test_ids):
-        log.warning("run.csv: %d real test image(s) were unreadable (skipped at pack) and are not in it",
-                    len(test_ids) - len(ids))  # fmt: skip
+def check_run_file(paths: RunPaths, test_ids: list[str] | None) -> None:
+    """The run file must pass `fingerprint validate` against the real test images' ids (less any skipped at pack).
+
+    With the test split given as shards (`test_ids` None), the ids are the real images' keys as embedded.
+    """
+    if test_ids is None:
+        keys, roles, _ = FeatureStore.open(paths.features("test")).rows()
+        ids = sorted(str(k) for k, r in zip(keys, roles) if r == "real")
+    else:
+        skipped = {Path(s["path"]).stem for s in read_manifest(paths.shards("test")).get("skipped", [])}
+        ids = [i for i in test_ids if i not in skipped]
+        if len(ids) < len(test_ids):
+            log.warning("run.csv: %d real test image(s) were unreadable (skipped at pack) and are not in it",
+                        len(test_ids) - len(ids))  # fmt: skip
     run_file = paths.out / "run.csv"
     problems = validate(run_file, ids)
     if problems:
@@ -377,11 +440,11 @@ def _resume_training(cfg: TrainConfig) -> TrainConfig:
 
 def _embed_and_index(stage: Stages, paths: RunPaths, plan: RunPlan) -> None:
     for s in SPLITS:
-        stage(f"embed-{s}", run_embed, plan.embed[s], [paths.features(s)])
+        stage(f"embed-{s}", run_embed, plan.embed[s], [paths.features_done(s)])
         stage(f"index-{s}", run_index, plan.index[s], [paths.index(s), paths.index(s).with_suffix(".json")])
 
 
-def _split_sizes(shards_dir: Path) -> tuple[int, int]:
+def _split_sizes(shards_dir: Path | str) -> tuple[int, int]:
     """(real, generated) image counts of a packed split, from its manifest."""
     counts = read_manifest(shards_dir).get("counts", {})
     roles = counts.get("role", counts)

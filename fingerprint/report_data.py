@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from fingerprint.feature_store import SET_FILE, FeatureStore
 from fingerprint.metrics import read_truth
 from fingerprint.report_html import fmt
 from fingerprint.scorefiles import ScoreTable, read_score_meta, read_scores
 from fingerprint.shards import decode_sample, iter_shard, shard_urls
-from fingerprint.utils import FingerprintError
+from fingerprint.utils import FingerprintError, read_json
 
 
 @dataclass
@@ -70,7 +72,20 @@ def truth_for(run: RunInputs, name: str) -> tuple[np.ndarray, np.ndarray, np.nda
     return y, table.scores[have], table.labels[have]
 
 
-def load_images(shards_dir: Path, keys: set[str]) -> dict[str, np.ndarray]:
+def shards_of(run_dir: Path, split: str) -> Path | str | None:
+    """Where a run read a split's shards: RUN/shards/<split>, or what `fingerprint run` was given (shards.json)."""
+    packed = run_dir / "shards" / split
+    if packed.is_dir():
+        return packed
+    given = run_dir / "shards.json"
+    if given.is_file():
+        found = read_json(given)
+        if isinstance(found, dict) and found.get(split):
+            return found[split]
+    return None
+
+
+def load_images(shards_dir: Path | str, keys: set[str]) -> dict[str, np.ndarray]:
     """Pixels of `keys` from a shard folder, decoding only those samples and stopping once all are found."""
     found: dict[str, np.ndarray] = {}
     if not keys:
@@ -86,7 +101,10 @@ def load_images(shards_dir: Path, keys: set[str]) -> dict[str, np.ndarray]:
 
 
 def split_rows(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(keys, roles, labels) of a split from its features file (cheap: the embeddings are not read), or None."""
+    """(keys, roles, labels) of a split from its features (folder or .npz; the embeddings are not read), or None."""
+    folder = run_dir / "features" / split
+    if (folder / SET_FILE).is_file():
+        return FeatureStore.open(folder).rows()
     path = run_dir / "features" / f"{split}.npz"
     if not path.is_file():
         return None
@@ -94,7 +112,19 @@ def split_rows(run_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.nd
         return z["keys"].astype(str), z["roles"].astype(str), z["labels"].astype(str)
 
 
-def scan_groups(shards_dir: Path, n: int, limit: int = 5000) -> dict[str, list[str]]:
+def split_meta(run_dir: Path, split: str) -> dict[str, Any]:
+    """The `meta` record of a split's features (folder or .npz): image size, skip counts, ...; {} without features."""
+    folder = run_dir / "features" / split
+    if (folder / SET_FILE).is_file():
+        return FeatureStore.open(folder).meta
+    path = run_dir / "features" / f"{split}.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(str(z["meta"])) if "meta" in z.files else {}
+
+
+def scan_groups(shards_dir: Path | str, n: int, limit: int = 5000) -> dict[str, list[str]]:
     """Without a features file: the first `n` keys of each role/label group in shard order (pack shuffles it)."""
     groups: dict[str, list[str]] = {}
     seen = 0

@@ -8,7 +8,6 @@ neighbour strips for the most confident hits and misses.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from fingerprint.report_data import (
     load_images,
     read_neighbours,
     scan_groups,
+    shards_of,
+    split_meta,
     split_rows,
     stage_timings,
     training_records,
@@ -39,7 +40,7 @@ def section_overview(run: RunInputs) -> Section:
     s = Section("overview", "Overview")
     d = run.run_dir
     parts = [
-        ("shards", (d / "shards").is_dir()),
+        ("shards", (d / "shards").is_dir() or (d / "shards.json").is_file()),
         ("model", (d / "model").is_dir()),
         ("features", (d / "features").is_dir()),
         ("scores", bool(run.scores)),
@@ -64,8 +65,8 @@ def section_overview(run: RunInputs) -> Section:
 
 
 def _split_counts(run: RunInputs, split: str) -> dict[str, int] | None:
-    sdir = run.run_dir / "shards" / split
-    if (sdir / "manifest.json").is_file():
+    sdir = shards_of(run.run_dir, split)
+    if sdir is not None and (isinstance(sdir, str) or (sdir / "manifest.json").is_file()):
         return read_manifest(sdir)["counts"]["role_label"]
     feats = split_rows(run.run_dir, split)
     if feats is None:
@@ -79,7 +80,8 @@ def _sample_groups(run: RunInputs, split: str, per_group: int, seed: int) -> dic
     """A seeded random choice of keys per role/label group (from the features file, else a shard scan)."""
     feats = split_rows(run.run_dir, split)
     if feats is None:
-        return scan_groups(run.run_dir / "shards" / split, per_group)
+        sdir = shards_of(run.run_dir, split)
+        return scan_groups(sdir, per_group) if sdir is not None else {}
     rng = np.random.default_rng(seed)
     keys, roles, labels = feats
     groups = {}
@@ -108,13 +110,10 @@ def skip_notes(run_dir: Path, split: str, listed: int = 5) -> list[str]:
                 f"{split}: {len(renamed)} generated image(s) stored under another key: {names}"
                 + ("..." * (len(renamed) > listed))
             )
-    feats = run_dir / "features" / f"{split}.npz"
-    if feats.is_file():
-        with np.load(feats, allow_pickle=False) as z:
-            skipped_later = json.loads(str(z["meta"])).get("skipped") if "meta" in z.files else None
-        if skipped_later:
-            counts = ", ".join(f"{n} {what}" for what, n in sorted(skipped_later.items()))
-            notes.append(f"{split}: skipped when embedding (--on-error skip): {counts}")
+    skipped_later = split_meta(run_dir, split).get("skipped")
+    if skipped_later:
+        counts = ", ".join(f"{n} {what}" for what, n in sorted(skipped_later.items()))
+        notes.append(f"{split}: skipped when embedding (--on-error skip): {counts}")
     return notes
 
 
@@ -125,7 +124,7 @@ def section_dataset(run: RunInputs, *, per_group: int, seed: int) -> Section:
     for split in SPLITS:
         counts = _split_counts(run, split)
         if counts is None:
-            s.note(f"no shards/{split}/manifest.json or features/{split}.npz: {split} counts unknown")
+            s.note(f"no shards/{split}/manifest.json or features/{split}: {split} counts unknown")
             continue
         rows += [[split, k.split("/")[0], k.split("/")[1].replace("_", " "), str(v)] for k, v in sorted(counts.items())]
         rows.append([split, "all", "", str(sum(counts.values()))])
@@ -135,8 +134,8 @@ def section_dataset(run: RunInputs, *, per_group: int, seed: int) -> Section:
         for note in skip_notes(run.run_dir, split):
             s.note(note)
     for split in SPLITS:
-        sdir = run.run_dir / "shards" / split
-        if not sdir.is_dir():
+        sdir = shards_of(run.run_dir, split)
+        if sdir is None:
             s.note(f"no shards/{split}: no sample images of the {split} split")
             continue
         groups = _sample_groups(run, split, per_group, seed)
@@ -381,9 +380,9 @@ def section_strips(run: RunInputs, *, scorer: str, top_n: int, k: int) -> Sectio
     kk = min(k, nb["neighbour_keys"].shape[1])
     wanted = {key for _, ms in groups for key in ms}
     wanted |= {str(n) for key in wanted for n in nb["neighbour_keys"][row_of[key], :kk]}
-    sdir = run.run_dir / "shards" / "test"
+    sdir = shards_of(run.run_dir, "test")
     pixels = dict(run.images.get("test", {}))
-    if sdir.is_dir():
+    if sdir is not None:
         pixels.update(load_images(sdir, wanted - set(pixels)))
     else:
         s.note("no shards/test: strips show keys and similarities without images")

@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from fingerprint import urls
 from fingerprint.config import check_fields, exists_error, fail, option
 from fingerprint.distributed import seed_everything, set_threads
+from fingerprint.feature_store import SET_FILE, FeatureStore
 from fingerprint.features import Features
-from fingerprint.index import load_index, resolve_index
+from fingerprint.index import load_index, read_index_meta, resolve_index
 from fingerprint.metrics import calibrate_threshold
 from fingerprint.model_io import load_model, store_calibration
 from fingerprint.runfile import load_ids, validate, write_run_file
@@ -45,10 +47,14 @@ class ScoreConfig:
 
     scorer: str = option("relation", choices=scorer_names, help="registered scorer (fingerprint.scorers)")
     out: Path = option(help="score file to write: key,score,label (+ a .json sidecar)")
-    features: Path | None = option(None, help="features .npz with real and generated rows (feature scorers)")
+    features: Path | None = option(
+        None, help="features (folder or .npz from 'fingerprint embed') with real and generated rows (feature scorers)"
+    )
     model: Path | None = option(None, help="model folder (scorers that use the trained model)")
     index: Path | None = option(None, help="saved FAISS index over the generated embeddings (default: exact search)")
-    shards: Path | None = option(None, help="shard folder with real and generated images (pixel scorers)")
+    shards: str | None = option(
+        None, help="shards with real and generated images (pixel scorers): a folder, folder URL, pattern or pipe:"
+    )
     k: int = option(16, min=1, help="generated neighbours per real image (relation, emb_topk)")
     batch_size: int = option(64, min=1, help="real images per relation-head batch (relation)")
     pixel_size: int = option(
@@ -58,10 +64,10 @@ class ScoreConfig:
         64, min=0, help="exact SSIM only on each real image's M nearest generated images by pixel L2 (0 = all)"
     )
     max_pairs: int = option(2_000_000, min=1, help="seed_rule: refuse more real x generated pairs")
-    calibrate_on: Path | None = option(
+    calibrate_on: str | None = option(
         None,
-        help="labelled dev set to calibrate the threshold on: its features .npz (feature scorers) "
-        "or its shard folder (pixel scorers)",
+        help="labelled dev set to calibrate the threshold on: its features (feature scorers) "
+        "or its shards (pixel scorers)",
     )
     dev_index: Path | None = option(
         None, help="saved FAISS index over the dev set's generated embeddings (default: exact)"
@@ -151,12 +157,16 @@ def _write_outputs(cfg: ScoreConfig, scorer: Scorer, result: ScoreResult, labels
 
 
 def load_inputs(
-    scorer: Scorer, cfg: ScoreConfig, source: Path, index_path: Path | None, model: Any = None, meta: dict | None = None
+    scorer: Scorer, cfg: ScoreConfig, source: Any, index_path: Path | None, model: Any = None, meta: dict | None = None
 ) -> ScorerInputs:
-    """What `scorer` reads from `source` (a shard folder or a features file), with the model and saved index."""
+    """What `scorer` reads from `source` (shards, or a features folder / .npz), with the model and saved index.
+
+    From a features folder only the real rows are loaded; the generated ones
+    stay on disk (`ScorerInputs.gallery`) and the saved index's ids are their rows.
+    """
     if "pixels" in scorer.needs:
-        if not Path(source).is_dir():
-            raise FingerprintError(f"{source}: score.scorer {scorer.name} reads pixels from a shard folder")
+        if _is_features(source):
+            raise FingerprintError(f"{source}: score.scorer {scorer.name} reads pixels from shards, not features")
         pixels = {}
         for role in ROLES:
             pixels[role] = load_all(
@@ -165,16 +175,39 @@ def load_inputs(
             if not pixels[role]["key"]:
                 raise FingerprintError(f"{source}: no {role} images")
         return ScorerInputs(pixels=pixels)
-    if Path(source).is_dir():
-        raise FingerprintError(f"{source}: score.scorer {scorer.name} reads a features .npz, not a folder")
-    feats = Features.load(source, fmaps=scorer.trained)
+    if urls.is_url(source) or (Path(source).is_dir() and not is_features_folder(source)):
+        raise FingerprintError(f"{source}: score.scorer {scorer.name} reads features (a folder or .npz), not shards")
+    store = FeatureStore.open(source) if is_features_folder(source) else None
+    feats = store.load(role="real", fmaps=scorer.trained) if store else Features.load(source, fmaps=scorer.trained)
     if model is not None:
         check_model_features(meta, feats, str(source))
     index = None
     if index_path and "index" in scorer.needs:
         idx, keys = load_index(index_path)
-        index = resolve_index(idx, keys, feats.select(role="generated").keys.tolist(), source=str(index_path))
-    return ScorerInputs(features=feats, model=model, index=index)
+        if keys is None:
+            _check_index_rows(idx, index_path, store)
+            index = idx
+        elif store is not None:
+            raise FingerprintError(f"{index_path}: indexes the keys of a .npz; rebuild it from {source} (index stage)")
+        else:
+            index = resolve_index(idx, keys, feats.select(role="generated").keys.tolist(), source=str(index_path))
+    return ScorerInputs(features=feats, model=model, index=index, store=store)
+
+
+def _is_features(source: Any) -> bool:
+    return not urls.is_url(source) and (str(source).endswith(".npz") or is_features_folder(source))
+
+
+def is_features_folder(source: Any) -> bool:
+    return not urls.is_url(source) and (Path(source) / SET_FILE).is_file()
+
+
+def _check_index_rows(index: Any, index_path: Path, store: FeatureStore | None) -> None:
+    """An index whose ids are a features folder's rows must have been built from this folder."""
+    side = read_index_meta(index_path)
+    if store is None or side.get("features_signature") != store.signature():
+        where = store.path if store is not None else "these features"
+        raise FingerprintError(f"{index_path}: built from other features than {where} (rebuild it: fingerprint index)")
 
 
 def check_model_features(model_meta: dict, feats: Features, source: str) -> None:
@@ -184,8 +217,12 @@ def check_model_features(model_meta: dict, feats: Features, source: str) -> None
         raise FingerprintError(f"{source}: features were exported by another model (sha256 {made_by[:12]}...)")
 
 
-def _same_file(a: Path | None, b: Path | None) -> bool:
-    return (a is None and b is None) or (a is not None and b is not None and Path(a).resolve() == Path(b).resolve())
+def _same_file(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if urls.is_url(a) or urls.is_url(b):
+        return str(a) == str(b)
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def choose_threshold(

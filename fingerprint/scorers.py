@@ -24,6 +24,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from fingerprint import baselines
+from fingerprint.feature_store import ArrayGallery, FeatureStore, Gallery
 from fingerprint.features import Features
 from fingerprint.inference import relation_scores
 from fingerprint.scorefiles import ScoreResult
@@ -43,16 +44,41 @@ class ScorerParams(Protocol):
 
 @dataclass
 class ScorerInputs:
-    """What one scorer reads for one split: features (+ model, index) or pixels."""
+    """What one scorer reads for one split: features (+ model, index) or pixels.
+
+    From a features folder, `features` holds only the real rows and `store`
+    the folder: `gallery()` reads the generated rows from disk as needed
+    (bounded memory); `split()` loads them all (small sets, pairwise scorers).
+    """
 
     features: Features | None = None
     pixels: dict[str, dict] | None = None  # role -> stream Batch (images in [0,1] at pixel_size)
     model: Any = None
     index: Any = None  # None (exact search), a faiss index, or (index, id -> gen row) from index.resolve_index
+    store: FeatureStore | None = None  # a features folder (its generated rows are the gallery)
+
+    def real(self) -> Features:
+        """The real rows (the ones scored); an error when there are none."""
+        real = self.features.select(role="real")
+        if len(real) == 0:
+            raise FingerprintError("score: the features need real and generated rows")
+        return real
+
+    def gallery(self) -> Gallery:
+        """The generated rows the scorers search: the folder's, read as needed, or the in-memory ones."""
+        gallery = self.store.gallery() if self.store is not None else ArrayGallery.of(self._generated())
+        if len(gallery) == 0:
+            raise FingerprintError("score: the features need real and generated rows")
+        return gallery
+
+    def _generated(self) -> Features:
+        if self.store is not None:
+            return self.store.load(role="generated", fmaps=self.features.fmaps is not None)
+        return self.features.select(role="generated")
 
     def split(self) -> tuple[Features, Features]:
-        """(real, generated) features; an error when either is empty."""
-        real, gen = self.features.select(role="real"), self.features.select(role="generated")
+        """(real, generated) features in memory; an error when either is empty."""
+        real, gen = self.features.select(role="real"), self._generated()
         if len(real) == 0 or len(gen) == 0:
             raise FingerprintError("score: the features need real and generated rows")
         return real, gen
@@ -133,8 +159,8 @@ def untrained_scorers() -> tuple[str, ...]:
     calibrates_model=True,
 )
 def _relation(inputs: ScorerInputs, params: ScorerParams) -> ScoreResult:
-    real, gen = inputs.split()
-    return relation_scores(inputs.model, real, gen, inputs.index, k=params.k, batch_size=params.batch_size)
+    real, gallery = inputs.real(), inputs.gallery()
+    return relation_scores(inputs.model, real, gallery, inputs.index, k=params.k, batch_size=params.batch_size)
 
 
 def _pixel_result(inputs: ScorerInputs, score: np.ndarray, rows: np.ndarray) -> ScoreResult:
@@ -168,16 +194,16 @@ def _ssim(inputs: ScorerInputs, params: ScorerParams) -> ScoreResult:
 
 @register("emb_nn", needs=("features", "index"), help="embedding cosine to the nearest generated image")
 def _emb_nn(inputs: ScorerInputs, params: ScorerParams) -> ScoreResult:
-    real, gen = inputs.split()
-    score, rows = baselines.emb_nn(real.embeddings, gen.embeddings, index=inputs.index)
-    return ScoreResult(real.keys.tolist(), score, neighbour_keys=gen.keys[rows][:, None])
+    real, gallery = inputs.real(), inputs.gallery()
+    score, rows = baselines.emb_nn(real.embeddings, gallery, index=inputs.index)
+    return ScoreResult(real.keys.tolist(), score, neighbour_keys=gallery.keys_at(rows)[:, None])
 
 
 @register("emb_topk", needs=("features", "index"), help="mean embedding cosine over the top-k generated", uses_k=True)
 def _emb_topk(inputs: ScorerInputs, params: ScorerParams) -> ScoreResult:
-    real, gen = inputs.split()
-    score, rows = baselines.emb_topk(real.embeddings, gen.embeddings, k=params.k, index=inputs.index)
-    return ScoreResult(real.keys.tolist(), score, neighbour_keys=gen.keys[rows])
+    real, gallery = inputs.real(), inputs.gallery()
+    score, rows = baselines.emb_topk(real.embeddings, gallery, k=params.k, index=inputs.index)
+    return ScoreResult(real.keys.tolist(), score, neighbour_keys=gallery.keys_at(rows))
 
 
 @register(

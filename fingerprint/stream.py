@@ -19,7 +19,6 @@ import math
 import os
 import random
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -27,14 +26,15 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
-from fingerprint.shards import decode_sample, iter_shard, manifest_for, shard_urls
+from fingerprint import urls
+from fingerprint.shards import ShardSet, decode_sample, iter_shard, resolve
 from fingerprint.utils import FingerprintError
 from fingerprint.vocab import LABELS, ROLES
 
 log = logging.getLogger(__name__)
 
 _COUNTS = "__skipped__"  # private batch entry carrying a worker's skip counts to the main process
-Batch = dict  # {"key": list[str], "image": float32 Bx1xHxW in [0,1], "role": list[str], "label": list[str]}
+Batch = dict  # {"key", "role", "label", "shard" (source URL): list[str]; "image": float32 Bx1xHxW in [0,1]}
 
 
 @dataclass
@@ -53,6 +53,7 @@ class StreamConfig:
     shuffle: bool = False
     epoch_batches: int | None = None
     on_error: str = "raise"
+    checksum: bool = True  # check each shard's sha256 against the manifest as it streams
 
     def check(self) -> None:
         for r in self.roles or ():
@@ -87,41 +88,28 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
 
 
 def resolve_urls(urls_or_dir: str | os.PathLike | Iterable[str]) -> list[str]:
-    """A shard folder, one .tar, or a list of shard paths -> list of shard paths (each must exist)."""
-    if isinstance(urls_or_dir, (str, os.PathLike)):
-        p = Path(urls_or_dir)
-        if p.is_dir():
-            return shard_urls(p)
-        if p.suffix != ".tar":
-            raise FingerprintError(f"{p}: shard folder not found")
-        urls = [str(p)]
-    else:
-        urls = [str(u) for u in urls_or_dir]
-    if not urls:
-        raise FingerprintError("no shards given")
-    for u in urls:
-        if not Path(u).is_file():
-            raise FingerprintError(f"{u}: shard not found")
-    return urls
+    """Shard URLs from a folder, folder URL, pattern or list (`shards.resolve`)."""
+    return resolve(urls_or_dir).urls
 
 
-def _select_shards(urls: list[str], cfg: StreamConfig, skipped: dict[str, int] | None = None) -> list[str]:
-    """Drop shards that the manifest says hold no selected sample; check sizes against it.
+def _select_shards(shards: ShardSet, cfg: StreamConfig, skipped: dict[str, int] | None = None) -> ShardSet:
+    """Drop shards that the manifest says hold no selected sample; check local files' sizes against it.
 
     A shard whose size differs from the manifest is an error, or with
-    on_error="skip" a skipped shard counted in `skipped["shards"]`.
+    on_error="skip" a skipped shard counted in `skipped["shards"]`. Remote
+    shards cannot be measured without reading them: their size (and sha256)
+    is checked as each one ends streaming (`shards.iter_shard`).
     """
-    man = manifest_for(urls)
-    if man is None:
-        return urls
-    info = {s["name"]: s for s in man["shards"]}
+    if shards.manifest is None:
+        return shards
     kept = []
-    for u in urls:
-        s = info.get(Path(u).name)
+    for u in shards.urls:
+        s = shards.entry(u)
         if s is None:
             kept.append(u)
             continue
-        size = Path(u).stat().st_size
+        path = urls.local_path(u)
+        size = path.stat().st_size if path is not None else s["bytes"]
         if size != s["bytes"]:
             msg = f"{u}: shard is {size} bytes, manifest.json says {s['bytes']} (truncated or changed)"
             if cfg.on_error == "raise":
@@ -133,7 +121,7 @@ def _select_shards(urls: list[str], cfg: StreamConfig, skipped: dict[str, int] |
         groups = s.get("groups", {})
         if any(_wanted(cfg, *g.split("/", 1)) for g, n in groups.items() if n):
             kept.append(u)
-    return kept
+    return ShardSet(kept, shards.manifest, shards.where)
 
 
 def _wanted(cfg: StreamConfig, role: str, label: str) -> bool:
@@ -147,11 +135,9 @@ class _Samples:
     is logged with its name.
     """
 
-    def __init__(self, urls: list[str], cfg: StreamConfig, rank: int, world: int, counts: dict[str, int] | None):
-        self.urls, self.cfg, self.rank, self.world = urls, cfg, rank, world
+    def __init__(self, shards: ShardSet, cfg: StreamConfig, rank: int, world: int, counts: dict[str, int] | None):
+        self.shards, self.urls, self.cfg, self.rank, self.world = shards, shards.urls, cfg, rank, world
         self.counts = counts if counts is not None else {}
-        self.man = manifest_for(urls)
-        self.expected = {s["name"]: s["count"] for s in self.man["shards"]} if self.man else {}
 
     def shard_lists(self) -> Iterator[list[str]]:
         """One list per pass: every rank shuffles with the same seed+epoch(+pass), then takes rank::world."""
@@ -174,7 +160,7 @@ class _Samples:
             url = item["url"]
             n = kept = 0
             try:
-                for raw in iter_shard(url):
+                for raw in iter_shard(url, self.shards.entry(url), checksum=cfg.checksum):
                     n += 1
                     try:
                         rec = json.loads(raw["json"])
@@ -192,10 +178,7 @@ class _Samples:
                         self._skip("samples", msg)
                         continue
                     kept += 1
-                    yield {"key": key, "pixels": pixels, "role": rec["role"], "label": rec["label"]}
-                want = self.expected.get(Path(url).name)
-                if want is not None and n != want:
-                    raise FingerprintError(f"{url}: holds {n} samples, manifest.json says {want} (truncated shard?)")
+                    yield {"key": key, "pixels": pixels, "role": rec["role"], "label": rec["label"], "shard": url}
             except FingerprintError as e:
                 if cfg.on_error == "raise" or not str(e).startswith(url):
                     raise
@@ -226,7 +209,7 @@ def _shuffle_rng(cfg: StreamConfig, rank: int) -> random.Random:
 
 
 def collate(samples: list[dict[str, Any]]) -> Batch:
-    """Samples with uint8 HxW pixels -> Batch with uint8 Bx1xHxW image (converted to float later)."""
+    """Samples with uint8 HxW pixels -> Batch with uint8 Bx1xHxW image (converted to float later) and source shards."""
     shapes = {s["pixels"].shape for s in samples}
     if len(shapes) > 1:
         raise FingerprintError(
@@ -238,6 +221,7 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
         "image": image,
         "role": [s["role"] for s in samples],
         "label": [s["label"] for s in samples],
+        "shard": [s["shard"] for s in samples],
     }
 
 
@@ -323,9 +307,9 @@ class Loader:
     """
 
     def __init__(
-        self, urls: list[str], cfg: StreamConfig, rank: int, world: int, preskipped: dict[str, int] | None = None
+        self, shards: ShardSet, cfg: StreamConfig, rank: int, world: int, preskipped: dict[str, int] | None = None
     ):
-        self.urls, self.cfg, self.rank, self.world = urls, cfg, rank, world
+        self.shards, self.urls, self.cfg, self.rank, self.world = shards, shards.urls, cfg, rank, world
         self.preskipped = dict(preskipped or {})  # shards dropped before reading (counted on rank 0)
         self.skipped: dict[str, int] = dict(self.preskipped)
 
@@ -337,12 +321,12 @@ class Loader:
         cfg = self.cfg
         if cfg.num_workers == 0 or cfg.augment:
             return True
-        man = manifest_for(self.urls)
+        man = self.shards.manifest
         return cfg.image_size is not None and (man is None or man["image_size"] != cfg.image_size)
 
     def dataset(self) -> wds.DataPipeline:
         cfg = self.cfg
-        stages = _Samples(self.urls, cfg, self.rank, self.world, self.skipped if cfg.num_workers == 0 else None)
+        stages = _Samples(self.shards, cfg, self.rank, self.world, self.skipped if cfg.num_workers == 0 else None)
         pipeline: list[Any] = [stages.url_source, stages.samples]
         if cfg.shuffle_buffer > 0:
             pipeline.append(_BufferShuffle(cfg, self.rank))
@@ -424,16 +408,16 @@ def make_loader(
     cfg.check()
     r, w = dist_info(rank, world_size)
     preskipped: dict[str, int] = {}
-    urls = _select_shards(resolve_urls(urls_or_dir), cfg, preskipped if r == 0 else None)
-    if not urls:
+    shards = _select_shards(resolve(urls_or_dir), cfg, preskipped if r == 0 else None)
+    if not shards.urls:
         raise FingerprintError(f"no shard holds samples with roles={cfg.roles} labels={cfg.labels}")
     need = w * max(1, cfg.num_workers)
-    if len(urls) < need:
+    if len(shards.urls) < need:
         raise FingerprintError(
-            f"{len(urls)} shard(s) with the selected samples, fewer than {w} rank(s) x {max(1, cfg.num_workers)} "
-            "worker(s): repack with a smaller pack.max_count or use fewer workers"
+            f"{len(shards.urls)} shard(s) with the selected samples, fewer than {w} rank(s) x "
+            f"{max(1, cfg.num_workers)} worker(s): repack with a smaller pack.max_count or use fewer workers"
         )
-    return Loader(urls, cfg, r, w, preskipped)
+    return Loader(shards, cfg, r, w, preskipped)
 
 
 def load_all(
@@ -446,13 +430,14 @@ def load_all(
     cfg = replace(cfg, num_workers=0, shuffle=False, shuffle_buffer=0, epoch_batches=None)
     cfg.check()
     counts: dict[str, int] = skipped if skipped is not None else {}
-    urls = _select_shards(resolve_urls(urls_or_dir), cfg, counts)
-    samples = sorted(_Samples(urls, cfg, 0, 1, counts).samples({"url": u} for u in urls), key=lambda s: s["key"])
+    shards = _select_shards(resolve(urls_or_dir), cfg, counts)
+    found = _Samples(shards, cfg, 0, 1, counts).samples({"url": u} for u in shards.urls)
+    samples = sorted(found, key=lambda s: s["key"])
     if counts:
         log.warning("load_all skipped %s", ", ".join(f"{n} {k}" for k, n in counts.items()))
     if not samples:
         size = cfg.image_size or 0
-        return {"key": [], "image": torch.zeros(0, 1, size, size), "role": [], "label": []}
+        return {"key": [], "image": torch.zeros(0, 1, size, size), "role": [], "label": [], "shard": []}
     batch = to_float(collate(samples), cfg.image_size)
     if cfg.augment:
         batch["image"] = augment_batch(batch["image"], torch.Generator().manual_seed(hash_seed(cfg.seed, cfg.epoch)))

@@ -92,7 +92,10 @@ class TrainConfig:
 
     SECTION = "train"
 
-    shards: Path = option(help="labelled development shard folder (from 'fingerprint pack')")
+    shards: str = option(
+        help="labelled development shards (from 'fingerprint pack'): a folder, a folder URL (https://, s3://), "
+        "a brace pattern or a pipe: command"
+    )
     out: Path = option(help="model folder to write")
     # model
     backbone: str = option("resnet18", choices=BACKBONES, help="torchvision ResNet trunk")

@@ -183,3 +183,23 @@ def test_write_dev_folder_layout(tmp_path):
         assert img.size == (32, 32) and img.mode == "L"
     # cycled: the third generated image repeats the first rendered one
     assert paths["generated"][2].read_bytes() == paths["generated"][0].read_bytes()
+
+
+def test_scaling_writes_a_features_folder_and_renders_its_table(tmp_path):
+    """The scaling benchmark's synthetic folder is a real features folder; its report renders (no timing)."""
+    import bench_scaling
+
+    from fingerprint.feature_store import FeatureStore
+
+    stats = bench_scaling.write_folder(tmp_path / "f", 250, channels=8, seed=0)
+    store = FeatureStore.open(tmp_path / "f")
+    assert store.count("generated") == 250 and store.count("real") == bench_scaling.N_REAL and stats["parts"] == 1
+    emb = store.gallery().embeddings_at(np.arange(250))
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    stage = {"seconds": 1.0, "peak_rss_mb": 800.0, "train": 0.5, "add": 0.5, "recall_at_10": 0.5,
+             "recall_at_10_refined": 0.9}  # fmt: skip
+    rows = [{"generated": g, "features_mb": 1.0, "write_s": 0.1, "index": stage, "score": stage, "in_memory": stage}
+            for g in (1_000, 10_000)]  # fmt: skip
+    report = bench_scaling._report(rows, {"peak_rss_mb": 700.0}, "m", 2, (1_000, 10_000))
+    assert report["memory_flat"] and report["at_most_linear"] and report["exponents"]["score"]["time"] == 0.0
+    assert "| 10,000 | 1.0 | 0.1 | 1.0 (0.5 + 0.5) | 800 | 0.5 (0.9) |" in "\n".join(bench_scaling.table(report))

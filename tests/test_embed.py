@@ -10,6 +10,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
+from serve import serve
 
 from fingerprint.cli import embed as embed_cli
 from fingerprint.embed import EmbedConfig, embed_shards, run_embed
@@ -19,7 +20,7 @@ from fingerprint.models import ModelConfig
 from fingerprint.pack import pack
 from fingerprint.stream import StreamConfig, load_all
 from fingerprint.utils import FingerprintError
-from launch import TWO_CPU_PROCESSES, cpu_env
+from launch import TWO_CPU_PROCESSES, cpu_env, two_machines
 
 SIZE = 32
 
@@ -168,3 +169,74 @@ def test_run_embed_library_entry(shards, model, tmp_path, fresh_accelerate):
         run_embed(cfg)
     with pytest.raises(FingerprintError, match=r"embed.batch_size must be >= 1, got 0"):
         EmbedConfig(model=tmp_path / "model", shards=shards, out=tmp_path / "g.npz", batch_size=0)
+
+
+# ----------------------------------------------------------------------------- per-shard output, resume, URLs, machines
+
+
+def test_folder_output_one_part_per_shard_and_resume(shards, model, tmp_path, fresh_accelerate):
+    """The default output: one memory-mappable part per shard, exactly embed_shards' rows; an interrupted export
+    resumes, embedding only the shards whose part is missing."""
+    save_model(model, tmp_path / "model", extra={})
+    cfg = EmbedConfig(model=tmp_path / "model", shards=str(shards), out=tmp_path / "feats", fmaps=True, batch_size=5)
+    stats = run_embed(cfg)
+    n_shards = len(list(Path(shards).glob("*.tar")))
+    parts = sorted(p.name for p in (tmp_path / "feats" / "parts").glob("*.json"))
+    assert parts == [f"shard-{i:06d}.json" for i in range(n_shards)] and stats["resumed"] == 0
+    got, ref = Features.load(tmp_path / "feats"), embed_shards(model, shards, batch_size=5, fmaps=True)
+    assert got.keys.tolist() == ref.keys.tolist() and got.roles.tolist() == ref.roles.tolist()
+    np.testing.assert_array_equal(got.embeddings, ref.embeddings)
+    np.testing.assert_array_equal(got.fmaps, ref.fmaps)
+    assert got.meta["model_sha256"] and got.meta["shards"] == str(shards) and got.meta["fmaps"] is True
+    with pytest.raises(FingerprintError, match=r"feats: already exists \(use embed.force"):
+        run_embed(cfg)
+    (tmp_path / "feats" / "features.json").unlink()  # as if stopped before the last part was written
+    (tmp_path / "feats" / "parts" / "shard-000002.json").unlink()
+    again = run_embed(cfg)
+    assert again["resumed"] == n_shards - 1 and again["images"] == 4 and again["unique"] == len(ref)
+    resumed = Features.load(tmp_path / "feats")  # shard 2 alone in its batches: equal up to float rounding
+    assert resumed.keys.tolist() == ref.keys.tolist()
+    np.testing.assert_allclose(resumed.embeddings, ref.embeddings, atol=1e-5)
+    np.testing.assert_allclose(resumed.fmaps.astype(np.float32), ref.fmaps.astype(np.float32), rtol=2e-3, atol=2e-3)
+    (tmp_path / "feats" / "features.json").unlink()
+    other = EmbedConfig(model=tmp_path / "model", shards=str(shards), out=tmp_path / "feats", image_size=64)
+    with pytest.raises(FingerprintError, match=r"part shard-000000 was made with image_size=32, not 64"):
+        run_embed(other)
+
+
+def test_embed_reads_shards_by_http_url(shards, model, tmp_path, fresh_accelerate):
+    save_model(model, tmp_path / "model", extra={})
+    local = EmbedConfig(
+        model=tmp_path / "model", shards=str(shards), out=tmp_path / "local", fmaps=True, batch_size=6, num_workers=2
+    )
+    run_embed(local)
+    with serve(Path(shards).parent) as base:
+        url = f"{base}/{Path(shards).name}/"
+        stats = run_embed(EmbedConfig(model=tmp_path / "model", shards=url, out=tmp_path / "http", fmaps=True,
+                                      batch_size=6, num_workers=2))  # fmt: skip
+    assert stats["images"] == 16
+    a, b = Features.load(tmp_path / "local"), Features.load(tmp_path / "http")
+    assert a.keys.tolist() == b.keys.tolist()
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    np.testing.assert_array_equal(a.fmaps, b.fmaps)
+    assert b.meta["shards"] == url
+
+
+@pytest.mark.slow
+def test_two_machines_give_the_same_features(shards, model, tmp_path, fresh_accelerate):
+    """Two "machines" on this host (machine rank 0 and 1, one process each): world size 2, each writes the parts
+    of the shards it read, and the set equals the one-process export."""
+    save_model(model, tmp_path / "model", extra={})
+    common = ["--model", str(tmp_path / "model"), "--shards", str(shards), "--batch-size", "3", "--fmaps"]
+    assert embed_cli.main([*common, "--out", str(tmp_path / "one")]) == 0
+    args = ["-m", "fingerprint", "embed", *common, "--threads", "1", "--out", str(tmp_path / "two"),
+            "--log", str(tmp_path / "log.jsonl")]  # fmt: skip
+    for r in two_machines(args, timeout=300):
+        assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["world_size"] == 2 and rec["distributed_type"].endswith("MULTI_CPU")
+    assert len(rec["per_rank"]) == 2 and all(n > 0 for n in rec["per_rank"]) and sum(rec["per_rank"]) == 16
+    one, two = Features.load(tmp_path / "one"), Features.load(tmp_path / "two")
+    assert two.keys.tolist() == one.keys.tolist() and two.labels.tolist() == one.labels.tolist()
+    np.testing.assert_allclose(two.embeddings, one.embeddings, atol=1e-5)
+    np.testing.assert_allclose(two.fmaps.astype(np.float32), one.fmaps.astype(np.float32), rtol=2e-3, atol=2e-3)

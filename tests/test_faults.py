@@ -36,6 +36,7 @@ import pytest
 from faultkit import ForkServer, files_under, link_copy, read_only, replace_bytes, run_ok, snapshot
 from PIL import Image
 
+from fingerprint.features import Features
 from fingerprint.records import StageRecords
 from fingerprint.utils import sha256_file, write_json
 
@@ -171,7 +172,7 @@ def shard_skip_counted(sb, r):
 def bad_config_file(sb):
     toml = sb.root / "bad.toml"
     toml.write_text("frobnicate = 1\n")
-    return {"out": sb.root / "i.faiss", "toml": toml, "features": sb.ref / "run" / "features" / "test.npz"}
+    return {"out": sb.root / "i.faiss", "toml": toml, "features": sb.ref / "run" / "features" / "test"}
 
 
 def tampered_weights(sb):
@@ -190,12 +191,10 @@ def pickle_weights(sb):
 
 
 def nan_features(sb):
-    src = sb.ref / "run" / "features" / "test.npz"
-    with np.load(src, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["embeddings"][3, :] = np.nan
-    bad = sb.root / "nan.npz"
-    np.savez(bad, **arrays)
+    feats = Features.load(sb.ref / "run" / "features" / "test", fmaps=False)
+    feats.embeddings = np.array(feats.embeddings)  # the folder's parts are read-only memory maps
+    feats.embeddings[3, :] = np.nan
+    bad = feats.save(sb.root / "nan.npz")
     return {"out": sb.root / "i.faiss", "features": bad}
 
 
@@ -734,7 +733,8 @@ def check_records(run: Path) -> None:
 
 
 def assert_same_as_reference(root: Path, ref: Path) -> None:
-    for name in ("run.csv", "metrics.json", "model/model.safetensors", "scores/relation.csv", "features/test.npz"):
+    same = ("run.csv", "metrics.json", "model/model.safetensors", "scores/relation.csv", "features/test/features.json")
+    for name in same:
         assert (root / "run" / name).read_bytes() == (ref / "run" / name).read_bytes(), name
     leftovers = [f for f in files_under(root / "run") if re.search(r"\.(tmp|old)-\d+|^\.lock$", Path(f).name)]
     assert leftovers == []

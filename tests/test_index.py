@@ -154,3 +154,54 @@ def test_run_index_library_entry(tmp_path):
     Features(keys[40:], ["real"] * 10, ["used"] * 10, emb[40:]).save(tmp_path / "real.npz")
     with pytest.raises(FingerprintError, match="no generated images to index"):
         fx.run_index(fx.IndexConfig(features=tmp_path / "real.npz", out=tmp_path / "k.faiss"))
+
+
+def _store(folder, n_parts=3, n_gen=300, n_real=5, dim=16, seed=0):
+    """A features folder of random unit vectors in `n_parts` parts; returns (folder, gen emb in store order)."""
+    from fingerprint.feature_store import finish_store, write_part
+
+    rng = np.random.default_rng(seed)
+    gen_rows = []
+    for p in range(n_parts):
+        keys = [f"generated_{p}_{i:04d}" for i in range(n_gen)] + [f"real_{p}_{i:02d}" for i in range(n_real)]
+        emb = unit(n_gen + n_real, dim, seed + p)
+        order = rng.permutation(len(keys))  # parts sort their rows themselves
+        roles = np.array(["generated"] * n_gen + ["real"] * n_real)
+        labels = np.array(["unknown"] * n_gen + ["used"] * n_real)
+        feats = Features(np.array(keys)[order], roles[order], labels[order], emb[order])
+        write_part(folder, f"shard-{p:06d}", feats, {"model_sha256": "m", "image_size": 32, "fmaps": False})
+        gen_rows.append(emb[:n_gen])  # generated keys sort in this order already
+    finish_store(folder, [f"shard-{p:06d}" for p in range(n_parts)], {"model_sha256": "m", "fmaps": False})
+    return folder, np.concatenate(gen_rows)
+
+
+def test_ivfpq_from_a_features_folder_part_by_part(tmp_path):
+    """Trained on a seeded sample, filled part by part; ids are the folder's generated rows; recall reported;
+    PQ similarities re-ranked exactly; a sidecar without a key list."""
+    from fingerprint.feature_store import FeatureStore
+
+    folder, gen = _store(tmp_path / "f")
+    cfg = fx.IndexConfig(features=folder, out=tmp_path / "i.faiss", index_factory="IVF8,PQ4", train_size=400,
+                         nprobe=8, recall_queries=50, threads=1)  # fmt: skip
+    meta = fx.run_index(cfg)
+    assert meta["factory"] == "IVF8,PQ4" and meta["gpus"] == 0 and meta["recall"]["queries"] == 50
+    assert 0.2 < meta["recall"]["value"] <= meta["recall"]["refined"] <= 1.0 and meta["recall"]["refine"] == 4
+    assert set(meta["seconds"]) == {"train", "add", "recall"}
+    side = fx.read_index_meta(tmp_path / "i.faiss")
+    assert side["keys"] is None and side["ids"] == "features" and side["ntotal"] == 900
+    store = FeatureStore.open(folder)
+    assert side["features_signature"] == store.signature()
+    index, keys = fx.load_index(tmp_path / "i.faiss")
+    assert keys is None and index.ntotal == len(gen)
+    q = gen[[5, 333, 700]] + 0.01 * unit(3, 16, 9)
+    sims, rows = fx.neighbours(q, store.gallery(), index, k=5)
+    assert rows[:, 0].tolist() == [5, 333, 700]  # ids are store rows
+    exact = np.einsum("qd,qkd->qk", fx.as_unit(q), gen[rows])
+    np.testing.assert_allclose(sims, exact, atol=1e-5)  # re-ranked by exact cosine
+    assert (np.diff(sims, axis=1) <= 1e-7).all()
+    flat = fx.run_index(fx.IndexConfig(features=folder, out=tmp_path / "flat.faiss"))
+    assert flat["recall"]["exact"]
+    index, _ = fx.load_index(tmp_path / "flat.faiss")
+    np.testing.assert_array_equal(fx.search(index, q, 7)[1], fx.exact_search(gen, q, 7)[1])
+    sample = fx.training_sample(store.gallery(), 100, seed=3)
+    assert sample.shape == (100, 16) and np.allclose(sample, fx.training_sample(store.gallery(), 100, seed=3))

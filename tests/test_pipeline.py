@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from serve import serve
 from test_shards import make_layout
 
 from fingerprint.cli import main as cli
@@ -39,8 +40,9 @@ def test_demo_writes_every_output(demo_run):
         "shards/dev/manifest.json",
         "shards/test/manifest.json",
         "model/model.json",
-        "features/dev.npz",
-        "features/test.npz",
+        "features/dev/features.json",
+        "features/test/features.json",
+        "features/test/parts/shard-000000.fmaps.npy",
         "index/test.faiss",
         "run.csv",
         "metrics.json",
@@ -77,6 +79,33 @@ def test_rerun_skips_finished_stages(demo_run, capsys):
     done = {r["step"] for r in rerun if r.get("skipped")}
     assert {"pack-dev", "train", "embed-test", "score-relation-test", "compare", "cluster"} <= done
     assert not [r["step"] for r in rerun if r.get("command") and r["step"] not in ("evaluate",)]  # only derived
+
+
+@pytest.mark.slow
+def test_run_from_shards_served_over_http_matches_the_local_run(demo_run, tmp_path):
+    """`fingerprint run` started from the packed shards served by a real HTTP server gives exactly the local
+    run's scores, run file and metrics."""
+    data, out = demo_run
+    run = tmp_path / "http"
+    with serve(out / "shards") as base:
+        argv = ["run", "--out", str(run), "--dev-shards", f"{base}/dev/", "--test-shards", f"{base}/test/",
+                "--truth", str(data / "test_truth.csv"), "--batch-size", "32", *TINY, "--no-compare", "--no-cluster",
+                "--no-report"]  # fmt: skip
+        assert cli(argv) == 0
+    assert not (run / "shards").exists() and json.loads((run / "shards.json").read_text())["dev"] == f"{base}/dev/"
+    assert (run / "run.csv").read_bytes() == (out / "run.csv").read_bytes()
+    scorers = sorted(p.stem for p in (run / "scores").glob("*.csv"))
+    assert {"relation", "dcr", "ssim", "emb_nn", "emb_topk"} <= set(scorers)
+    for folder in ("scores", "scores_dev"):
+        for name in scorers:
+            assert (run / folder / f"{name}.csv").read_bytes() == (out / folder / f"{name}.csv").read_bytes(), name
+    got, ref = (json.loads((d / "metrics.json").read_text())["scorers"] for d in (run, out))
+    assert {n: got[n] for n in scorers} == {n: ref[n] for n in scorers}
+
+
+def test_run_needs_a_data_dir_or_both_shard_sets(tmp_path, capsys):
+    assert cli(["run", "--out", str(tmp_path / "run"), "--dev-shards", str(tmp_path)]) == 2
+    assert "DATA_DIR must be given unless both --dev-shards and --test-shards are" in capsys.readouterr().err
 
 
 def test_missing_data_dir_is_one_line_error(tmp_path, capsys):

@@ -155,3 +155,56 @@ def test_threshold_policy_and_outputs(model, tmp_path):
         run_score(ScoreConfig(scorer="emb_nn", out=tmp_path / "n.csv", features=tmp_path / "test.npz"))
     with pytest.raises(FingerprintError, match=r"score.scorer dcr needs score.shards"):
         ScoreConfig(scorer="dcr", out=tmp_path / "d.csv")
+
+
+def _as_folder(feats: Features, folder, n_parts: int = 3) -> None:
+    """Write `feats` as a features folder of `n_parts` parts (as embed would, one per shard)."""
+    from fingerprint.feature_store import finish_store, write_part
+
+    rec = {"model_sha256": feats.meta.get("model_sha256"), "image_size": SIZE, "fmaps": True}
+    parts = np.array_split(np.random.default_rng(0).permutation(len(feats)), n_parts)
+    for i, rows in enumerate(parts):
+        write_part(folder, f"shard-{i:06d}", feats.take(rows), rec)
+    finish_store(folder, [f"shard-{i:06d}" for i in range(n_parts)], {**rec, "shards": "x"})
+
+
+def test_scoring_a_features_folder_reads_only_the_neighbours(model, tmp_path, monkeypatch):
+    """Same scores as from one .npz; the generated rows are never loaded whole: the relation scorer reads only
+    the top-k neighbours' maps from the memory-mapped parts."""
+    from fingerprint.feature_store import FeatureStore, StoreGallery
+    from fingerprint.index import IndexConfig, run_index
+
+    mdir, sha = _model_dir(model, tmp_path)
+    feats = features_of(model, n_real=8, n_gen=30, seed=4, sha=sha)
+    feats.save(tmp_path / "f.npz")
+    _as_folder(feats, tmp_path / "f")
+    for src in ("f.npz", "f"):
+        run_index(IndexConfig(features=tmp_path / src, out=tmp_path / f"{src}.faiss"))
+    loaded, read = [], []
+    real_load, real_gather = FeatureStore.load, StoreGallery._gather
+    monkeypatch.setattr(
+        FeatureStore, "load", lambda self, role=None, **kw: loaded.append(role) or real_load(self, role, **kw)
+    )
+    monkeypatch.setattr(
+        StoreGallery, "_gather", lambda self, a, rows: read.append((a, np.size(rows))) or real_gather(self, a, rows)
+    )
+    for name in ("relation", "emb_topk", "emb_nn"):
+        got = {}
+        for src in ("f.npz", "f"):
+            cfg = ScoreConfig(scorer=name, features=tmp_path / src, index=tmp_path / f"{src}.faiss", model=mdir, k=4,
+                              out=tmp_path / f"o_{src}" / f"{name}.csv", threshold=0.5)  # fmt: skip
+            run_score(cfg)
+            got[src] = sc.read_scores(cfg.out)
+        assert dict(zip(got["f"].keys, got["f"].scores)) == dict(zip(got["f.npz"].keys, got["f.npz"].scores))
+    assert set(loaded) == {"real"}  # never the generated rows as a whole
+    assert ("fmaps", 8 * 4) in read and all(n <= 8 * 4 for _, n in read)
+    with np.load(tmp_path / "o_f" / "neighbours.npz") as a, np.load(tmp_path / "o_f.npz" / "neighbours.npz") as b:
+        assert dict(zip(a["keys"], a["neighbour_keys"].tolist())) == dict(zip(b["keys"], b["neighbour_keys"].tolist()))
+    with pytest.raises(FingerprintError, match=r"f.npz.faiss: indexes the keys of a .npz; rebuild it from"):
+        run_score(ScoreConfig(scorer="emb_nn", features=tmp_path / "f", index=tmp_path / "f.npz.faiss",
+                              out=tmp_path / "x.csv", threshold=0.5))  # fmt: skip
+    _as_folder(feats, tmp_path / "g", n_parts=2)  # the same rows, other parts: other ids
+    run_index(IndexConfig(features=tmp_path / "g", out=tmp_path / "g.faiss"))
+    with pytest.raises(FingerprintError, match=r"g.faiss: built from other features than .*/f \(rebuild it"):
+        run_score(ScoreConfig(scorer="emb_nn", features=tmp_path / "f", index=tmp_path / "g.faiss",
+                              out=tmp_path / "x.csv", threshold=0.5))  # fmt: skip

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from serve import serve
 from test_shards import SIZE, make_layout
 
 from fingerprint import shards
@@ -246,3 +247,88 @@ def test_stock_webdataset_reads_the_shards(tmp_path, encoding):
     for key, s in got.items():
         np.testing.assert_array_equal(s[encoding], pixels[key])
         assert s["json"]["key"] == key
+
+
+# ----------------------------------------------------------------------------- shards by URL
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a["key"] == b["key"] and a["role"] == b["role"] and a["label"] == b["label"]
+    assert torch.equal(a["image"], b["image"])
+
+
+def test_http_folder_url_streams_exactly_the_local_shards(packed):
+    """A real HTTP server: folder URL (manifest beside the shards), node and worker split, equal batch counts."""
+    out, pixels = packed
+    local = load_all(out, StreamConfig())
+    with serve(out.parent) as base:
+        url = f"{base}/{out.name}/"
+        found = shards.resolve(url)
+        assert found.manifest == shards.read_manifest(out) and len(found.urls) == 8
+        assert found.urls[0] == f"{base}/{out.name}/shard-000000.tar"
+        _same(load_all(url, StreamConfig()), local)
+        per_rank = [
+            keys_of(
+                make_loader(url, StreamConfig(batch_size=3, num_workers=2, shuffle=True, seed=5), rank=r, world_size=2)
+            )
+            for r in range(2)
+        ]
+        assert not set(per_rank[0]) & set(per_rank[1]) and sorted(per_rank[0] + per_rank[1]) == sorted(pixels)
+        local_ranks = [
+            keys_of(
+                make_loader(out, StreamConfig(batch_size=3, num_workers=2, shuffle=True, seed=5), rank=r, world_size=2)
+            )
+            for r in range(2)
+        ]
+        assert per_rank == local_ranks
+        cfg = StreamConfig(batch_size=2, shuffle=True, epoch_batches=5)
+        assert [len(list(make_loader(url, cfg, rank=r, world_size=3))) for r in range(3)] == [5, 5, 5]
+        pattern = f"{base}/{out.name}/shard-{{000000..000007}}.tar"
+        assert shards.resolve(pattern).manifest is not None
+        _same(load_all(pattern, StreamConfig()), local)
+
+
+def test_pipe_and_brace_pattern_urls(packed):
+    out, _ = packed
+    local = load_all(out, StreamConfig())
+    piped = f"pipe:cat {out}/shard-{{000000..000007}}.tar"
+    found = shards.resolve(piped)
+    assert found.urls[1] == f"pipe:cat {out}/shard-000001.tar" and found.manifest is not None
+    assert found.entry(found.urls[1])["name"] == "shard-000001.tar"
+    _same(load_all(piped, StreamConfig()), local)
+    _same(load_all(f"{out}/shard-{{000000..000007}}.tar", StreamConfig()), local)
+    assert keys_of(make_loader(piped, StreamConfig(num_workers=2, batch_size=4))) != []
+    with pytest.raises(FingerprintError, match=r"shard-000008.tar: shard not found"):
+        load_all(f"{out}/shard-{{000008..000009}}.tar", StreamConfig())
+
+
+def test_truncated_and_changed_shards_over_http_are_named(tmp_path):
+    """Streamed shards are checked as they end (no seeking): truncation, changed bytes, missing shards."""
+    make_layout(tmp_path / "dev", "dev")
+    out = tmp_path / "site" / "dev"
+    pack(tmp_path / "dev", out, image_size=SIZE, max_count=4)
+    urls = shards.shard_urls(out)
+    data = Path(urls[1]).read_bytes()
+    Path(urls[1]).write_bytes(data[: len(data) - 2048])  # the manifest still lists the full size
+    with serve(tmp_path / "site") as base:
+        url = f"{base}/dev/shard-000001.tar"
+        with pytest.raises(
+            FingerprintError, match=rf"^{url}: (shard is \d+ bytes, manifest.json says|corrupt or trunc)"
+        ):
+            load_all(f"{base}/dev", StreamConfig())
+        skipped: dict[str, int] = {}
+        batch = load_all(f"{base}/dev", StreamConfig(on_error="skip"), skipped=skipped)
+        assert skipped == {"shards": 1} and len(batch["key"]) >= 12
+        changed = bytearray(data)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            pixel = next(m for m in tar.getmembers() if m.name.endswith(".npy")).offset_data + 200
+        changed[pixel] ^= 0xFF  # one pixel: same size, still decodes, another sha256
+        Path(urls[1]).write_bytes(bytes(changed))
+        with pytest.raises(FingerprintError, match=rf"^{url}: shard sha256 differs from manifest.json$"):
+            load_all(f"{base}/dev", StreamConfig())
+        assert len(load_all(f"{base}/dev", StreamConfig(checksum=False))["key"]) == 16
+        Path(urls[1]).unlink()
+        with pytest.raises(FingerprintError, match=rf"^{url}: corrupt or truncated shard \(reader command exited"):
+            load_all(f"{base}/dev", StreamConfig())
+        with pytest.raises(FingerprintError, match=rf"^{base}/nothing/manifest.json: cannot read"):
+            load_all(f"{base}/nothing", StreamConfig())

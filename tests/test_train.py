@@ -21,6 +21,7 @@ from fingerprint.model_io import build_model, load_model
 from fingerprint.pack import pack
 from fingerprint.train import TrainConfig, run_train
 from fingerprint.utils import FingerprintError
+from launch import two_machines
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -261,54 +262,53 @@ def test_bf16_under_accelerate_launch_with_module_entry(dev, tmp_path):
     assert summary["val_auc"] is not None and load_model(out)[1]["calibration"]["k"] == 2
 
 
-@pytest.mark.slow
-def test_two_process_cpu_launch(dev, tmp_path):
-    """launch/cpu.yaml gives 2 gloo processes: disjoint query shards, identical final weights."""
+#: DDP over every layer, bank gathered each step: the flags of the launched training runs
+LAUNCHED = ["--image-size", "32", "--queries", "2", "--k", "2", "--k-random", "1", "--epochs", "2", "--bn-images", "8",
+            "--threads", "1", "--val-fraction", "0.25", "--refresh-every", "1", "--freeze", "none", "--train-embed",
+            "--bn", "recalibrate"]  # fmt: skip
+
+
+def _ranks(report: Path) -> list[dict]:
+    return [json.loads((report / f"rank{i}.json").read_text()) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_machine(dev, tmp_path_factory):
+    """launch/cpu.yaml: two gloo processes on one machine."""
+    tmp = tmp_path_factory.mktemp("launch")
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}  # the config alone must suffice
-    cmd = [
-        str(VENV_BIN / "accelerate"),
-        "launch",
-        "--config_file",
-        str(ROOT / "launch" / "cpu.yaml"),
-        str(ROOT / "tests" / "_dist_train.py"),
-        str(dev),
-        str(tmp_path / "m"),
-        str(tmp_path / "report"),
-        "--image-size",
-        "32",
-        "--queries",
-        "2",
-        "--k",
-        "2",
-        "--k-random",
-        "1",
-        "--epochs",
-        "2",
-        "--bn-images",
-        "8",
-        "--threads",
-        "1",
-        "--val-fraction",
-        "0.25",
-        "--refresh-every",
-        "1",
-        "--freeze",
-        "none",
-        "--train-embed",
-        "--bn",
-        "recalibrate",
-    ]  # DDP over every layer, bank gathered each step
+    script = [str(ROOT / "tests" / "_dist_train.py"), str(dev), str(tmp / "m"), str(tmp / "report"), *LAUNCHED]
+    cmd = [str(VENV_BIN / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "cpu.yaml"), *script]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    ranks = [json.loads((tmp_path / "report" / f"rank{i}.json").read_text()) for i in range(2)]
+    return tmp
+
+
+@pytest.mark.slow
+def test_two_process_cpu_launch(one_machine):
+    """launch/cpu.yaml gives 2 gloo processes: disjoint query shards, identical final weights."""
+    ranks = _ranks(one_machine / "report")
     assert [x["world_size"] for x in ranks] == [2, 2] and "MULTI_CPU" in ranks[0]["distributed_type"]
     for epoch in ("0", "1"):
         k0, k1 = set(ranks[0]["keys"][epoch]), set(ranks[1]["keys"][epoch])
         assert k0 and k1 and not k0 & k1  # each rank streams its own shards
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["summary"]["steps"] == ranks[1]["summary"]["steps"] == 6  # 12 train queries / (2 x 2) per epoch
-    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta = json.loads((one_machine / "m" / "model.json").read_text())
     assert meta["train"]["world_size"] == 2 and meta["calibration"] is not None
+
+
+@pytest.mark.slow
+def test_two_machines_train_like_one_machine_with_two_processes(dev, one_machine, tmp_path):
+    """Two "machines" on this host (--num_machines 2, --machine_rank 0/1, rendezvous at 127.0.0.1): world size 2,
+    each rank reads the query shards it would on one machine, and the final weights are the same."""
+    args = [str(ROOT / "tests" / "_dist_train.py"), str(dev), str(tmp_path / "m"), str(tmp_path / "report"), *LAUNCHED]
+    for r in two_machines(args, cwd=ROOT):
+        assert r.returncode == 0, r.stderr[-3000:]
+    ranks, ref = _ranks(tmp_path / "report"), _ranks(one_machine / "report")
+    assert [x["world_size"] for x in ranks] == [2, 2] and "MULTI_CPU" in ranks[0]["distributed_type"]
+    assert [x["keys"] for x in ranks] == [x["keys"] for x in ref]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"] == ref[0]["weights_sha256"]
 
 
 def test_default_trains_the_relation_head_on_a_static_bank(dev, tmp_path, monkeypatch):

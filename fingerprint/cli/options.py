@@ -65,7 +65,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, command: st
         kw: dict[str, Any] = {"help": _help(spec)}
         if spec.positional:
             kw |= {"metavar": spec.metavar or spec.name.upper(), "type": spec.parse or spec.kind}
-            parser.add_argument(spec.name, nargs="+" if spec.many else None, **kw)
+            nargs = "+" if spec.many else ("?" if spec.optional and not spec.required else None)
+            parser.add_argument(spec.name, nargs=nargs, **kw)
         elif spec.kind is bool and not spec.many:
             default = None if spec.required else spec.default
             parser.add_argument(spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=default, **kw)

@@ -1,7 +1,8 @@
-"""The whole pipeline on a folder holding dev/ and test/ in the 2023 layouts.
+"""The whole pipeline on a folder holding dev/ and test/ in the 2023 layouts, or on packed shards.
 
 pack -> train -> embed -> index -> score (trained scorer + baselines) ->
-compare -> cluster -> evaluate (when DATA_DIR/test_truth.csv exists) -> report.
+compare -> cluster -> evaluate (when DATA_DIR/test_truth.csv or --truth exists) -> report.
+--dev-shards/--test-shards start from packed shards instead (a folder, https://, s3://, a pattern or pipe:).
 Writes RUN_DIR/run.csv (the official run file of the trained scorer),
 RUN_DIR/scores/<scorer>.csv, RUN_DIR/metrics.json and RUN_DIR/report.html.
 Stages whose outputs exist are skipped (an interrupted run resumes); --force redoes all.
