@@ -5,6 +5,7 @@ builds of known truth, with the commands' own library entry points.
 
     python benchmarks/audit_quality.py audit --level medium --seed 0 --work /tmp/audq
     python benchmarks/audit_quality.py attribute --level medium --seed 0 --work /tmp/audq
+    python benchmarks/audit_quality.py fixture --level medium --seed 0 --work /tmp/audq --scorers relation,ssim,dcr
 
 audit: an audit-case build (candidate 50, reference 100; cached in WORK), its used / not-used /
 half-used cases, each audited with every scorer in --scorers (the relation model is trained once, on
@@ -13,7 +14,9 @@ dev not-used images (the prototype's false-positive case, now scored against the
 Calibration: the not-used case's 150 fresh images (candidate + reference, scored in one call) are
 re-split 1,000 times into 50 vs 100 (seeded), giving null p-values; their histogram and FPR go to
 docs/images/audit_null_<level>.png. Power: each used case's power curve, docs/images/audit_power_<level>.png.
-attribute: a 3-subset build, attributed with each pair score. Results: benchmarks/results/audit_*.json.
+attribute: a 3-subset build, attributed with each pair score. Results: benchmarks/results/quality_*.json.
+fixture: after `audit`, writes the used case's scores to tests/data/ (the cached fixture of the medium test).
+figures: redraws every figure from the saved results.
 """
 
 from __future__ import annotations
@@ -131,6 +134,41 @@ def power_figure(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def attribution_figure(results: dict, path: Path) -> None:
+    """The confusion matrix of each pair score, side by side."""
+    names = list(results["pair_scores"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        m = results["pair_scores"][name]["metrics"]
+        cm, labels = np.asarray(m["confusion_matrix"]), m["labels"]
+        ax.imshow(cm, cmap="Blues")
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if cm[i, j] > cm.max() / 2 else "k")  # fmt: skip
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_title(f"{name}: accuracy {m['accuracy']:.3f}, kappa {m['kappa']:.3f}", fontsize=8)
+        ax.set_xlabel("predicted", fontsize=8)
+    axes[0, 0].set_ylabel("truth", fontsize=8)
+    fig.suptitle(f"{results['level']}: 3 subsets + 'none' (chance 0.25)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def figures(args) -> None:
+    """Redraw the figures of saved results (benchmarks/results/quality_*.json) without re-running anything."""
+    images = ROOT.parent / "docs" / "images"
+    for path in sorted((ROOT / "results").glob("quality_*_seed*.json")):
+        results = json.loads(path.read_text())
+        if path.name.startswith("quality_audit_"):
+            null_figure(results, images / f"audit_null_{results['level']}.png")
+            power_figure(results, images / f"audit_power_{results['level']}.png")
+        else:
+            attribution_figure(results, images / f"attribution_{results['level']}.png")
+
+
 def attribute_quality(args) -> dict:
     data = Path(args.work) / f"subsets-{args.level}-seed{args.seed}"
     if not (data / "synth.json").is_file():
@@ -168,9 +206,26 @@ def _forced_accuracy(summary: dict, data: Path) -> float:
     return float(np.mean([pred[k] == truth[k] for k in made]))
 
 
+def write_fixture(args) -> Path:
+    """tests/data/audit_<level>_seed<seed>_used.csv: the used case's candidate and reference scores per scorer.
+
+    The cached fixture of tests/test_audit.py's medium test (a medium build and its audits take minutes).
+    """
+    out_root = Path(args.work) / f"out-{args.level}-seed{args.seed}"
+    rows = ["scorer,key,group,score"]
+    for scorer in args.scorers.split(","):
+        with open(out_root / f"used-{scorer}" / "audit_scores.csv", newline="") as f:
+            rows += [f"{scorer},{r['key']},{r['group']},{r['score']}" for r in csv.DictReader(f)
+                     if r["group"] in ("candidate", "reference")]  # fmt: skip
+    path = ROOT.parent / "tests" / "data" / f"audit_{args.level}_seed{args.seed}_used.csv"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("audit", "attribute"))
+    ap.add_argument("what", choices=("audit", "attribute", "fixture", "figures"))
     ap.add_argument("--level", default="medium")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/audit-quality")
@@ -178,6 +233,12 @@ def main() -> None:
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     setup_logging()
+    if args.what == "fixture":
+        print(write_fixture(args))
+        return
+    if args.what == "figures":
+        figures(args)
+        return
     t0 = time.perf_counter()
     results = audit_quality(args) if args.what == "audit" else attribute_quality(args)
     results["seconds"] = round(time.perf_counter() - t0, 1)
@@ -186,6 +247,8 @@ def main() -> None:
     if args.what == "audit":
         null_figure(results, ROOT.parent / "docs" / "images" / f"audit_null_{args.level}.png")
         power_figure(results, ROOT.parent / "docs" / "images" / f"audit_power_{args.level}.png")
+    else:
+        attribution_figure(results, ROOT.parent / "docs" / "images" / f"attribution_{args.level}.png")
     print(json.dumps({k: v for k, v in results.items() if k != "scorers"}, indent=1, default=str)[:2000])
 
 

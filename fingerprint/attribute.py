@@ -40,6 +40,13 @@ Metrics when the truth is known: scikit-learn's confusion matrix (subsets,
 then "none"), accuracy, balanced accuracy, Cohen's kappa (the 2025 metric), and
 the chance levels to compare accuracy with (majority share, and kappa's
 expected agreement).
+
+The stage (`run_attribute(AttributeConfig)`, `fingerprint attribute`) uses
+membership scoring's own parts: the trained model's unit-norm embeddings,
+`fingerprint.index` FAISS indexes (one per subset), and, by default, the
+model's relation head as the pair score (`relation_pair_score`: the real
+image is the query and the generated image its support, the orientation the
+head was trained in).
 """
 
 from __future__ import annotations

@@ -71,6 +71,20 @@ Power: the share of seeded resampled audits of n candidate images (drawn with
 replacement from the observed candidate scores, against a reference resampled
 at its own size) that reach p <= alpha, and Noether's (1987) normal
 approximation, power = Phi(|AUC - 0.5| / sqrt((n + m + 1) / (12 n m)) - z).
+
+The stage (`run_audit(AuditConfig)`, `fingerprint audit`) meets requirements
+1-3 by construction: the candidate, the reference and the held-out labelled dev
+images are scored by ONE call of one registered scorer against ONE generated
+pool (`imagesets.score_together`), so a reference drawn from the dev split
+(`reference="dev-not-used"`) is re-scored against the audited pool, never
+taken from the dev split's score files; no registered scorer has a term
+computed from other real images (`reference_calibrated` is the symmetric form
+for one that would); and an image the scorer's model was trained on is
+refused as candidate or reference, or left out of the dev images, by content
+hash against the model's training shards (`imagesets.training_hashes`). When
+it trains its own model, the audit holds a seeded share of the dev split out
+of the training shards, so those images can serve as reference and as the
+labelled images of the fraction estimate.
 """
 
 from __future__ import annotations

@@ -304,17 +304,18 @@ def score_together(
         net, meta = load_model(model) if scorer.trained else (None, None)
         inputs = load_inputs(scorer, cfg, together, index, net, meta)
     result = scorer.compute(inputs, cfg)
-    return _together(scorer_name, groups, generated, result, model, index_factory, cfg)
+    n_gen = len(inputs.pixels["generated"]["key"]) if pixels else len(inputs.features.select(role="generated"))
+    return _together(scorer_name, groups, generated, result, model, index_factory, cfg, n_gen)
 
 
-def _together(scorer_name, groups, generated, result: ScoreResult, model, index_factory, cfg) -> TogetherScores:
+def _together(scorer_name, groups, generated, result: ScoreResult, model, index_factory, cfg, n_gen) -> TogetherScores:
     group_of = {k: name for name, m in groups.items() for k in m.keys}
     keys = list(result.keys)
     conditions = {
         "scorer": scorer_name,
         "one_scoring_call": True,
         "generated_pool": str(generated),
-        "n_generated": None,
+        "n_generated": int(n_gen),
         "model": None if model is None else str(model),
         "index_factory": index_factory if "index" in get_scorer(scorer_name).needs else None,
         "k": cfg.k if get_scorer(scorer_name).uses_k else None,
