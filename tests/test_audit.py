@@ -353,7 +353,10 @@ def test_scores_do_not_depend_on_which_collection_an_image_is_in(relation_audit,
     assert cli(argv) == 0
     before, after = _scores(relation_audit), _scores(tmp_path / "swapped")
     swap = {"candidate": "reference", "reference": "candidate"}
-    assert {k: (swap[g], v) for k, (g, v) in before.items() if g in swap} == after
+    moved = {k: swap[g] for k, (g, _) in before.items() if g in swap}
+    assert moved == {k: g for k, (g, _) in after.items()}
+    # equal up to float32 rounding: the relation head runs on batches whose make-up follows the image order
+    np.testing.assert_allclose([after[k][1] for k in moved], [before[k][1] for k in moved], rtol=0, atol=1e-6)
 
 
 def test_dev_not_used_reference_is_rescored_against_the_audited_pool(relation_audit, tiny_audit_build, tmp_path):
@@ -368,7 +371,9 @@ def test_dev_not_used_reference_is_rescored_against_the_audited_pool(relation_au
     assert a["n"] == {"candidate": 20, "reference": 6, "dev_used": 6} and a["conditions"]["reference"] == "dev-not-used"
     first, now = _scores(relation_audit), _scores(out)
     ref = {k: v for k, (g, v) in now.items() if g == "reference"}
-    assert ref == {k: v for k, (g, v) in first.items() if g == "dev_not_used"}  # same images, same pool, same scores
+    held = {k: v for k, (g, v) in first.items() if g == "dev_not_used"}
+    assert ref.keys() == held.keys()  # same images, same pool: same scores (up to float32 rounding of batches)
+    np.testing.assert_allclose([ref[k] for k in held], list(held.values()), rtol=0, atol=1e-6)
     # against the dev split's own pool the same images score differently: that is what must not be compared
     dev_pool = tmp_path / "devpool"
     argv = ["audit", *_case_args(b, reference="dev-not-used")[:4], "--generated", str(b / "dev" / "generated"),
@@ -376,7 +381,7 @@ def test_dev_not_used_reference_is_rescored_against_the_audited_pool(relation_au
             *TINY]  # fmt: skip
     assert cli(argv) == 0
     other = {k: v for k, (g, v) in _scores(dev_pool).items() if g == "reference"}
-    assert other.keys() == ref.keys() and other != ref
+    assert other.keys() == ref.keys() and max(abs(other[k] - ref[k]) for k in ref) > 1e-3
 
 
 def test_reference_the_model_trained_on_is_refused(relation_audit, tiny_audit_build, tmp_path, capsys):
@@ -396,7 +401,7 @@ def test_audit_log_corrects_repeated_audits(tiny_audit_build, tmp_path):
     runs = {}
     for case in ("audit", "audit-used"):
         out = tmp_path / case
-        argv = ["audit", *_case_args(b, case), "--scorer", "ssim", "--audit-log", str(log), "--name", case,
+        argv = ["audit", *_case_args(b, case), "--scorer", "dcr", "--audit-log", str(log), "--name", case,
                 "--out", str(out), *TINY]  # fmt: skip
         assert cli(argv) == 0
         runs[case] = json.loads((out / "audit.json").read_text())
@@ -405,7 +410,7 @@ def test_audit_log_corrects_repeated_audits(tiny_audit_build, tmp_path):
     assert last["m"] == 2 and last["adjusted_pvalue"] == pytest.approx(A.adjust_pvalues(p, "holm")[1])
     assert [x["name"] for x in last["audits"]] == ["audit", "audit-used"]
     assert runs["audit"]["correction"]["m"] == 1  # the verdict is stored with the log size it was made at
-    argv = ["audit", *_case_args(b, "audit"), "--scorer", "ssim", "--audit-log", str(log), "--name", "audit",
+    argv = ["audit", *_case_args(b, "audit"), "--scorer", "dcr", "--audit-log", str(log), "--name", "audit",
             "--out", str(tmp_path / "audit"), "--force", *TINY]  # fmt: skip
     assert cli(argv) == 0
     assert len(log.read_text().splitlines()) == 2

@@ -60,12 +60,12 @@ def test_stratified_holdout_is_seeded_and_per_label():
 
 
 def test_score_together_is_the_score_stage_on_every_group_at_once(tiny_audit_build, tmp_path):
-    """ssim scores of candidate and reference, scored in one call, equal `fingerprint score` on the test split."""
+    """dcr scores of candidate and reference, scored in one call, equal `fingerprint score` on the test split."""
     b = tiny_audit_build
     test = pack(b / "test", tmp_path / "test", image_size=64)
     assert test["count"] == 80 + 60
-    run_score(ScoreConfig(scorer="ssim", shards=tmp_path / "test", out=tmp_path / "ssim.csv", threshold=0.5))
-    table = read_scores(tmp_path / "ssim.csv")
+    run_score(ScoreConfig(scorer="dcr", shards=tmp_path / "test", out=tmp_path / "dcr.csv", threshold=0.5))
+    table = read_scores(tmp_path / "dcr.csv")
     expected = dict(zip(table.keys, table.scores))
     groups = {
         name: members(pack_collection(b / "audit" / name, tmp_path / name, role="real", label="unknown", image_size=64))
@@ -74,7 +74,8 @@ def test_score_together_is_the_score_stage_on_every_group_at_once(tiny_audit_bui
     gen = pack_collection(
         b / "test" / "generated_1", tmp_path / "gen", role="generated", label="unknown", image_size=64
     )
-    together = score_together("ssim", groups, gen, tmp_path / "work", params={"pixel_size": 64})
+    together = score_together("dcr", groups, gen, tmp_path / "work", params={"pixel_size": 64})
     assert together.groups == ["candidate"] * 20 + ["reference"] * 40
     assert together.conditions["one_scoring_call"] and together.conditions["pixel_size"] == 64
-    np.testing.assert_allclose(together.scores, [expected[k] for k in together.keys], rtol=0, atol=1e-12)
+    # equal up to float32 rounding (FAISS's L2 in float32 depends on which queries share a batch)
+    np.testing.assert_allclose(together.scores, [expected[k] for k in together.keys], rtol=1e-5, atol=0)

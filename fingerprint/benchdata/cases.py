@@ -61,7 +61,7 @@ from fingerprint.utils import FingerprintError, atomic_path, read_json, write_js
 log = logging.getLogger(__name__)
 
 #: audit cases and the share of the candidate that is used (partial: given by `fraction`)
-AUDIT_CASES = {"used": 1.0, "not_used": 0.0, "partial": None}
+AUDIT_CASES = dict(used=1.0, not_used=0.0, partial=None)
 #: the label of a generated image made by no subset's generator
 NONE = "none"
 FORMAT_SUBSETS = "fingerprint-synth-subsets/1"
