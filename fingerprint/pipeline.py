@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 RUN_FILE_SCORER = "relation"
 #: the other registered scorers, run as baselines by default
 BASELINES = tuple(n for n in scorer_names() if n != RUN_FILE_SCORER)
+#: what `fingerprint demo` shows: the membership pipeline, or a collection-level command (fingerprint.demos)
+DEMO_TASKS = ("membership", "audit", "attribute")
 
 
 @dataclass(kw_only=True)
@@ -156,6 +158,12 @@ class DemoConfig(RunOptions):
     out: Path = option(Path("runs/demo"), help="run folder to write")
     level: str = option("medium", choices=tuple(LEVELS), help="benchmark difficulty (tiny: seconds, for tests)")
     rebuild_data: bool = option(False, help="rebuild the benchmark even if it is cached")
+    task: str = option(
+        "membership",
+        choices=DEMO_TASKS,
+        help="membership: synth + run; audit / attribute: those commands on an audit-case / 3-subset build "
+        "(output: runs/demo-<task> unless demo.out is given)",
+    )
 
 
 class Stages:
@@ -551,7 +559,13 @@ def _dev_metrics(out: Path) -> dict:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Build the built-in benchmark once (cached in data_dir), then run the pipeline on it."""
+    """Build the built-in benchmark once (cached in data_dir), then run the pipeline on it (or the task's demo)."""
+    if cfg.task != "membership":
+        from fingerprint import demos
+
+        if cfg.out == Path("runs/demo"):
+            cfg = dataclasses.replace(cfg, out=Path(f"runs/demo-{cfg.task}"))
+        return demos.run_audit_demo(cfg) if cfg.task == "audit" else demos.run_attribute_demo(cfg)
     data_dir = Path(cfg.data_dir or f"data/benchmark-{cfg.level}-seed{cfg.seed}")
     if cfg.rebuild_data or not (data_dir / "synth.json").is_file():
         log.info("building the %s benchmark in %s (cached for later demos)", cfg.level, data_dir)

@@ -37,6 +37,7 @@ from fingerprint.report_sections import (
     section_strips,
     section_training,
 )
+from fingerprint.report_tasks import task_sections
 from fingerprint.utils import FingerprintError, JsonlLogger, check_writable, write_text
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ def build_report(cfg: ReportConfig) -> tuple[Path, Path]:
             lambda: section_strips(run, scorer=cfg.strip_scorer, top_n=cfg.top_n, k=cfg.strip_k),
         ),
     ]
+    builders += task_sections(run_dir)  # audit and attribution, when their outputs are in the folder
     sections = [_guard(i, t, fn) for i, t, fn in builders]
     title = f"fingerprint report: {run_dir.resolve().name}"
     write_text(html_path, render_html(title, sections))

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fingerprint.benchdata.cases import AUDIT_CASES, build_audit_case, build_subsets
 from fingerprint.benchdata.generators import families, family_accelerator, get_family
 from fingerprint.benchdata.generators.vae import GeneratorConfig
 from fingerprint.benchdata.layout import sample_and_write
@@ -224,26 +225,57 @@ class SynthConfig:
     threads: int | None = _opt("CPU threads for torch (default 1: repeatable and fastest on a shared machine)")
     cpu: bool | None = _opt("train on the CPU even if a GPU is present")
     progress: bool = option(True, help="progress bars")
+    # collection-level benchmarks (fingerprint.benchdata.cases)
+    audit_case: str | None = _opt(
+        "also write an audit case in OUT/audit/ (candidate + reference drawn from the test split)",
+        choices=tuple(AUDIT_CASES),
+    )
+    audit_fraction: float | None = _opt("partial audit case: share of the candidate that was used (default 0.5)")
+    candidate: int | None = _opt("audit case: candidate images (default 50)", min=1)
+    reference: int | None = _opt("audit case: reference images, none used (default 100)", min=1)
+    subsets: int | None = _opt(
+        "build this many real subsets, each training its own generator, and one mixed generated pool "
+        "(attribution; replaces the test split)",
+        min=2,
+    )
+    subset_size: int | None = _opt("subsets: real images per subset (default 50; tiny: 16)", min=2)
+    subset_generated: int | None = _opt("subsets: generated images per generator (default 100; tiny: 30)", min=1)
+    outside: bool = option(True, help="subsets: add a generator trained on reals in no subset (its images: 'none')")
+    null_size: int | None = _opt("subsets: held-out reals in no subset (default: the subsets' total)", min=0)
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.generator is not None and self.generator not in families():
             raise fail(self, "generator", f"must be one of {', '.join(families())}, got {self.generator!r}")
+        if self.audit_case is not None and self.subsets is not None:
+            raise fail(self, "audit_case", "and synth.subsets build different benchmarks: give one")
 
     def overrides(self) -> dict[str, Any]:
         """The SynthParams / generator-config overrides (None = not given)."""
-        fixed = {"out", "level", "seed", "real_dir", "force", "progress", "generator"}
+        fixed = {"out", "level", "seed", "real_dir", "force", "progress", "generator", *_CASE_FIELDS}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in fixed}
         return values | {"family": self.generator}
 
 
+_CASE_FIELDS = ("audit_case", "audit_fraction", "candidate", "reference", "subsets", "subset_size",
+                "subset_generated", "outside", "null_size")  # fmt: skip
+
+
 def run_synth(cfg: SynthConfig) -> dict:
-    """Build the benchmark described by `cfg`; returns the content of its synth.json."""
+    """Build the benchmark described by `cfg` (an audit case or subsets when asked); returns its synth.json."""
     check_writable(Path(cfg.out).parent)  # before training the generator
-    return build_benchmark(
-        cfg.out, level=cfg.level, seed=cfg.seed, real_dir=cfg.real_dir, force=cfg.force, progress=cfg.progress,
-        **cfg.overrides(),
-    )  # fmt: skip
+    common = {"level": cfg.level, "seed": cfg.seed, "real_dir": cfg.real_dir, "force": cfg.force}
+    if cfg.subsets is not None:
+        return build_subsets(
+            cfg.out, n_subsets=cfg.subsets, subset_size=cfg.subset_size, subset_generated=cfg.subset_generated,
+            outside=cfg.outside, null_size=cfg.null_size, progress=cfg.progress, **common, **cfg.overrides(),
+        )  # fmt: skip
+    if cfg.audit_case is not None:
+        return build_audit_case(
+            cfg.out, case=cfg.audit_case, fraction=cfg.audit_fraction, n_candidate=cfg.candidate or 50,
+            n_reference=cfg.reference or 100, progress=cfg.progress, **common, **cfg.overrides(),
+        )  # fmt: skip
+    return build_benchmark(cfg.out, progress=cfg.progress, **common, **cfg.overrides())
 
 
 def build_benchmark(

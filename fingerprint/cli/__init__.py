@@ -30,7 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("fingerprint.cli.validate", "check a run file against the official rules"),
     "report": ("fingerprint.cli.report", "self-contained HTML + Markdown report of a run folder"),
     "run": ("fingerprint.cli.run", "the whole pipeline on a folder with dev/ and test/"),
-    "demo": ("fingerprint.cli.demo", "synth (cached) + run on the built-in benchmark data"),
+    "audit": ("fingerprint.cli.audit", "dataset-level test: was a candidate collection used to train the generator?"),
+    "attribute": ("fingerprint.cli.attribute", "which real subset did each generated image come from (or none)?"),
+    "demo": ("fingerprint.cli.demo", "synth (cached) + run on the built-in benchmark data (--task audit|attribute)"),
 }
 
 

@@ -21,6 +21,21 @@ def run(cfg: SynthConfig) -> int:
         return 0
     auc = info["difficulty"]["pixel_nn_auc"]
     c = info["counts"]
+    if "subsets" in info:
+        sub = info["subsets"]
+        print(
+            f"{cfg.out}: {len(sub['names'])} subsets of {sub['size']} real images, each with its own generator; "
+            f"{sub['generated_per_subset']} generated per generator (+{sub['outside_generated']} from outside), "
+            f"{sub['null_size']} null reals; pixel-NN attribution accuracy "
+            f"{info['difficulty']['pixel_nn_attribution_accuracy']:.3f}; {info['timings']['total']:.0f} s"
+        )
+        return 0
+    if "audit" in info:
+        a = info["audit"]
+        print(
+            f"{cfg.out}/audit: {a['case']} case, candidate {a['n_candidate']} ({a['n_used']} used), reference "
+            f"{a['n_reference']}"
+        )
     print(
         f"{cfg.out}: {c['dev']['generated']} + {c['test']['generated']} generated, "
         f"{c['dev']['used']}/{c['dev']['not_used']} dev used/not used, {c['test']['real_unknown']} test real; "

@@ -1,0 +1,35 @@
+"""Attribution: for each generated image, the real subset it most likely came from, or "none".
+
+Retrieves each generated image's nearest real images in every subset (one
+FAISS index per subset over the model's embeddings), scores the pairs with the
+learned difference function (the relation head, as membership scoring does),
+and names the best subset when its score beats a threshold calibrated on null
+reals. Writes OUT/attribution.csv (figure_id,subset,score: the challenge's
+subtask-2 style), OUT/attribution.json (with the confusion matrix and
+accuracy when --truth is given) and OUT/report.html. Details: docs/audit.md.
+"""
+
+from __future__ import annotations
+
+from fingerprint.attribute import AttributeConfig, run_attribute
+from fingerprint.cli.options import command
+
+NAME = "attribute"
+
+
+def run(cfg: AttributeConfig) -> int:
+    summary = run_attribute(cfg)
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    print(f"{summary['n_generated']} generated images attributed ({summary['pair_score']} pair score): {counts}")
+    m = summary.get("metrics")
+    if m:
+        print(
+            f"accuracy {m['accuracy']:.3f} (chance {m['chance_majority']:.3f}), balanced accuracy "
+            f"{m['balanced_accuracy'] if m['balanced_accuracy'] is None else round(m['balanced_accuracy'], 3)}, "
+            f"kappa {m['kappa']:.3f}"
+        )
+    print(f"wrote {cfg.out}/attribution.csv and attribution.json")
+    return 0
+
+
+main = command(NAME, AttributeConfig, run, __doc__)
