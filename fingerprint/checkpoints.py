@@ -5,7 +5,7 @@ written at the end of each epoch together with `train_state.json` (counters,
 early-stopping state, as JSON, not pickle), which also marks the checkpoint
 complete; `find_checkpoint(out, "latest")` returns the newest complete one.
 `finish` writes the best validation epoch as the final model, with the
-threshold calibrated on its validation scores.
+threshold calibrated on its (held-out) validation scores.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fingerprint.metrics import calibrate_threshold
+from fingerprint.metrics import calibrate_threshold, on_scale
 from fingerprint.model_io import load_model, save_model
 from fingerprint.utils import FingerprintError, write_json
 
@@ -96,9 +96,13 @@ def finish(cfg: TrainConfig, state: TrainState, world: int, stop_reason: str, ma
     validation = meta.get("validation")
     calibration = None
     if validation:
+        scores = on_scale(validation["scores"], cfg.calibration_scale)
         calibration = {
-            "threshold": calibrate_threshold(validation["labels"], validation["scores"], cfg.calibration),
+            "threshold": calibrate_threshold(validation["labels"], scores, cfg.calibration, seed=cfg.seed),
             "rule": cfg.calibration,
+            "scale": cfg.calibration_scale,
+            "scorer": "relation",
+            "on": "held-out validation images",
             "space": "probability",  # sigmoid of the pooled logit over the k nearest generated images
             "k": cfg.k,
             "epoch": meta["epoch"],

@@ -1,8 +1,9 @@
 """The whole pipeline on one data set (`run_pipeline(RunConfig)`), and the demo on the built-in benchmark.
 
-pack -> train -> embed -> index -> score (every registered scorer) ->
-compare / cluster -> evaluate -> report, each stage a library call with its
-config object (`run_pack(PackConfig)`, `run_train(TrainConfig)`, ...). Every
+pack -> adapt (-> pretrain) -> train -> embed -> index -> profile -> fuse ->
+score (every registered scorer; the fused scorer writes run.csv) -> compare /
+cluster -> evaluate -> report, each stage a library call with its config
+object (`run_pack(PackConfig)`, `run_adapt(AdaptConfig)`, ...). Every
 stage writes into one run folder (layout in docs/design.md); `Stages` is the
 one place a stage is run: it skips a stage whose outputs exist (so an
 interrupted run picks up where it stopped; `force` redoes everything), logs
@@ -22,15 +23,27 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from fingerprint.adapt import METRIC_META, AdaptConfig, run_adapt
 from fingerprint.benchdata.synth import LEVELS, SynthConfig, run_synth
 from fingerprint.cluster import ClusterConfig, run_cluster
 from fingerprint.compare import CompareConfig, run_compare
-from fingerprint.config import check_fields, command_line, config_from_file, option, section_of
+from fingerprint.config import (
+    check_fields,
+    command_line,
+    config_from_file,
+    load_config_file,
+    option,
+    section_of,
+    values_from_mapping,
+)
 from fingerprint.embed import EmbedConfig, run_embed
 from fingerprint.evaluate import EvaluateConfig, run_evaluate
+from fingerprint.fuse import FuseConfig, run_fuse
 from fingerprint.index import IndexConfig, run_index
-from fingerprint.metrics import format_table
+from fingerprint.metrics import LEAD_METRICS, auc_margin, format_table, label_share_warning
 from fingerprint.pack import PackConfig, run_pack
+from fingerprint.pretrain import BACKBONE_FILE, PretrainConfig, run_pretrain
+from fingerprint.profile import DEFAULT_SPACES, ProfileConfig, run_profile
 from fingerprint.report import ReportConfig, run_report
 from fingerprint.score import ScoreConfig, run_score
 from fingerprint.scorefiles import read_score_meta
@@ -38,12 +51,12 @@ from fingerprint.scorers import get_scorer, scorer_names, untrained_scorers
 from fingerprint.shards import read_manifest
 from fingerprint.train import TrainConfig, run_train
 from fingerprint.utils import FingerprintError, JsonlLogger, read_json, write_json
-from fingerprint.vocab import BACKBONES, DEVICES, MIXED_PRECISION, SPLITS
+from fingerprint.vocab import BACKBONES, DEVICES, MIXED_PRECISION, SCORE_SCALES, SPACES, SPLITS, THRESHOLD_RULES
 
 log = logging.getLogger(__name__)
 
-#: the scorer whose labels become the run's official run file (run.csv)
-RUN_FILE_SCORER = "relation"
+#: the scorer whose labels become the run's official run file (run.csv): the trained fusion (fingerprint.fuse)
+RUN_FILE_SCORER = "fused"
 #: the other registered scorers, run as baselines by default
 BASELINES = tuple(n for n in scorer_names() if n != RUN_FILE_SCORER)
 
@@ -70,6 +83,17 @@ class RunOptions:
         500_000, min=0, help="run pairwise scorers (the seed's rule) only when real x generated is at most this"
     )
     index_factory: str = option("Flat", help="FAISS index over generated embeddings (Flat = exact)")
+    rule: str = option(THRESHOLD_RULES[0], choices=THRESHOLD_RULES, help="threshold rule of every scorer's labels")
+    scale: str = option(
+        SCORE_SCALES[0], choices=SCORE_SCALES, help="thresholds apply on scores standardised per split (robust, rank)"
+    )
+    spaces: tuple[str, ...] = option(
+        DEFAULT_SPACES, choices=SPACES, help="similarity-profile spaces the fused scorer may use (emb: a model's)"
+    )
+    pretrain: bool = option(False, help="SSCD-style CNN pretraining: its trunk starts the relation model, emb space")
+    stage_config: Path | None = option(
+        None, help="TOML/YAML with [adapt], [pretrain], [profile], [fuse] tables (any option of those stages)"
+    )
     n_boot: int = option(500, min=0, help="bootstrap resamples for every metric's 95%% interval")
     train_config: Path | None = option(None, help="TOML/YAML config of the training stage (any train option)")
     compare: bool = option(True, help="run the scikit-learn comparators")
@@ -156,6 +180,17 @@ class RunPaths:
         return self.out / "model"
 
     @property
+    def fusion(self) -> Path:
+        return self.out / "model" / "fusion.json"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.out / "pretrain"
+
+    def profile(self, split: str) -> Path:
+        return self.out / "profile" / f"{split}.npz"
+
+    @property
     def log(self) -> Path:
         return self.out / "log.jsonl"
 
@@ -183,7 +218,8 @@ def run_pipeline(cfg: RunConfig) -> dict:
     t0 = time.perf_counter()
     _pack_and_train(stage, paths, data, cfg)
     _embed_and_index(stage, paths, cfg)
-    _score(stage, paths, cfg)
+    _profile_and_fuse(stage, paths, cfg)
+    warnings = _score(stage, paths, cfg)
     if cfg.compare:
         _compare(stage, paths, cfg)
     if cfg.cluster:
@@ -202,7 +238,11 @@ def run_pipeline(cfg: RunConfig) -> dict:
         "seconds": round(total, 1),
         "stage_seconds": stage.timings,
         "run_file": str(out / "run.csv"),
+        "run_file_scorer": RUN_FILE_SCORER,
+        "warnings": warnings,
         "metrics": str(out / "metrics.json") if metrics else None,
+        "table": roc_table(metrics["scorers"]) if metrics else None,
+        "margin": auc_margin(metrics["scorers"], RUN_FILE_SCORER, untrained_scorers()) if metrics else None,
         "report": str(out / "report.html") if cfg.report else None,
     }
     write_json(out / "run.json", summary)
@@ -215,11 +255,30 @@ def _common(cfg: RunOptions) -> dict[str, Any]:
     return {"seed": cfg.seed, "threads": cfg.threads}
 
 
+def stage_config(cls: type, cfg: RunOptions, required: dict[str, Any], defaults: dict[str, Any] | None = None) -> Any:
+    """A stage's config: run-level `defaults`, then the stage's table of `cfg.stage_config`, then `required`."""
+    where = cfg.stage_config
+    values = {} if where is None else values_from_mapping(cls, load_config_file(where, cls.SECTION), str(where))
+    return cls(**{**(defaults or {}), **values, **required})
+
+
 def _pack_and_train(stage: Stages, paths: RunPaths, data: Path, cfg: RunConfig) -> None:
     for s in SPLITS:
         pack = PackConfig(src=data / s, out=paths.shards(s), seed=cfg.seed)
         stage(f"pack-{s}", run_pack, pack, [paths.shards(s) / "manifest.json"])
+    shards = tuple(paths.shards(s) for s in SPLITS)
+    runtime = {**_common(cfg), "mixed_precision": cfg.mixed_precision}
+    if "k32x" in cfg.spaces or cfg.pretrain:
+        adapt = stage_config(AdaptConfig, cfg, {"shards": shards, "out": paths.model, "log": paths.log, **runtime})
+        stage("adapt", run_adapt, adapt, [paths.model / METRIC_META])
     given = {"epochs": cfg.epochs} if cfg.epochs is not None else {}
+    if cfg.pretrain:
+        metric = {"metric": paths.model} if (paths.model / METRIC_META).exists() else {}
+        required = {"shards": shards, "out": paths.pretrain, "log": paths.log, **runtime, **metric}
+        pretrain = stage_config(PretrainConfig, cfg, required, {"backbone": cfg.backbone})
+        stage("pretrain", run_pretrain, pretrain, [paths.pretrain / BACKBONE_FILE])
+        given["weights"] = paths.pretrain / BACKBONE_FILE
+    given |= {"calibration": cfg.rule, "calibration_scale": cfg.scale}
     train = config_from_file(
         TrainConfig,
         cfg.train_config,
@@ -248,6 +307,22 @@ def _embed_and_index(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
         stage(f"index-{s}", run_index, index, [paths.index(s)])
 
 
+def _profile_and_fuse(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
+    """The similarity profile of both splits, then the fused scorer's fit on the dev labels."""
+    spaces = tuple(cfg.spaces) + (("emb",) if cfg.pretrain and "emb" not in cfg.spaces else ())
+    required = {"dev": paths.shards("dev"), "test": paths.shards("test"), "out": paths.out / "profile"}
+    required |= {"log": paths.log, "seed": cfg.seed, "threads": cfg.threads}
+    if "k32x" in spaces:
+        required["metric"] = paths.model
+    if "emb" in spaces:
+        required["descriptor"] = paths.pretrain if cfg.pretrain else paths.model
+    profile = stage_config(ProfileConfig, cfg, required, {"spaces": spaces})
+    stage("profile", run_profile, profile, [paths.profile(s) for s in SPLITS])
+    fit = {"dev": paths.profile("dev"), "out": paths.fusion, "log": paths.log, "seed": cfg.seed}
+    fuse = stage_config(FuseConfig, cfg, fit, {"spaces": profile.spaces, "rule": cfg.rule, "scale": cfg.scale})
+    stage("fuse", run_fuse, fuse, [paths.fusion])
+
+
 def _split_sizes(shards_dir: Path) -> tuple[int, int]:
     """(real, generated) image counts of a packed split, from its manifest."""
     counts = read_manifest(shards_dir).get("counts", {})
@@ -255,44 +330,52 @@ def _split_sizes(shards_dir: Path) -> tuple[int, int]:
     return int(roles.get("real", 0)), int(roles.get("generated", 0))
 
 
-def _threshold(score_file: Path) -> float:
-    """The decision threshold a dev score file was labelled with (from its .json sidecar)."""
+def _threshold(score_file: Path) -> tuple[float, str]:
+    """The decision threshold a dev score file was labelled with, and its scale (from its .json sidecar)."""
     meta = read_score_meta(score_file) or {}
     if meta.get("threshold") is None:
         raise FingerprintError(f"{score_file}: no threshold in its sidecar (re-run with run.force)")
-    return float(meta["threshold"])
+    if meta.get("threshold_on_scale") is None:
+        return float(meta["threshold"]), "raw"
+    return float(meta["threshold_on_scale"]), str(meta.get("threshold_scale", "raw"))
 
 
 def score_config(name: str, split: str, paths: RunPaths, cfg: RunOptions) -> ScoreConfig:
     """The score stage of scorer `name` on `split`: its inputs from the registry's declared needs.
 
-    dev: calibrated on the labelled dev split it scores (the relation scorer
-    stores the threshold with the model); test: the dev stage's threshold,
-    not a second computation of every dev score.
+    dev: untrained scorers are calibrated on the labelled dev split they score;
+    scorers fitted on dev labels take the threshold stored with their model,
+    chosen out of sample (fused: on out-of-fold dev scores; relation: on its
+    held-out validation images). test: the dev stage's threshold, on the same
+    per-split scale, not a second computation of every dev score.
     """
-    needs = get_scorer(name).needs
-    pixels = "pixels" in needs
+    scorer = get_scorer(name)
+    needs = scorer.needs
     args: dict[str, Any] = {"scorer": name, "out": paths.scores(split) / f"{name}.csv", "log": paths.log}
-    if pixels:
+    if "pixels" in needs:
         args["shards"] = paths.shards(split)
+    elif "profile" in needs:
+        args |= {"profile": paths.profile(split), "fusion": paths.fusion}
     else:
         args |= {"features": paths.features(split), "k": cfg.k}
     if "index" in needs:
         args["index"] = paths.index(split)
     if "model" in needs:
         args["model"] = paths.model
-    if split == "dev":
-        args["calibrate_on"] = paths.shards("dev") if pixels else paths.features("dev")
+    args |= {"rule": cfg.rule, "scale": cfg.scale}
+    if split == "dev" and not scorer.calibrates_model:
+        args["calibrate_on"] = args.get("shards") or args.get("features")
         if "index" in needs:
             args["dev_index"] = paths.index("dev")
-    else:
-        args["threshold"] = _threshold(paths.scores("dev") / f"{name}.csv")
+    elif split != "dev":
+        args["threshold"], args["scale"] = _threshold(paths.scores("dev") / f"{name}.csv")
         if name == RUN_FILE_SCORER:
             args["run_file"] = paths.out / "run.csv"
     return ScoreConfig(**args, **_common(cfg))
 
 
-def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
+def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> list[str]:
+    """Every scorer on dev then test; returns the warnings about the run file's labels."""
     n_real, n_gen = _split_sizes(paths.shards("test"))
     for name in (RUN_FILE_SCORER, *cfg.baselines):
         if get_scorer(name).pairwise and n_real * n_gen > cfg.seed_rule_max_pairs:
@@ -305,6 +388,46 @@ def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
             out = paths.scores(s) / f"{name}.csv"
             # the test config reads the dev threshold, so it is built after the dev stage ran
             stage(f"score-{name}-{s}", run_score, score_config(name, s, paths, cfg), [out])
+    return check_label_share(paths)
+
+
+def check_label_share(paths: RunPaths) -> list[str]:
+    """Warn (log + the run-file scorer's sidecar) when a balanced dev set meets a run file labelled one way."""
+    test = paths.scores("test") / f"{RUN_FILE_SCORER}.csv"
+    meta = read_score_meta(test) or {}
+    labels = read_manifest(paths.shards("dev")).get("counts", {}).get("label", {})
+    n_used, n_not = int(labels.get("used", 0)), int(labels.get("not_used", 0))
+    if not meta.get("n"):
+        return []
+    warning = label_share_warning(meta["n_predicted_used"] / meta["n"], n_used + n_not, n_used)
+    if warning is None:
+        if meta.pop("warnings", None) is not None:
+            write_json(test.with_suffix(".json"), meta)
+        return []
+    log.warning("run.csv (%s): %s", RUN_FILE_SCORER, warning)
+    write_json(test.with_suffix(".json"), {**meta, "warnings": [warning]})
+    return [warning]
+
+
+def roc_table(results: dict[str, dict]) -> str:
+    """The test metrics that lead (ROC-AUC, kappa, balanced accuracy, TPR at 1% / 5% FPR), the run file's
+    scorer first, then every other scorer by ROC-AUC, and the margin line."""
+
+    def auc(name: str) -> float:
+        v = (results[name].get("roc_auc") or {}).get("value")
+        return -1.0 if v is None else v
+
+    order = [n for n in results if n == RUN_FILE_SCORER] + sorted(
+        (n for n in results if n != RUN_FILE_SCORER), key=lambda n: (-auc(n), n)
+    )
+    text = format_table({n: results[n] for n in order}, LEAD_METRICS)
+    margin = auc_margin(results, RUN_FILE_SCORER, untrained_scorers())
+    if margin is not None:
+        text += (
+            f"\nmargin of {RUN_FILE_SCORER} (run.csv) over the best untrained baseline "
+            f"({margin['baseline']} {margin['baseline_auc']:.3f}): {margin['margin']:+.3f} ROC-AUC"
+        )
+    return text
 
 
 def _compare(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
@@ -328,7 +451,7 @@ def _evaluate(stage: Stages, paths: RunPaths, truth: Path, cfg: RunConfig) -> di
         seed=cfg.seed,
     )  # fmt: skip
     results = stage("evaluate", run_evaluate, evaluate, [out / "metrics.json"], derived=True)
-    log.info("test metrics:\n%s", format_table(results))
+    log.info("test metrics:\n%s", roc_table(results))
     metrics = read_json(out / "metrics.json")
     dev = _dev_metrics(out)
     if dev:
