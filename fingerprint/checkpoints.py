@@ -9,7 +9,8 @@ Before resuming, `verify_checkpoint` checks every file against its sha256
 and that this process's RNG state loads: Accelerate itself logs an unreadable
 `random_states_<rank>.pkl` at INFO and carries on, which would make the
 resumed run silently another run. `finish` writes the best validation epoch
-as the final model, with the threshold calibrated on its validation scores.
+as the final model, with the threshold calibrated on its (held-out)
+validation scores.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from accelerate.utils.constants import RNG_STATE_NAME
 from accelerate.utils.other import load as accelerate_load
 from torch import nn
 
-from fingerprint.metrics import calibrate_threshold
+from fingerprint.metrics import calibrate_threshold, on_scale
 from fingerprint.model_io import load_model, save_model
 from fingerprint.utils import FingerprintError, read_json, sha256_file, write_json
 
@@ -192,9 +193,13 @@ def finish(cfg: TrainConfig, state: TrainState, world: int, stop_reason: str, ma
     validation = meta.get("validation")
     calibration = None
     if validation:
+        scores = on_scale(validation["scores"], cfg.calibration_scale)
         calibration = {
-            "threshold": calibrate_threshold(validation["labels"], validation["scores"], cfg.calibration),
+            "threshold": calibrate_threshold(validation["labels"], scores, cfg.calibration, seed=cfg.seed),
             "rule": cfg.calibration,
+            "scale": cfg.calibration_scale,
+            "scorer": "relation",
+            "on": "held-out validation images",
             "space": "probability",  # sigmoid of the pooled logit over the k nearest generated images
             "k": cfg.k,
             "epoch": meta["epoch"],

@@ -31,9 +31,9 @@ from fingerprint.cluster_outputs import fmt, write_outputs
 from fingerprint.config import check_fields, fail, option, require
 from fingerprint.features import Features
 from fingerprint.locks import locks_folder
-from fingerprint.metrics import calibrate_threshold, evaluate
+from fingerprint.metrics import apply_threshold, calibrate_threshold, evaluate, on_scale
 from fingerprint.utils import FingerprintError, JsonlLogger
-from fingerprint.vocab import LABEL_CODES, THRESHOLD_RULES, label_code
+from fingerprint.vocab import LABEL_CODES, SCORE_SCALES, THRESHOLD_RULES, label_code
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,10 @@ class ClusterConfig:
         3000, min=1, help="cluster at most this many generated images per split (random subset; memory grows as n^2)"
     )
     dendrogram_leaves: int = option(30, min=2, help="leaves shown in the truncated dendrogram")
-    threshold_rule: str = option("max_f1", choices=THRESHOLD_RULES, help="threshold rule on dev scores")
+    threshold_rule: str = option(THRESHOLD_RULES[0], choices=THRESHOLD_RULES, help="threshold rule on dev scores")
+    threshold_scale: str = option(
+        SCORE_SCALES[0], choices=SCORE_SCALES, help="scale of the threshold (robust/rank: standardised per split)"
+    )
     n_boot: int = option(1000, min=0, help="bootstrap resamples for the dev intervals")
     seed: int = option(0, help="seeds the subsample of generated images and the bootstrap")
     force: bool = option(False, help="replace existing cluster outputs")
@@ -257,22 +260,22 @@ def analyse(
         y = np.array([label_code(v) for v in dlabels])
         lab = y >= 0
         scorer: dict[str, Any] = {"name": "cluster"}
+        scale = "raw"
         if lab.any() and len(np.unique(y[lab])) == 2:
-            scorer["threshold"] = float(calibrate_threshold(y[lab], dscores[lab], rule=cfg.threshold_rule))
+            scale = cfg.threshold_scale
+            dz = on_scale(dscores[lab], scale)
+            scorer["threshold"] = float(calibrate_threshold(y[lab], dz, rule=cfg.threshold_rule, seed=cfg.seed))
             scorer["rule"] = cfg.threshold_rule
             scorer["dev"] = evaluate(
-                y[lab],
-                dscores[lab],
-                (dscores[lab] >= scorer["threshold"]).astype(int),
-                n_boot=cfg.n_boot,
-                seed=cfg.seed,
+                y[lab], dscores[lab], (dz >= scorer["threshold"]).astype(int), n_boot=cfg.n_boot, seed=cfg.seed
             )
         else:
             scorer["threshold"] = float(np.mean(splits["dev"].roles == "generated"))
             scorer["rule"] = "above_average_generated_share"
+        scorer["scale"] = scale
         if "test" in splits:
             tkeys, tscores = splits["test"].real_scores()
-            tpred = (tscores >= scorer["threshold"]).astype(int)
+            tpred = apply_threshold(tscores, scorer["threshold"], scale)[0]
             test_scores = (tkeys, tscores, tpred)
             scorer["test"] = {"n": int(len(tkeys)), "n_used": int(tpred.sum())}
         result["scorer"] = scorer

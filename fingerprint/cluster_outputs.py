@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy.cluster.hierarchy import dendrogram
 
+from fingerprint.metrics import apply_threshold
 from fingerprint.scorefiles import write_scores
 from fingerprint.utils import atomic_path, write_json, write_text
 
@@ -114,7 +115,7 @@ def summary_markdown(result: dict) -> str:
             "## Cluster scorer",
             "",
             "Score: share of generated images in a real image's cluster; "
-            f"threshold {sc['threshold']:.4f} ({sc['rule']}).",
+            f"threshold {sc['threshold']:.4f} ({sc['rule']}, {sc.get('scale', 'raw')} scale).",
             "",
         ]
         dev = sc.get("dev")
@@ -140,7 +141,9 @@ def write_outputs(out_dir: Path, result: dict, splits: dict[str, Clustering], te
             pred,
             meta={
                 "scorer": "cluster",
-                "threshold": sc["threshold"],
+                "threshold": apply_threshold(s, sc["threshold"], sc.get("scale", "raw"))[1],
+                "threshold_on_scale": sc["threshold"],
+                "threshold_scale": sc.get("scale", "raw"),
                 "rule": sc["rule"],
                 "source": "cluster",
                 "calibrated_on": "dev",

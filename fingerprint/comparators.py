@@ -36,9 +36,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
-from fingerprint.metrics import calibrate_threshold, evaluate
+from fingerprint.metrics import calibrate_threshold, evaluate, on_scale
 from fingerprint.utils import FingerprintError, atomic_path, read_json, sha256_file, write_json
-from fingerprint.vocab import METRICS
+from fingerprint.vocab import METRICS, SCORE_SCALES, THRESHOLD_RULES
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +180,11 @@ class CVResult:
     seconds: float
 
 
-def _threshold(y: np.ndarray, s: np.ndarray, mode: str, rule: str) -> float:
+def _threshold(y: np.ndarray, s: np.ndarray, mode: str, rule: str, seed: int = 0) -> float:
     """Seed-pairs keeps the seed's majority vote (0.5); per-image comparators calibrate on held-out scores."""
     if mode == "seed-pairs":
         return 0.5
-    return float(calibrate_threshold(y, s, rule=rule))
+    return float(calibrate_threshold(y, s, rule=rule, seed=seed))
 
 
 def aggregate(per_repeat: list[dict]) -> dict:
@@ -223,7 +223,8 @@ def cross_validate(
     *,
     folds: int = 5,
     repeats: int = 3,
-    threshold_rule: str = "max_f1",
+    threshold_rule: str = THRESHOLD_RULES[0],
+    threshold_scale: str = SCORE_SCALES[0],
     n_boot: int = 1000,
     seed: int = 0,
     n_jobs: int = 1,
@@ -253,13 +254,15 @@ def cross_validate(
     pred = np.zeros((repeats, n), dtype=int)
     per_repeat = []
     boot_per_repeat = -(-n_boot // repeats) if n_boot > 0 else 0
+    scale = "raw" if task.mode == "seed-pairs" else threshold_scale
+    z = np.stack([on_scale(oof[r], scale) for r in range(repeats)])
     for r in range(repeats):
         for f in range(folds):
             te = fold_of[r] == f
-            thr = _threshold(y[~te], oof[r, ~te], task.mode, threshold_rule)
-            pred[r, te] = (oof[r, te] >= thr).astype(int)
+            thr = _threshold(y[~te], z[r, ~te], task.mode, threshold_rule, seed)
+            pred[r, te] = (z[r, te] >= thr).astype(int)
         per_repeat.append(evaluate(y, oof[r], pred[r], n_boot=boot_per_repeat, seed=seed + r))
-    threshold = _threshold(np.tile(y, repeats), oof.reshape(-1), task.mode, threshold_rule)
+    threshold = _threshold(np.tile(y, repeats), z.reshape(-1), task.mode, threshold_rule, seed)
     summary = aggregate(per_repeat)
     summary["threshold"] = threshold
     return CVResult(name, oof, pred, per_repeat, summary, threshold, time.perf_counter() - t0)

@@ -45,11 +45,12 @@ from fingerprint.compare_features import (
 )
 from fingerprint.config import check_fields, fail, option, require
 from fingerprint.locks import locks_folder
+from fingerprint.metrics import apply_threshold
 from fingerprint.runfile import write_run_file
 from fingerprint.scorefiles import write_scores
 from fingerprint.scorers import scorer_names, untrained_scorers
 from fingerprint.utils import FingerprintError, JsonlLogger, atomic_path, is_main_process, write_json, write_text
-from fingerprint.vocab import METRICS, THRESHOLD_RULES
+from fingerprint.vocab import METRICS, SCORE_SCALES, THRESHOLD_RULES
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,12 @@ class CompareConfig:
     max_pairs: int = option(
         4000, min=1, help="seed-pairs: training pairs (each real image gets max-pairs / n_real random partners)"
     )
-    threshold_rule: str = option("max_f1", choices=THRESHOLD_RULES, help="threshold rule on out-of-fold dev scores")
+    threshold_rule: str = option(
+        THRESHOLD_RULES[0], choices=THRESHOLD_RULES, help="threshold rule on out-of-fold dev scores"
+    )
+    threshold_scale: str = option(
+        SCORE_SCALES[0], choices=SCORE_SCALES, help="scale of the threshold (robust/rank: standardised per split)"
+    )
     rank_by: str = option("roc_auc", choices=METRICS, help="metric that ranks the comparators")
     n_boot: int = option(1000, min=0, help="bootstrap resamples for the intervals (spread over repeats)")
     n_jobs: int = option(1, choices=(1, 2), help="scikit-learn parallel jobs")
@@ -195,6 +201,7 @@ def _cross_validate_all(runs: list, tasks: dict, y: np.ndarray, cfg: CompareConf
             folds=cfg.folds,
             repeats=cfg.repeats,
             threshold_rule=cfg.threshold_rule,
+            threshold_scale=cfg.threshold_scale,
             n_boot=cfg.n_boot,
             seed=cfg.seed,
             n_jobs=cfg.n_jobs,
@@ -277,11 +284,13 @@ def _refit(runs, tasks, y, cv, test, test_fm, cfg: CompareConfig, columns) -> tu
         rule = "majority" if mode == "seed-pairs" else cfg.threshold_rule
         meta = {"name": name, "model": model, "mode": mode, "features": list(cfg.features), "columns": columns,
                 "threshold": cv[name].threshold, "threshold_rule": rule, "seed": cfg.seed, "n_train": int(len(y)),
+                "threshold_scale": "raw" if mode == "seed-pairs" else cfg.threshold_scale,
                 "max_pairs": cfg.max_pairs}  # fmt: skip
         models[name] = (pipe, meta)
         if test is not None:
             keys, s = _score_split(pipe, mode, test, test_fm, cfg)
-            test_scores[name] = (keys, s, (s >= cv[name].threshold).astype(int))
+            scale = "raw" if mode == "seed-pairs" else cfg.threshold_scale
+            test_scores[name] = (keys, s, apply_threshold(s, cv[name].threshold, scale)[0])
     return models, test_scores
 
 
@@ -313,8 +322,10 @@ def _write_outputs(out_dir: Path, result: dict, table: str, models: dict, test_s
                 old.unlink()
                 old.with_suffix(".json").unlink(missing_ok=True)
     for name, (keys, s, pred) in test_scores.items():
-        meta = {"scorer": name, "threshold": result["thresholds"][name], "rule": models[name][1]["threshold_rule"],
+        meta = {"scorer": name, "threshold_on_scale": result["thresholds"][name],
+                "threshold_scale": models[name][1]["threshold_scale"], "rule": models[name][1]["threshold_rule"],
                 "source": "compare", "calibrated_on": "dev (cross-validated out-of-fold scores)"}  # fmt: skip
+        meta["threshold"] = apply_threshold(s, meta["threshold_on_scale"], meta["threshold_scale"])[1]
         write_scores(scores_dir / f"{name}.csv", keys, s, pred, meta=meta)
     with atomic_path(out_dir / "compare") as tmp:
         tmp.mkdir(parents=True)

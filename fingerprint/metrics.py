@@ -6,8 +6,21 @@ builder call it). Every metric is a scikit-learn function
 (precision_recall_fscore_support, roc_curve, ...); this module only decides
 what to do where a metric is undefined (one class in the truth: reported as
 None) and how to resample (stratified bootstrap, Efron & Tibshirani 1993).
-"used" (1) is the positive class, as in the official 2023 F1. Thresholds
-are max-F1 or Youden's J (Youden 1950) on labelled scores.
+"used" (1) is the positive class, as in the official 2023 F1.
+
+Thresholds (`calibrate_threshold`): the default rule maximises Cohen's kappa
+(the challenge's metric since 2025), averaged over bootstrap resamples of
+the labelled scores so that one lucky gap between two scores does not decide
+it (a smoothed argmax); `balanced_accuracy` is the same for (TPR + TNR) / 2;
+`max_f1` (F1 on "used" rewards labelling everything used) and Youden's J
+(Youden 1950; the unsmoothed twin of balanced accuracy) stay available. A
+threshold can apply on the raw scores or on scores standardised within their
+split (robust z or rank-gauss; `standardise`, `apply_threshold`): k-NN distances to a
+pool of 500 and to one of 2,000 generated images differ systematically, so a
+raw dev threshold applied to test labels almost everything one way, while a
+standardised threshold carries roughly the share labelled used (an
+assumption that holds when dev and test are similarly balanced, as in the
+challenge).
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import norm, rankdata
 from sklearn import config_context
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
@@ -33,9 +47,16 @@ from sklearn.metrics import (
 )
 
 from fingerprint.utils import FingerprintError
-from fingerprint.vocab import METRICS, SCORE_METRICS, THRESHOLD_RULES
+from fingerprint.vocab import METRICS, SCORE_METRICS, SCORE_SCALES, THRESHOLD_RULES
 
 log = logging.getLogger(__name__)
+
+#: the metrics tables lead with: a threshold cannot game them, or they reward useful labels
+LEAD_METRICS = METRICS[:5]
+#: bootstrap resamples that smooth the kappa and balanced-accuracy threshold rules
+THRESHOLD_BOOT = 200
+#: a run file labelling more than this share of the test reals one way is flagged when dev is balanced
+LABEL_SHARE_LIMIT = 0.85
 
 
 def _none_if_nan(x: float | None) -> float | None:
@@ -67,10 +88,10 @@ def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, max_fprs: Sequence[float]) -> list
 def point_metrics(y_true: np.ndarray, scores: np.ndarray | None, y_pred: np.ndarray) -> dict[str, float | None]:
     """Every metric in METRICS for one sample; None where it is undefined.
 
-    Five scikit-learn calls cover all nine metrics (this runs once per
+    Five scikit-learn calls cover all ten metrics (this runs once per
     bootstrap resample): precision/recall/F1 of both classes (specificity is
-    the negative class's recall), accuracy, kappa, and one ROC curve for the
-    AUC and the TPR at low FPR.
+    the negative class's recall; balanced accuracy their mean), accuracy,
+    kappa, and one ROC curve for the AUC and the TPR at low FPR.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -87,6 +108,8 @@ def point_metrics(y_true: np.ndarray, scores: np.ndarray | None, y_pred: np.ndar
             "specificity": _none_if_nan(rec[0]),
             "kappa": _none_if_nan(cohen_kappa_score(y_true, y_pred, labels=[0, 1])),
         }
+        sens, spec = out["recall"], out["specificity"]
+        out["balanced_accuracy"] = None if sens is None or spec is None else 0.5 * (sens + spec)
         if scores is not None and both:
             fpr, tpr = roc_points(y_true, scores)
             out["roc_auc"] = float(auc(fpr, tpr))
@@ -175,29 +198,29 @@ def _bootstrap(
 
 
 def calibrate_threshold(
-    y_true: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, rule: str = "max_f1"
+    y_true: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    rule: str = "kappa",
+    *,
+    n_boot: int = THRESHOLD_BOOT,
+    seed: int = 0,
 ) -> float:
-    """Decision threshold (predict used when score >= threshold) from labelled scores.
+    """Decision threshold (predict used when score >= threshold) from labelled scores, by `rule`.
 
-    `max_f1` (the default: F1 on "used" is the official 2023 metric) picks the
-    threshold with the best F1; `youden` maximises TPR - FPR (balanced errors,
-    better for accuracy and kappa). Ties go to the highest threshold. The value
-    returned is the midpoint between the chosen score and the next lower one,
-    so it separates the same calibration images but does not sit on one.
+    `kappa` (the default) and `balanced_accuracy` maximise the mean of that
+    metric over `n_boot` stratified bootstrap resamples of (y, scores) (0: the
+    plain argmax); `max_f1` picks the best F1 on "used"; `youden` maximises
+    TPR - FPR. Ties go to the highest threshold. The value returned is the
+    midpoint between the chosen score and the next lower one, so it separates
+    the same calibration images but does not sit on one. Scores fitted on these
+    labels (a trained model's own training images) make any rule optimistic:
+    give out-of-fold scores.
     """
     if rule not in THRESHOLD_RULES:
         raise FingerprintError(f"calibrate: unknown rule {rule!r} (choose from {', '.join(THRESHOLD_RULES)})")
-    y = np.asarray(y_true)
-    s = np.asarray(scores, dtype=np.float64)
-    if y.shape != s.shape or y.ndim != 1 or len(y) == 0:
-        raise FingerprintError(f"calibrate: {len(s)} scores for {len(y)} labels")
-    if not np.isin(y, (0, 1)).all():
-        raise FingerprintError("calibrate: labels must be 0 (not used) and 1 (used)")
-    if len(np.unique(y)) < 2:
-        raise FingerprintError("calibrate: the calibration set needs both used and not-used images")
-    if not np.isfinite(s).all():
-        raise FingerprintError("calibrate: scores contain NaN or infinity")
-    y = y.astype(np.int64)
+    y, s = _check_calibration(y_true, scores)
+    if rule in ("kappa", "balanced_accuracy"):
+        return _smoothed_argmax(y, s, rule, n_boot, seed)
     if rule == "max_f1":
         precision, recall, thresholds = precision_recall_curve(y, s)
         precision, recall = precision[:-1], recall[:-1]
@@ -213,6 +236,116 @@ def calibrate_threshold(
         chosen = float(thresholds[best].max())
     lower = s[s < chosen]
     return float((chosen + lower.max()) / 2.0) if len(lower) else chosen
+
+
+def _check_calibration(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1 or len(y) == 0:
+        raise FingerprintError(f"calibrate: {len(s)} scores for {len(y)} labels")
+    if not np.isin(y, (0, 1)).all():
+        raise FingerprintError("calibrate: labels must be 0 (not used) and 1 (used)")
+    if len(np.unique(y)) < 2:
+        raise FingerprintError("calibrate: the calibration set needs both used and not-used images")
+    if not np.isfinite(s).all():
+        raise FingerprintError("calibrate: scores contain NaN or infinity")
+    return y.astype(np.int64), s
+
+
+def threshold_curve(y: np.ndarray, s: np.ndarray, thresholds: np.ndarray, rule: str) -> np.ndarray:
+    """Kappa or balanced accuracy of "used if s >= t" for every t in `thresholds` (vectorised, O(T log n))."""
+    pos, neg = np.sort(s[y == 1]), np.sort(s[y == 0])
+    n_pos, n_neg = float(len(pos)), float(len(neg))
+    tp = n_pos - np.searchsorted(pos, thresholds, side="left")
+    fp = n_neg - np.searchsorted(neg, thresholds, side="left")
+    fn, tn = n_pos - tp, n_neg - fp
+    if rule == "balanced_accuracy":
+        return 0.5 * (tp / max(n_pos, 1.0) + tn / max(n_neg, 1.0))
+    n = n_pos + n_neg
+    po = (tp + tn) / n
+    pe = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / n**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pe < 1 - 1e-12, (po - pe) / (1 - pe), 0.0)
+
+
+def _smoothed_argmax(y: np.ndarray, s: np.ndarray, rule: str, n_boot: int, seed: int) -> float:
+    """The candidate threshold (midpoints between distinct scores) with the best bootstrap-mean `rule` value."""
+    u = np.unique(s)
+    gap = float(u[-1] - u[0]) if len(u) > 1 else 1.0
+    cands = np.r_[(u[1:] + u[:-1]) / 2.0, u[-1] + max(gap, 1.0)]  # "all used" is u[0] itself (see below)
+    cands = np.r_[u[0], cands]
+    total = threshold_curve(y, s, cands, rule).astype(np.float64)
+    if n_boot > 0:
+        rng = np.random.default_rng(seed)
+        groups = [np.flatnonzero(y == c) for c in (0, 1)]
+        total = np.zeros(len(cands))
+        for _ in range(n_boot):
+            idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+            total += threshold_curve(y[idx], s[idx], cands, rule)
+    best = np.flatnonzero(total >= total.max() - 1e-9 * max(1, n_boot))
+    return float(cands[best.max()])
+
+
+def standardise(scores: Sequence[float] | np.ndarray, how: str = "rank") -> np.ndarray:
+    """One split's scores on a common scale: "rank" = rank-gauss (the normal quantile of the average rank, ties
+    shared; immune to any monotone change of scale between splits and to point masses), "robust" = (s - median)
+    / IQR (IQR falls back to the standard deviation, then 1)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if len(s) == 0:
+        return s
+    if how == "rank":
+        return norm.ppf((rankdata(s) - 0.5) / len(s))
+    if how != "robust":
+        raise FingerprintError(f"standardise: unknown method {how!r} (rank or robust)")
+    q1, med, q3 = np.percentile(s, [25, 50, 75])
+    scale = q3 - q1
+    if not scale > 1e-12:
+        scale = s.std() if s.std() > 1e-12 else 1.0
+    return (s - med) / scale
+
+
+def on_scale(scores: Sequence[float] | np.ndarray, scale: str) -> np.ndarray:
+    """Scores on the threshold scale `scale` (vocab.SCORE_SCALES): standardised within this split, or raw."""
+    if scale not in SCORE_SCALES:
+        raise FingerprintError(f"unknown threshold scale {scale!r} (choose from {', '.join(SCORE_SCALES)})")
+    s = np.asarray(scores, dtype=np.float64)
+    return s if scale == "raw" else standardise(s, scale)
+
+
+def apply_threshold(
+    scores: Sequence[float] | np.ndarray, threshold: float, scale: str = "raw"
+) -> tuple[np.ndarray, float]:
+    """(labels 0/1, the same cut on the raw scores): "used" where the score on `scale` is >= threshold.
+
+    The raw cut is a midpoint between the highest raw score labelled not used and the lowest labelled used,
+    so `labels == (scores >= raw_cut)` on this split and a score file's threshold stays meaningful.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    labels = (on_scale(s, scale) >= threshold).astype(np.int64)
+    if scale == "raw" or len(s) == 0:
+        return labels, float(threshold)
+    if labels.all():
+        return labels, float(s.min())
+    if not labels.any():
+        return labels, float(np.nextafter(s.max(), np.inf))
+    return labels, float((s[labels == 0].max() + s[labels == 1].min()) / 2.0)
+
+
+def label_share_warning(
+    share_used: float, n_dev: int, n_dev_used: int, *, limit: float = LABEL_SHARE_LIMIT
+) -> str | None:
+    """A warning when the labelled dev set is balanced but a run file labels more than `limit` of its reals one way."""
+    if n_dev <= 0:
+        return None
+    balanced = abs(n_dev_used / n_dev - 0.5) <= 0.1
+    one_way = max(share_used, 1.0 - share_used)
+    if balanced and one_way > limit:
+        side = "used" if share_used >= 0.5 else "not used"
+        return (
+            f"{one_way:.0%} of the test reals are labelled {side} although the labelled dev set is balanced "
+            f"({n_dev_used}/{n_dev} used): the threshold does not transfer, read the ROC-AUC, not the labels"
+        )
+    return None
 
 
 def read_truth(path: str | Path) -> dict[str, int]:
@@ -256,6 +389,19 @@ def align_truth(
             f"{source}: {len(unscored)} key(s) of {truth_path} have no score (first: {', '.join(unscored[:3])})"
         )
     return np.array([truth[k] for k in keys], dtype=np.int64)
+
+
+def auc_margin(results: dict[str, dict], scorer: str, baselines: Sequence[str]) -> dict | None:
+    """`scorer`'s ROC-AUC minus the best ROC-AUC among `baselines` in one evaluation ({scorer: evaluate dict})."""
+
+    def auc(name: str) -> float | None:
+        return (results.get(name, {}).get("roc_auc") or {}).get("value")
+
+    mine, known = auc(scorer), [(auc(b), b) for b in baselines if auc(b) is not None]
+    if mine is None or not known:
+        return None
+    best_auc, best = max(known)
+    return {"scorer": scorer, "auc": mine, "baseline": best, "baseline_auc": best_auc, "margin": mine - best_auc}
 
 
 def format_table(results: dict[str, dict], metrics: Sequence[str] = METRICS) -> str:

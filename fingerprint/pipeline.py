@@ -1,13 +1,14 @@
 """The whole pipeline on one data set (`run_pipeline(RunConfig)`), and the demo on the built-in benchmark.
 
-pack -> train -> embed -> index -> score (every registered scorer) ->
-compare / cluster -> evaluate -> report, each stage a library call with its
-config object (`run_pack(PackConfig)`, `run_train(TrainConfig)`, ...). Every
-stage config is built, and so checked, before the first stage starts
-(`plan_run`), together with the input's file names (figure ids). Every stage
-writes into one run folder (layout in docs/design.md), which is locked while
-the run writes into it (`fingerprint.locks`); `Stages` is the one place a
-stage is run: it skips a stage whose stage-complete record matches
+pack -> adapt (-> pretrain) -> train -> embed -> index -> profile -> fuse ->
+score (every registered scorer; the fused scorer writes run.csv) -> compare /
+cluster -> evaluate -> report, each stage a library call with its config
+object (`run_pack(PackConfig)`, `run_adapt(AdaptConfig)`, ...). Every stage
+config is built, and so checked, before the first stage starts (`plan_run`),
+together with the input's file names (figure ids). Every stage writes into
+one run folder (layout in docs/design.md), which is locked while the run
+writes into it (`fingerprint.locks`); `Stages` is the one place a stage is
+run: it skips a stage whose stage-complete record matches
 (`fingerprint.records`; so an interrupted or failed run picks up where it
 stopped, and an interrupted training continues from its last checkpoint;
 `force` redoes everything), logs the stage's equivalent command line, times
@@ -30,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import faiss
 
+from fingerprint.adapt import METRIC_META, AdaptConfig, run_adapt
 from fingerprint.benchdata.synth import LEVELS, SynthConfig, run_synth
 from fingerprint.checkpoints import resumable_checkpoint
 from fingerprint.cluster import ClusterConfig, run_cluster
@@ -40,17 +42,22 @@ from fingerprint.config import (
     command_line,
     config_from_file,
     fail,
+    load_config_file,
     option,
     section_of,
     to_argv,
+    values_from_mapping,
 )
 from fingerprint.embed import EmbedConfig, run_embed
 from fingerprint.evaluate import EvaluateConfig, run_evaluate
 from fingerprint.feature_store import SET_FILE, FeatureStore
+from fingerprint.fuse import FuseConfig, run_fuse
 from fingerprint.index import IndexConfig, run_index
 from fingerprint.locks import folder_lock
-from fingerprint.metrics import format_table
+from fingerprint.metrics import LEAD_METRICS, auc_margin, format_table, label_share_warning
 from fingerprint.pack import PackConfig, run_pack
+from fingerprint.pretrain import BACKBONE_FILE, PretrainConfig, run_pretrain
+from fingerprint.profile import DEFAULT_SPACES, ProfileConfig, run_profile
 from fingerprint.records import StageRecords, listing_digest
 from fingerprint.report import ReportConfig, run_report
 from fingerprint.runfile import validate
@@ -69,12 +76,12 @@ from fingerprint.utils import (
     remove_stale_temporaries,
     write_json,
 )
-from fingerprint.vocab import BACKBONES, DEVICES, MIXED_PRECISION, SPLITS
+from fingerprint.vocab import BACKBONES, DEVICES, MIXED_PRECISION, SCORE_SCALES, SPACES, SPLITS, THRESHOLD_RULES
 
 log = logging.getLogger(__name__)
 
-#: the scorer whose labels become the run's official run file (run.csv)
-RUN_FILE_SCORER = "relation"
+#: the scorer whose labels become the run's official run file (run.csv): the trained fusion (fingerprint.fuse)
+RUN_FILE_SCORER = "fused"
 #: the other registered scorers, run as baselines by default
 BASELINES = tuple(n for n in scorer_names() if n != RUN_FILE_SCORER)
 #: what `fingerprint demo` shows: the membership pipeline, or a collection-level command (fingerprint.demos)
@@ -103,6 +110,17 @@ class RunOptions:
         500_000, min=0, help="run pairwise scorers (the seed's rule) only when real x generated is at most this"
     )
     index_factory: str = option("Flat", help="FAISS index over generated embeddings (Flat = exact)")
+    rule: str = option(THRESHOLD_RULES[0], choices=THRESHOLD_RULES, help="threshold rule of every scorer's labels")
+    scale: str = option(
+        SCORE_SCALES[0], choices=SCORE_SCALES, help="thresholds apply on scores standardised per split (robust, rank)"
+    )
+    spaces: tuple[str, ...] = option(
+        DEFAULT_SPACES, choices=SPACES, help="similarity-profile spaces the fused scorer may use (emb: a model's)"
+    )
+    pretrain: bool = option(False, help="SSCD-style CNN pretraining: its trunk starts the relation model, emb space")
+    stage_config: Path | None = option(
+        None, help="TOML/YAML with [adapt], [pretrain], [profile], [fuse] tables (any option of those stages)"
+    )
     n_boot: int = option(500, min=0, help="bootstrap resamples for every metric's 95%% interval")
     train_config: Path | None = option(None, help="TOML/YAML config of the training stage (any train option)")
     compare: bool = option(True, help="run the scikit-learn comparators")
@@ -245,6 +263,17 @@ class RunPaths:
         return self.out / "model"
 
     @property
+    def fusion(self) -> Path:
+        return self.out / "model" / "fusion.json"
+
+    @property
+    def pretrain(self) -> Path:
+        return self.out / "pretrain"
+
+    def profile(self, split: str) -> Path:
+        return self.out / "profile" / f"{split}.npz"
+
+    @property
     def log(self) -> Path:
         return self.out / "log.jsonl"
 
@@ -283,6 +312,7 @@ class RunPlan:
     compare: CompareConfig | None
     cluster: ClusterConfig | None
     report: ReportConfig | None
+    fusion: dict[str, Any]  # adapt / pretrain (None when not run), profile and fuse configs
 
 
 def plan_run(cfg: RunConfig) -> RunPlan:
@@ -320,6 +350,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         compare=_compare_config(paths, cfg) if cfg.compare else None,
         cluster=ClusterConfig(**feats, out=paths.out, n_boot=cfg.n_boot, seed=cfg.seed) if cfg.cluster else None,
         report=ReportConfig(run_dir=paths.out, seed=cfg.seed) if cfg.report else None,
+        fusion=_fusion_configs(paths, cfg),
     )  # fmt: skip
 
 
@@ -370,9 +401,16 @@ def _run_stages(plan: RunPlan) -> dict:
     t0 = time.perf_counter()
     for s, pack in plan.pack.items():
         stage(f"pack-{s}", run_pack, pack, [paths.shards(s) / "manifest.json"], inputs=[pack.src])
+    fusion = plan.fusion
+    if fusion["adapt"] is not None:
+        stage("adapt", run_adapt, fusion["adapt"], [paths.model / METRIC_META])
+    if fusion["pretrain"] is not None:
+        stage("pretrain", run_pretrain, fusion["pretrain"], [paths.pretrain / BACKBONE_FILE])
     stage("train", run_train, plan.train, [paths.model / "model.safetensors"], resume=_resume_training)
     _embed_and_index(stage, paths, plan)
-    _score(stage, paths, cfg)
+    stage("profile", run_profile, fusion["profile"], [paths.profile(s) for s in SPLITS])
+    stage("fuse", run_fuse, fusion["fuse"], [paths.fusion])
+    warnings = _score(stage, paths, cfg)
     check_run_file(paths, plan.test_ids)
     if plan.compare is not None:
         stage("compare", run_compare, plan.compare, [out / "compare"])
@@ -391,7 +429,11 @@ def _run_stages(plan: RunPlan) -> dict:
         "seconds": round(total, 1),
         "stage_seconds": stage.timings,
         "run_file": str(out / "run.csv"),
+        "run_file_scorer": RUN_FILE_SCORER,
+        "warnings": warnings,
         "metrics": str(out / "metrics.json") if metrics else None,
+        "table": roc_table(metrics["scorers"]) if metrics else None,
+        "margin": auc_margin(metrics["scorers"], RUN_FILE_SCORER, untrained_scorers()) if metrics else None,
         "report": str(out / "report.html") if cfg.report else None,
     }
     write_json(out / "run.json", summary)
@@ -427,7 +469,10 @@ def _common(cfg: RunOptions) -> dict[str, Any]:
 
 
 def _train_config(paths: RunPaths, cfg: RunConfig) -> TrainConfig:
-    given = {"epochs": cfg.epochs} if cfg.epochs is not None else {}
+    given: dict[str, Any] = {"epochs": cfg.epochs} if cfg.epochs is not None else {}
+    if cfg.pretrain:
+        given["weights"] = paths.pretrain / BACKBONE_FILE
+    given |= {"calibration": cfg.rule, "calibration_scale": cfg.scale}
     try:
         return config_from_file(
             TrainConfig, cfg.train_config, shards=paths.shards("dev"), out=paths.model, backbone=cfg.backbone,
@@ -435,6 +480,39 @@ def _train_config(paths: RunPaths, cfg: RunConfig) -> TrainConfig:
         )  # fmt: skip
     except ConfigError as e:
         raise ConfigError(f"{cfg.train_config}: {e}" if cfg.train_config else str(e)) from None
+
+
+def stage_config(cls: type, cfg: RunOptions, required: dict[str, Any], defaults: dict[str, Any] | None = None) -> Any:
+    """A stage's config: run-level `defaults`, then the stage's table of `cfg.stage_config`, then `required`."""
+    where = cfg.stage_config
+    values = {} if where is None else values_from_mapping(cls, load_config_file(where, cls.SECTION), str(where))
+    return cls(**{**(defaults or {}), **values, **required})
+
+
+def _fusion_configs(paths: RunPaths, cfg: RunConfig) -> dict[str, Any]:
+    """adapt (when the k32x space or pretraining needs its metric), pretrain, profile and fuse configs."""
+    shards = tuple(paths.shards(s) for s in SPLITS)
+    runtime = {**_common(cfg), "mixed_precision": cfg.mixed_precision}
+    configs: dict[str, Any] = {"adapt": None, "pretrain": None}
+    if "k32x" in cfg.spaces or cfg.pretrain:
+        required = {"shards": shards, "out": paths.model, "log": paths.log, **runtime}
+        configs["adapt"] = stage_config(AdaptConfig, cfg, required)
+    if cfg.pretrain:
+        required = {"shards": shards, "out": paths.pretrain, "log": paths.log, "metric": paths.model, **runtime}
+        configs["pretrain"] = stage_config(PretrainConfig, cfg, required, {"backbone": cfg.backbone})
+    spaces = tuple(cfg.spaces) + (("emb",) if cfg.pretrain and "emb" not in cfg.spaces else ())
+    required = {"dev": paths.shards("dev"), "test": paths.shards("test"), "out": paths.out / "profile"}
+    required |= {"log": paths.log, "seed": cfg.seed, "threads": cfg.threads}
+    if "k32x" in spaces:
+        required["metric"] = paths.model
+    if "emb" in spaces:
+        required["descriptor"] = paths.pretrain if cfg.pretrain else paths.model
+    configs["profile"] = profile = stage_config(ProfileConfig, cfg, required, {"spaces": spaces})
+    fit = {"dev": paths.profile("dev"), "out": paths.fusion, "log": paths.log, "seed": cfg.seed}
+    configs["fuse"] = stage_config(
+        FuseConfig, cfg, fit, {"spaces": profile.spaces, "rule": cfg.rule, "scale": cfg.scale}
+    )
+    return configs
 
 
 def _resume_training(cfg: TrainConfig) -> TrainConfig:
@@ -459,12 +537,14 @@ def _split_sizes(shards_dir: Path | str) -> tuple[int, int]:
     return int(roles.get("real", 0)), int(roles.get("generated", 0))
 
 
-def _threshold(score_file: Path) -> float:
-    """The decision threshold a dev score file was labelled with (from its .json sidecar)."""
+def _threshold(score_file: Path) -> tuple[float, str]:
+    """The decision threshold a dev score file was labelled with, and its scale (from its .json sidecar)."""
     meta = read_score_meta(score_file) or {}
     if meta.get("threshold") is None:
         raise FingerprintError(f"{score_file}: no threshold in its sidecar (re-run with run.force)")
-    return float(meta["threshold"])
+    if meta.get("threshold_on_scale") is None:
+        return float(meta["threshold"]), "raw"
+    return float(meta["threshold_on_scale"]), str(meta.get("threshold_scale", "raw"))
 
 
 def score_config(
@@ -472,34 +552,43 @@ def score_config(
 ) -> ScoreConfig:
     """The score stage of scorer `name` on `split`: its inputs from the registry's declared needs.
 
-    dev: calibrated on the labelled dev split it scores (the relation scorer
-    stores the threshold with the model); test: the dev stage's threshold
-    (read from its sidecar unless `threshold` is given), not a second
-    computation of every dev score.
+    dev: untrained scorers are calibrated on the labelled dev split they score;
+    scorers fitted on dev labels take the threshold stored with their model,
+    chosen out of sample (fused: on out-of-fold dev scores; relation: on its
+    held-out validation images). test: the dev stage's threshold, on the same
+    per-split scale (read from its sidecar unless `threshold` is given), not a
+    second computation of every dev score.
     """
-    needs = get_scorer(name).needs
-    pixels = "pixels" in needs
+    scorer = get_scorer(name)
+    needs = scorer.needs
     args: dict[str, Any] = {"scorer": name, "out": paths.scores(split) / f"{name}.csv", "log": paths.log}
-    if pixels:
+    if "pixels" in needs:
         args["shards"] = paths.shards(split)
+    elif "profile" in needs:
+        args |= {"profile": paths.profile(split), "fusion": paths.fusion}
     else:
         args |= {"features": paths.features(split), "k": cfg.k}
     if "index" in needs:
         args["index"] = paths.index(split)
     if "model" in needs:
         args["model"] = paths.model
-    if split == "dev":
-        args["calibrate_on"] = paths.shards("dev") if pixels else paths.features("dev")
+    args |= {"rule": cfg.rule, "scale": cfg.scale}
+    if split == "dev" and not scorer.calibrates_model:
+        args["calibrate_on"] = args.get("shards") or args.get("features")
         if "index" in needs:
             args["dev_index"] = paths.index("dev")
-    else:
-        args["threshold"] = _threshold(paths.scores("dev") / f"{name}.csv") if threshold is None else threshold
+    elif split != "dev":
+        if threshold is None:
+            args["threshold"], args["scale"] = _threshold(paths.scores("dev") / f"{name}.csv")
+        else:
+            args["threshold"] = threshold
         if name == RUN_FILE_SCORER:
             args["run_file"] = paths.out / "run.csv"
     return ScoreConfig(**args, **_common(cfg))
 
 
-def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
+def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> list[str]:
+    """Every scorer on dev then test; returns the warnings about the run file's labels."""
     n_real, n_gen = _split_sizes(paths.shards("test"))
     for name in (RUN_FILE_SCORER, *cfg.baselines):
         if get_scorer(name).pairwise and n_real * n_gen > cfg.seed_rule_max_pairs:
@@ -512,6 +601,46 @@ def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> None:
             # the test config reads the dev threshold, so it is built after the dev stage ran
             score = score_config(name, s, paths, cfg)
             stage(f"score-{name}-{s}", run_score, score, [*score.outputs(), score.out.with_suffix(".json")])
+    return check_label_share(paths)
+
+
+def check_label_share(paths: RunPaths) -> list[str]:
+    """Warn (log + the run-file scorer's sidecar) when a balanced dev set meets a run file labelled one way."""
+    test = paths.scores("test") / f"{RUN_FILE_SCORER}.csv"
+    meta = read_score_meta(test) or {}
+    labels = read_manifest(paths.shards("dev")).get("counts", {}).get("label", {})
+    n_used, n_not = int(labels.get("used", 0)), int(labels.get("not_used", 0))
+    if not meta.get("n"):
+        return []
+    warning = label_share_warning(meta["n_predicted_used"] / meta["n"], n_used + n_not, n_used)
+    if warning is None:
+        if meta.pop("warnings", None) is not None:
+            write_json(test.with_suffix(".json"), meta)
+        return []
+    log.warning("run.csv (%s): %s", RUN_FILE_SCORER, warning)
+    write_json(test.with_suffix(".json"), {**meta, "warnings": [warning]})
+    return [warning]
+
+
+def roc_table(results: dict[str, dict]) -> str:
+    """The test metrics that lead (ROC-AUC, kappa, balanced accuracy, TPR at 1% / 5% FPR), the run file's
+    scorer first, then every other scorer by ROC-AUC, and the margin line."""
+
+    def auc(name: str) -> float:
+        v = (results[name].get("roc_auc") or {}).get("value")
+        return -1.0 if v is None else v
+
+    order = [n for n in results if n == RUN_FILE_SCORER] + sorted(
+        (n for n in results if n != RUN_FILE_SCORER), key=lambda n: (-auc(n), n)
+    )
+    text = format_table({n: results[n] for n in order}, LEAD_METRICS)
+    margin = auc_margin(results, RUN_FILE_SCORER, untrained_scorers())
+    if margin is not None:
+        text += (
+            f"\nmargin of {RUN_FILE_SCORER} (run.csv) over the best untrained baseline "
+            f"({margin['baseline']} {margin['baseline_auc']:.3f}): {margin['margin']:+.3f} ROC-AUC"
+        )
+    return text
 
 
 def _compare_config(paths: RunPaths, cfg: RunOptions) -> CompareConfig:
@@ -535,7 +664,7 @@ def _evaluate(stage: Stages, paths: RunPaths, truth: Path, cfg: RunConfig) -> di
         seed=cfg.seed,
     )  # fmt: skip
     results = stage("evaluate", run_evaluate, evaluate, [out / "metrics.json"], derived=True)
-    log.info("test metrics:\n%s", format_table(results))
+    log.info("test metrics:\n%s", roc_table(results))
     metrics = read_json(out / "metrics.json")
     dev = _dev_metrics(out)
     if dev:

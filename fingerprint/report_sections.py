@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fingerprint.cluster_outputs import COMPOSITION, SPLIT_METRICS
-from fingerprint.metrics import roc_auc, roc_points
+from fingerprint.metrics import auc_margin, roc_auc, roc_points
 from fingerprint.report_data import (
     RunInputs,
     group_name,
@@ -30,6 +30,7 @@ from fingerprint.report_data import (
 )
 from fingerprint.report_figures import histogram_figure, roc_figure, sample_grid, strip_figure, training_figure
 from fingerprint.report_html import Section, fmt, metric_cell
+from fingerprint.scorers import untrained_scorers
 from fingerprint.shards import read_manifest
 from fingerprint.utils import read_json
 from fingerprint.vocab import METRIC_TITLES, METRICS, SPLITS
@@ -185,7 +186,8 @@ def section_training(run: RunInputs) -> Section:
 
 
 def _metrics_rows(results: dict[str, dict], thresholds: dict[str, Any] | None = None) -> tuple[list, list, list[int]]:
-    """Rows sorted by ROC-AUC; the threshold comes from the metrics or, failing that, the score file's sidecar."""
+    """Rows sorted by ROC-AUC (the best kappa highlighted); the threshold comes from the metrics or, failing
+    that, the score file's sidecar."""
     thresholds = thresholds or {}
     header = ["scorer", *(METRIC_TITLES[m] for m in METRICS), "threshold", "tn/fp/fn/tp"]
 
@@ -202,9 +204,28 @@ def _metrics_rows(results: dict[str, dict], thresholds: dict[str, Any] | None = 
         thr = r.get("threshold")
         thr = thresholds.get(name) if thr is None else thr
         rows.append([name, *(metric_cell(r.get(m)) for m in METRICS), fmt(thr, 4), cm_text])
-    f1s = [(r.get("f1") or {}).get("value") for r in (results[n] for n in order)]
-    best = [i for i, v in enumerate(f1s) if v is not None and v == max(x for x in f1s if x is not None)]
+    kappas = [(r.get("kappa") or {}).get("value") for r in (results[n] for n in order)]
+    known = [x for x in kappas if x is not None]
+    best = [i for i, v in enumerate(kappas) if known and v is not None and v == max(known)]
     return header, rows, best
+
+
+def run_file_lines(run: RunInputs, results: dict[str, dict]) -> list[str]:
+    """Which scorer wrote run.csv, its margin over the best untrained baseline, and warnings about its labels."""
+    lines = []
+    for name, meta in run.score_meta.items():
+        if not meta.get("run_file"):
+            continue
+        margin = auc_margin(results, name, untrained_scorers())
+        text = f"The run file (run.csv) holds the labels of `{name}`"
+        if margin is not None:
+            text += (
+                f": test ROC-AUC {margin['auc']:.3f}, {margin['margin']:+.3f} over the best untrained baseline "
+                f"({margin['baseline']}, {margin['baseline_auc']:.3f})"
+            )
+        lines.append(text + ".")
+        lines += [f"Warning: {w}" for w in meta.get("warnings") or ()]
+    return lines
 
 
 def section_metrics(run: RunInputs) -> Section:
@@ -223,13 +244,17 @@ def section_metrics(run: RunInputs) -> Section:
         s.heading(title)
         sidecar = {n: m.get("threshold") for n, m in run.score_meta.items()} if key == "scorers" else {}
         header, rows, best = _metrics_rows(results, sidecar)
+        if key == "scorers":
+            for line in run_file_lines(run, results):
+                (s.note if line.startswith("Warning") else s.para)(line)
         s.table(header, rows, best_rows=best)
     if run.truth:
         p = sum(run.truth.values()) / len(run.truth)
         s.para(
-            f"Reference: labelling every image 'used' gives F1 {2 * p / (1 + p):.3f} and accuracy {p:.3f} on this "
-            "truth; ROC-AUC and TPR at low FPR cannot be gamed that way. Rows are sorted by ROC-AUC; the best F1 "
-            "is highlighted."
+            f"Reference: labelling every image 'used' gives F1 {2 * p / (1 + p):.3f}, accuracy {p:.3f} and kappa 0 "
+            "on this truth; ROC-AUC and TPR at low FPR cannot be gamed by a threshold, and kappa and balanced "
+            "accuracy do not reward labelling everything one way. Rows are sorted by ROC-AUC; the best kappa is "
+            "highlighted."
         )
     return s
 
@@ -248,7 +273,7 @@ def section_comparators(run: RunInputs) -> Section:
         f"features: {', '.join(cfg.get('features', []))}; mode: {cfg.get('mode')}; ranked by {cfg.get('rank_by')}; "
         f"best: {cv.get('best')}. Values are means over repeats with mean 95% bootstrap bounds."
     )
-    metrics = ("roc_auc", "f1", "accuracy", "kappa", "tpr_at_5fpr")
+    metrics = ("roc_auc", "kappa", "balanced_accuracy", "tpr_at_5fpr", "f1")
     rows = [
         [str(i), name, *(metric_cell(cv["cv"][name].get(m)) for m in metrics), fmt(cv.get("seconds", {}).get(name), 1)]
         for i, name in enumerate(cv.get("ranking", []), 1)

@@ -1,14 +1,20 @@
 """The score stage: one registered scorer over one split, a decision threshold, score file, sidecar, run file.
 
 `run_score(ScoreConfig)` loads what the scorer declares it needs (pixels from
-a shard folder, or features with the model and a saved FAISS index), scores
-every real image, and labels it with a threshold chosen by one policy, in
-this order: a given threshold; one calibrated on a labelled dev split
-(`metrics.calibrate_threshold`, max-F1 or Youden's J; the relation scorer
-stores it in model.json); the calibration stored with the model for this
-scorer; the scorer's own default (0.5 for probabilities); else an error.
-The score file's JSON sidecar records the threshold and where it came from,
-so `evaluate` and `report` use the same one.
+a shard folder, features with the model and a saved FAISS index, or a
+similarity profile with the fitted fusion), scores every real image, and
+labels it with a threshold chosen by one policy, in this order: a given
+threshold; one calibrated on a labelled dev split
+(`metrics.calibrate_threshold`, kappa by default); the calibration stored
+with the model (relation: on its held-out validation images) or the fusion
+(fused: on out-of-fold dev scores) for this scorer; the scorer's own default
+(0.5 for probabilities); else an error. A threshold applies on a scale
+(`score.scale`): by default the scores standardised within the scored split
+(robust z), so a dev threshold transfers to a test split whose generated pool
+has another size; a stored calibration carries its own scale. The score
+file's JSON sidecar records the threshold on that scale, the same cut on the
+raw scores (`threshold`), and where it came from, so `evaluate` and `report`
+use the same one.
 """
 
 from __future__ import annotations
@@ -26,15 +32,16 @@ from fingerprint.config import check_fields, exists_error, fail, option
 from fingerprint.distributed import seed_everything, set_threads
 from fingerprint.feature_store import SET_FILE, FeatureStore
 from fingerprint.features import Features
+from fingerprint.fuse import load_fusion
 from fingerprint.index import load_index, read_index_meta, resolve_index
-from fingerprint.metrics import calibrate_threshold
+from fingerprint.metrics import apply_threshold, calibrate_threshold, on_scale
 from fingerprint.model_io import load_model, store_calibration
 from fingerprint.runfile import load_ids, validate, write_run_file
 from fingerprint.scorefiles import ScoreResult, write_scores
 from fingerprint.scorers import Scorer, ScorerInputs, get_scorer, scorer_names
 from fingerprint.stream import StreamConfig, load_all
 from fingerprint.utils import FingerprintError, JsonlLogger, check_writable
-from fingerprint.vocab import ON_ERROR, ROLES, THRESHOLD_RULES, label_codes
+from fingerprint.vocab import ON_ERROR, ROLES, SCORE_SCALES, THRESHOLD_RULES, label_codes
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,8 @@ class ScoreConfig:
     shards: str | None = option(
         None, help="shards with real and generated images (pixel scorers): a folder, folder URL, pattern or pipe:"
     )
+    profile: Path | None = option(None, help="similarity profile .npz of the split (fused; 'fingerprint profile')")
+    fusion: Path | None = option(None, help="fitted fusion model (fused; 'fingerprint fuse')")
     k: int = option(16, min=1, help="generated neighbours per real image (relation, emb_topk)")
     batch_size: int = option(64, min=1, help="real images per relation-head batch (relation)")
     pixel_size: int = option(
@@ -73,9 +82,16 @@ class ScoreConfig:
         None, help="saved FAISS index over the dev set's generated embeddings (default: exact)"
     )
     rule: str = option(
-        "max_f1", choices=THRESHOLD_RULES, help="calibration rule: max_f1 (F1 is the official metric) or youden"
+        THRESHOLD_RULES[0],
+        choices=THRESHOLD_RULES,
+        help="calibration rule: kappa or balanced_accuracy (bootstrap-smoothed), max_f1, youden",
     )
-    threshold: float | None = option(None, help="use this threshold instead of calibrating")
+    threshold: float | None = option(None, help="use this threshold (on score.scale) instead of calibrating")
+    scale: str = option(
+        SCORE_SCALES[0],
+        choices=SCORE_SCALES,
+        help="scale of a given or calibrated threshold: robust/rank = standardised within the scored split, raw",
+    )
     store_calibration: bool = option(True, help="relation: save a calibrated threshold into the model's model.json")
     run_file: Path | None = option(None, help="also write the official run file (<figure_id>,<0|1>)")
     ids: Path | None = option(None, help="check the run file against these official ids (one per line)")
@@ -89,7 +105,8 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         needs = get_scorer(self.scorer).needs
-        for name, need in (("features", "features"), ("model", "model"), ("shards", "pixels")):
+        pairs = (("features", "features"), ("model", "model"), ("shards", "pixels"), ("profile", "profile"))
+        for name, need in (*pairs, ("fusion", "fusion")):
             if need in needs and getattr(self, name) is None:
                 raise fail(self, "scorer", f"{self.scorer} needs score.{name}")
 
@@ -112,34 +129,44 @@ def run_score(cfg: ScoreConfig) -> dict:
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
     t0 = time.perf_counter()
-    model, meta = load_model(cfg.model) if scorer.trained else (None, None)
-    source = cfg.shards if "pixels" in scorer.needs else cfg.features
+    model, meta = load_model(cfg.model) if "model" in scorer.needs else (None, None)
+    source = _source(cfg, scorer)
     inputs = load_inputs(scorer, cfg, source, cfg.index, model, meta)
     result = scorer.compute(inputs, cfg)
-    threshold, how, calibration = choose_threshold(cfg, scorer, inputs, result, meta)
-    labels = (np.asarray(result.score) >= threshold).astype(np.int64)
+    threshold, scale, how, calibration = choose_threshold(cfg, scorer, inputs, result)
+    labels, cut = apply_threshold(result.score, threshold, scale)
     sidecar = {
         "scorer": cfg.scorer,
-        "threshold": threshold,
+        "threshold": cut,
+        "threshold_scale": scale,
+        "threshold_on_scale": threshold,
         "threshold_from": how,
-        "rule": cfg.rule if cfg.calibrate_on else None,
+        "rule": (calibration or {}).get("rule") if calibration else (cfg.rule if how == "given" else None),
         "calibration": calibration,
         "source": str(source),
         "k": cfg.k if scorer.uses_k else None,
         "n": len(result.keys),
         "n_predicted_used": int(labels.sum()),
+        "run_file": str(cfg.run_file) if cfg.run_file else None,
         **scorer.sidecar(cfg),
     }
     _write_outputs(cfg, scorer, result, labels, sidecar)
     seconds = time.perf_counter() - t0
     n_used = int(labels.sum())
     log.info(
-        "%s: %d real images scored, %d predicted used (threshold %.4g, %s) in %.1f s -> %s",
-        *(cfg.scorer, len(result.keys), n_used, threshold, how, seconds, cfg.out),
+        "%s: %d real images scored, %d predicted used (threshold %.4g on the %s scale, %s) in %.1f s -> %s",
+        *(cfg.scorer, len(result.keys), n_used, threshold, scale, how, seconds, cfg.out),
     )
     record = {"scorer": cfg.scorer, "n": len(result.keys), "threshold": threshold, "n_predicted_used": n_used}
     JsonlLogger(cfg.log).log(stage="score", seconds=round(seconds, 3), **record)
-    return record | {"seconds": seconds, "threshold_from": how}
+    return record | {"seconds": seconds, "threshold_from": how, "threshold_scale": scale}
+
+
+def _source(cfg: ScoreConfig, scorer: Scorer) -> Path:
+    """Where the scorer reads its real images: the shard folder, the features file or the profile."""
+    if "pixels" in scorer.needs:
+        return cfg.shards
+    return cfg.profile if "profile" in scorer.needs else cfg.features
 
 
 def _write_outputs(cfg: ScoreConfig, scorer: Scorer, result: ScoreResult, labels: np.ndarray, sidecar: dict) -> None:
@@ -159,11 +186,15 @@ def _write_outputs(cfg: ScoreConfig, scorer: Scorer, result: ScoreResult, labels
 def load_inputs(
     scorer: Scorer, cfg: ScoreConfig, source: Any, index_path: Path | None, model: Any = None, meta: dict | None = None
 ) -> ScorerInputs:
-    """What `scorer` reads from `source` (shards, or a features folder / .npz), with the model and saved index.
+    """What `scorer` reads from `source` (shards, a features folder / .npz, or a profile), with its model or fusion
+    and saved index.
 
     From a features folder only the real rows are loaded; the generated ones
     stay on disk (`ScorerInputs.gallery`) and the saved index's ids are their rows.
     """
+    if "profile" in scorer.needs:
+        fusion = load_fusion(cfg.fusion) if "fusion" in scorer.needs else None
+        return ScorerInputs(profile=Path(source), fusion=fusion, calibration=(fusion or {}).get("calibration"))
     if "pixels" in scorer.needs:
         if _is_features(source):
             raise FingerprintError(f"{source}: score.scorer {scorer.name} reads pixels from shards, not features")
@@ -191,7 +222,8 @@ def load_inputs(
             raise FingerprintError(f"{index_path}: indexes the keys of a .npz; rebuild it from {source} (index stage)")
         else:
             index = resolve_index(idx, keys, feats.select(role="generated").keys.tolist(), source=str(index_path))
-    return ScorerInputs(features=feats, model=model, index=index, store=store)
+    stored = (meta or {}).get("calibration") if model is not None else None
+    return ScorerInputs(features=feats, model=model, index=index, store=store, calibration=stored, model_meta=meta)
 
 
 def _is_features(source: Any) -> bool:
@@ -226,24 +258,21 @@ def _same_file(a: Any, b: Any) -> bool:
 
 
 def choose_threshold(
-    cfg: ScoreConfig, scorer: Scorer, inputs: ScorerInputs, result: ScoreResult, meta: dict | None
-) -> tuple[float, str, dict | None]:
-    """(threshold, where it came from, calibration record) by the policy in the module docstring."""
-    stored = (meta or {}).get("calibration") or {}
+    cfg: ScoreConfig, scorer: Scorer, inputs: ScorerInputs, result: ScoreResult
+) -> tuple[float, str, str, dict | None]:
+    """(threshold, its scale, where it came from, calibration record) by the policy in the module docstring."""
+    stored = inputs.calibration or {}
     if cfg.threshold is not None:
-        return float(cfg.threshold), "given", None
+        return float(cfg.threshold), cfg.scale, "given", None
     if cfg.calibrate_on:
-        return _calibrate(cfg, scorer, inputs, result, meta)
-    if (
-        inputs.model is not None
-        and stored.get("threshold") is not None
-        and stored.get("scorer", "relation") == cfg.scorer
-    ):
-        return float(stored["threshold"]), f"stored in {cfg.model}/model.json", stored
+        return _calibrate(cfg, scorer, inputs, result)
+    if stored.get("threshold") is not None and stored.get("scorer", "relation") == cfg.scorer:
+        where = cfg.fusion if "fusion" in scorer.needs else f"{cfg.model}/model.json"
+        return float(stored["threshold"]), stored.get("scale", "raw"), f"stored in {where}", stored
     if scorer.default_threshold is not None:
         log.warning("score: no calibration; using threshold %g on the membership probability", scorer.default_threshold)
         how = f"{scorer.default_threshold} (uncalibrated probability: no calibration given or stored with the model)"
-        return scorer.default_threshold, how, None
+        return scorer.default_threshold, "raw", how, None
     raise fail(
         cfg,
         "scorer",
@@ -252,28 +281,29 @@ def choose_threshold(
 
 
 def _calibrate(
-    cfg: ScoreConfig, scorer: Scorer, inputs: ScorerInputs, result: ScoreResult, meta: dict | None
-) -> tuple[float, str, dict]:
+    cfg: ScoreConfig, scorer: Scorer, inputs: ScorerInputs, result: ScoreResult
+) -> tuple[float, str, str, dict]:
     """Calibrate on the labelled dev split (reusing this split's scores when it is the dev split)."""
-    source = cfg.shards if "pixels" in scorer.needs else cfg.features
+    source = _source(cfg, scorer)
     if _same_file(cfg.calibrate_on, source) and _same_file(cfg.dev_index, cfg.index):
         dev, dev_result = inputs, result
     else:
-        dev = load_inputs(scorer, cfg, cfg.calibrate_on, cfg.dev_index, inputs.model, meta)
+        dev = load_inputs(scorer, cfg, cfg.calibrate_on, cfg.dev_index, inputs.model, inputs.model_meta)
         dev_result = scorer.compute(dev, cfg)
     truth = dev.real_labels()
     y = label_codes([truth[k] for k in dev_result.keys], source=str(cfg.calibrate_on))
-    threshold = calibrate_threshold(y, dev_result.score, cfg.rule)
+    threshold = calibrate_threshold(y, on_scale(dev_result.score, cfg.scale), cfg.rule, seed=cfg.seed)
     calibration = {
         "threshold": threshold,
         "rule": cfg.rule,
+        "scale": cfg.scale,
         "scorer": cfg.scorer,
         "k": cfg.k,
         "n": int(len(y)),
         "n_pos": int(y.sum()),
         "source": str(cfg.calibrate_on),
     }
-    if scorer.calibrates_model and cfg.store_calibration:
-        store_calibration(cfg.model, inputs.model, meta, calibration)
+    if scorer.calibrates_model and cfg.store_calibration and inputs.model is not None:
+        store_calibration(cfg.model, inputs.model, inputs.model_meta, calibration)
         log.info("stored the calibration in %s/model.json", cfg.model)
-    return threshold, f"calibrated on {cfg.calibrate_on}", calibration
+    return threshold, cfg.scale, f"calibrated on {cfg.calibrate_on}", calibration

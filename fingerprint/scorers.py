@@ -9,16 +9,20 @@ scores are used (`uses_k`, a meaningful `default_threshold`, whether it
 pairs). `fingerprint score`, `fingerprint run`, `compare` and the CLI choices
 all read this registry; a new scorer is one `@register(...)`.
 
-Registered here: `relation` (the trained relation network over FAISS-retrieved
-neighbours), and the baselines of `fingerprint.baselines`: `dcr` (distance
-to closest record), `ssim` (max SSIM, the idea behind the best 2023 result),
-`emb_nn` / `emb_topk` (embedding cosine), `seed_rule` (the seed's mean
-relation probability over all generated images).
+Registered here: `fused` (the trained scorer that writes the run file: the
+sign-constrained logistic fusion of the calibrated similarity profile, fitted
+on the dev labels by `fingerprint.fuse`), `relation` (the trained relation
+network over FAISS-retrieved neighbours), and the baselines of
+`fingerprint.baselines`: `dcr` (distance to closest record), `ssim` (max
+SSIM, the idea behind the best 2023 result), `emb_nn` / `emb_topk`
+(embedding cosine), `seed_rule` (the seed's mean relation probability over
+all generated images).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -26,7 +30,9 @@ import numpy as np
 from fingerprint import baselines
 from fingerprint.feature_store import ArrayGallery, FeatureStore, Gallery
 from fingerprint.features import Features
+from fingerprint.fuse import fused_scores
 from fingerprint.inference import relation_scores
+from fingerprint.profile import load_profile
 from fingerprint.scorefiles import ScoreResult
 from fingerprint.utils import FingerprintError
 from fingerprint.vocab import SCORER_INPUTS
@@ -44,7 +50,7 @@ class ScorerParams(Protocol):
 
 @dataclass
 class ScorerInputs:
-    """What one scorer reads for one split: features (+ model, index) or pixels.
+    """What one scorer reads for one split: features (+ model, index), pixels, or a profile (+ fusion).
 
     From a features folder, `features` holds only the real rows and `store`
     the folder: `gallery()` reads the generated rows from disk as needed
@@ -56,6 +62,10 @@ class ScorerInputs:
     model: Any = None
     index: Any = None  # None (exact search), a faiss index, or (index, id -> gen row) from index.resolve_index
     store: FeatureStore | None = None  # a features folder (its generated rows are the gallery)
+    profile: Path | None = None  # a profile .npz (fingerprint.profile)
+    fusion: dict | None = None  # a fitted fusion model (fingerprint.fuse)
+    calibration: dict | None = None  # the threshold stored with the model or fusion (its own "scale")
+    model_meta: dict | None = None  # the model's model.json
 
     def real(self) -> Features:
         """The real rows (the ones scored); an error when there are none."""
@@ -85,6 +95,9 @@ class ScorerInputs:
 
     def real_labels(self) -> dict[str, str]:
         """key -> label of the real images."""
+        if self.profile is not None:
+            feats = load_profile(self.profile)[0]
+            return dict(zip(feats.keys.tolist(), feats.labels.tolist()))
         if self.pixels is not None:
             real = self.pixels["real"]
             return dict(zip(real["key"], real["label"]))
@@ -103,24 +116,26 @@ class Scorer:
     uses_k: bool = False  # reads ScorerParams.k (recorded in the score file's sidecar)
     default_threshold: float | None = None  # scores are probabilities: this threshold means something uncalibrated
     saves_neighbours: bool = False  # writes scores/neighbours.npz (the relation features of compare)
-    calibrates_model: bool = False  # its calibrated threshold is stored in the model's model.json
+    calibrates_model: bool = False  # its threshold comes with its model (chosen out of sample when it was fitted)
     pairwise: bool = False  # cost grows with real x generated pairs (skipped on large sets by `run`)
     sidecar: Callable[[ScorerParams], dict] = field(default=lambda params: {})
 
     @property
     def trained(self) -> bool:
-        """True when the scorer uses the trained model (its dev scores are fitted to the dev images)."""
-        return "model" in self.needs
+        """True when the scorer uses a model fitted on the dev labels (relation network or fusion)."""
+        return "model" in self.needs or "fusion" in self.needs
 
 
 SCORERS: dict[str, Scorer] = {}
+#: the inputs a scorer reads its real images from (exactly one)
+SOURCES = ("pixels", "features", "profile")
 
 
 def register(name: str, *, needs: tuple[str, ...], help: str, **options: Any) -> Callable:
     """Decorator: register `fn(inputs, params) -> ScoreResult` as scorer `name`."""
     unknown = set(needs) - set(SCORER_INPUTS)
-    if unknown or ("pixels" in needs) == ("features" in needs):
-        raise ValueError(f"scorer {name}: needs pixels or features (not both) from {SCORER_INPUTS}, got {needs}")
+    if unknown or sum(s in needs for s in SOURCES) != 1:
+        raise ValueError(f"scorer {name}: needs one of {', '.join(SOURCES)} from {SCORER_INPUTS}, got {needs}")
 
     def wrap(fn: Callable[[ScorerInputs, ScorerParams], ScoreResult]) -> Callable:
         SCORERS[name] = Scorer(name, fn, frozenset(needs), help, **options)
@@ -147,6 +162,16 @@ def untrained_scorers() -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- the scorers
+
+
+@register(
+    "fused",
+    needs=("profile", "fusion"),
+    help="trained: sign-constrained logistic fusion of the calibrated similarity profile (fingerprint.fuse)",
+    calibrates_model=True,
+)
+def _fused(inputs: ScorerInputs, params: ScorerParams) -> ScoreResult:
+    return fused_scores(inputs.fusion, inputs.profile)
 
 
 @register(

@@ -75,6 +75,7 @@ from fingerprint.vocab import (
     ON_ERROR,
     POOLS,
     RELATIONS,
+    SCORE_SCALES,
     THRESHOLD_RULES,
     label_code,
 )
@@ -142,7 +143,12 @@ class TrainConfig:
     grad_accum: int = option(1, min=1, help="episodes accumulated per optimizer step")
     clip_grad: float = option(1.0, min=0, help="clip the gradient norm to this (0: off)")
     patience: int = option(4, min=0, help="stop after this many epochs without a better validation AUC (0: never)")
-    calibration: str = option("max_f1", choices=THRESHOLD_RULES, help="rule for the threshold on validation scores")
+    calibration: str = option(
+        THRESHOLD_RULES[0], choices=THRESHOLD_RULES, help="rule for the threshold on the held-out validation scores"
+    )
+    calibration_scale: str = option(
+        SCORE_SCALES[0], choices=SCORE_SCALES, help="scale of that threshold (robust/rank: standardised per split)"
+    )
     # runtime
     mixed_precision: str | None = option(
         None,

@@ -24,8 +24,19 @@ LABEL_CODES = {"used": 1, "not_used": 0}
 #: the data splits of the 2023 layout
 SPLITS = ("dev", "test")
 
-#: metrics in every metrics.evaluate() dict, in report order
-METRICS = ("f1", "accuracy", "precision", "recall", "specificity", "roc_auc", "kappa", "tpr_at_1fpr", "tpr_at_5fpr")
+#: metrics in every metrics.evaluate() dict, in report order: the ones a threshold cannot game lead
+METRICS = (
+    "roc_auc",
+    "kappa",
+    "balanced_accuracy",
+    "tpr_at_1fpr",
+    "tpr_at_5fpr",
+    "f1",
+    "accuracy",
+    "precision",
+    "recall",
+    "specificity",
+)
 #: metrics that need continuous scores (None when only labels are known)
 SCORE_METRICS = ("roc_auc", "tpr_at_1fpr", "tpr_at_5fpr")
 #: how tables title each metric
@@ -37,11 +48,17 @@ METRIC_TITLES = {
     "specificity": "specificity",
     "roc_auc": "ROC-AUC",
     "kappa": "kappa",
+    "balanced_accuracy": "bal. acc.",
     "tpr_at_1fpr": "TPR@1%FPR",
     "tpr_at_5fpr": "TPR@5%FPR",
 }
-#: decision-threshold rules (metrics.calibrate_threshold): best F1 on "used", or Youden's J = TPR - FPR
-THRESHOLD_RULES = ("max_f1", "youden")
+#: decision-threshold rules (metrics.calibrate_threshold), the default first: Cohen's kappa or balanced accuracy
+#: (both bootstrap-smoothed), best F1 on "used" (labels most images used), or Youden's J = TPR - FPR (unsmoothed)
+THRESHOLD_RULES = ("kappa", "balanced_accuracy", "max_f1", "youden")
+#: the scale a decision threshold applies on, the default first: "robust" = (score - median) / IQR within the
+#: scored split, "rank" = rank-gauss within the split (either way a dev threshold transfers to a test split whose
+#: generated pool differs in size), "raw" = the scores as written
+SCORE_SCALES = ("robust", "rank", "raw")
 
 #: autocast precision of the Accelerate-driven stages ("no" = fp32)
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -55,8 +72,13 @@ POOLS = ("max", "mean", "attention")
 ON_ERROR = ("raise", "skip")
 #: where training and embedding run in `fingerprint run`
 DEVICES = ("auto", "cpu", "cuda")
-#: what a scorer may read (declared in the scorer registry, fingerprint.scorers)
-SCORER_INPUTS = ("pixels", "features", "model", "index")
+#: what a scorer may read (declared in the scorer registry, fingerprint.scorers): pixels from shards, a features
+#: .npz, a similarity-profile .npz (fingerprint.profile), the trained relation model, the fitted fusion, an index
+SCORER_INPUTS = ("pixels", "features", "profile", "model", "fusion", "index")
+#: representation spaces of the similarity profile (fingerprint.profile): raw pixels (px) or per-image normalised
+#: pixels (pn) at 16/32/64 px, the metric learned from pseudo-pairs, cross-fitted (k32x), aligned correlation at
+#: 64 px (al64), and a descriptor's embedding (emb)
+SPACES = ("px64", "pn32", "px16", "k32x", "al64", "px32", "pn64", "pn16", "emb")
 
 
 def label_code(label: str, default: int = -1) -> int:

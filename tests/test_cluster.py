@@ -78,7 +78,9 @@ def test_analyse_writes_outputs_and_score_file(tmp_path):
     assert res["scorer"]["dev"]["roc_auc"]["value"] > 0.9
     table = read_scores(tmp_path / "scores" / "cluster.csv")
     assert sorted(table.keys) == sorted(test.select(role="real").keys.tolist())
-    assert np.array_equal(table.labels, (table.scores >= res["scorer"]["threshold"]).astype(int))
+    side = json.loads((tmp_path / "scores" / "cluster.json").read_text())
+    assert side["threshold_on_scale"] == res["scorer"]["threshold"] and side["threshold_scale"] == "robust"
+    assert np.array_equal(table.labels, (table.scores >= side["threshold"]).astype(int))
     for name in (
         "cluster.json",
         "summary.md",

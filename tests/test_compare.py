@@ -79,8 +79,9 @@ def test_outputs_are_complete_reproducible_and_refused_without_force(tmp_path):
         table = read_scores(tmp_path / "scores" / f"{name}.csv")
         assert sorted(table.keys) == test_real
         thr = res["thresholds"][name]
-        assert np.array_equal(table.labels, (table.scores >= thr).astype(int))
-        assert json.loads((tmp_path / "scores" / f"{name}.json").read_text())["threshold"] == thr
+        side = json.loads((tmp_path / "scores" / f"{name}.json").read_text())
+        assert side["threshold_on_scale"] == thr and side["rule"] == "kappa" and side["threshold_scale"] == "robust"
+        assert np.array_equal(table.labels, (table.scores >= side["threshold"]).astype(int))
         pipe, meta = comparators.load_comparator(tmp_path / "compare" / "models" / f"{name}{comparators.MODEL_SUFFIX}")
         fm = compare_features.build_features(SplitData(test), cfg.features, top_k=cfg.top_k)
         order = np.argsort(fm.keys)

@@ -94,7 +94,7 @@ def test_calibrated_threshold_reproduces_best_f1():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 50)
     s = rng.normal(size=50) + y
-    t = metrics.calibrate_threshold(y, s)
+    t = metrics.calibrate_threshold(y, s, "max_f1")
     best = max(metrics.evaluate(y, s, threshold=c, n_boot=0)["f1"]["value"] for c in np.unique(s))
     assert metrics.evaluate(y, s, threshold=t, n_boot=0)["f1"]["value"] == pytest.approx(best)
 
@@ -123,3 +123,54 @@ def test_roc_auc_is_the_one_definition():
     assert np.isnan(metrics.roc_auc(np.ones(4), np.arange(4.0)))
     fpr, tpr = metrics.roc_points(Y, S)
     assert fpr[0] == 0 and tpr[-1] == 1 and len(fpr) == len(tpr)
+
+
+def test_kappa_rule_picks_the_kappa_optimal_threshold():
+    # a weak score on a balanced set: max-F1 labels every image used (kappa 0); the kappa rule finds the cut
+    # that an exhaustive search of kappa finds, and labels few images used
+    y = np.r_[np.ones(10), np.zeros(10)].astype(int)
+    s = np.array([-2, -1, -1, 2, -4, 2, 0, 6, 6, 7, 2.5, 0.5, 3.5, 5.5, -1.5, 2.5, 0.5, 4.5, -2.5, -0.5])
+    t = metrics.calibrate_threshold(y, s, "kappa", n_boot=0)
+    grid = np.linspace(-5, 8, 521)
+    best = metrics.threshold_curve(y, s, grid, "kappa").max()
+    kappa = metrics.evaluate(y, s, threshold=t, n_boot=0)["kappa"]["value"]
+    assert kappa == pytest.approx(best) and best == pytest.approx(0.3)
+    f1_cut = metrics.calibrate_threshold(y, s, "max_f1")
+    assert (s >= f1_cut).all() and metrics.evaluate(y, s, threshold=f1_cut, n_boot=0)["kappa"]["value"] == 0
+    assert (s >= t).mean() == pytest.approx(0.15)
+    smoothed = metrics.calibrate_threshold(y, s, "kappa", seed=1)  # bootstrap-smoothed, seeded
+    assert smoothed == metrics.calibrate_threshold(y, s, "kappa", seed=1)
+    assert metrics.evaluate(y, s, threshold=smoothed, n_boot=0)["kappa"]["value"] > 0.1
+
+
+def test_threshold_curve_matches_sklearn():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 40)
+    s = rng.normal(size=40) + y
+    for t in (-0.5, 0.3, 1.2):
+        r = metrics.evaluate(y, s, threshold=t, n_boot=0)
+        k, b = (metrics.threshold_curve(y, s, np.array([t]), rule)[0] for rule in ("kappa", "balanced_accuracy"))
+        assert k == pytest.approx(r["kappa"]["value"]) and b == pytest.approx(r["balanced_accuracy"]["value"])
+        assert r["balanced_accuracy"]["value"] == pytest.approx((r["recall"]["value"] + r["specificity"]["value"]) / 2)
+
+
+def test_thresholds_transfer_on_standardised_scores():
+    dev = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    test = dev * 0.1 - 3  # another pool size: every score shifted and shrunk
+    for scale in ("robust", "rank"):
+        z = metrics.on_scale(dev, scale)
+        t = (z[2] + z[3]) / 2  # labels the upper half of dev
+        labels, cut = metrics.apply_threshold(test, t, scale)
+        assert labels.tolist() == [0, 0, 0, 1, 1, 1] and ((test >= cut) == labels).all()
+    labels, cut = metrics.apply_threshold(dev, 3.5, "raw")
+    assert cut == 3.5 and labels.sum() == 3
+    assert metrics.standardise(np.array([3.0, 1.0, 2.0]), "rank").argsort().tolist() == [1, 2, 0]
+
+
+def test_label_share_warning_and_margin():
+    assert metrics.label_share_warning(0.9, 160, 80) is not None and "90%" in metrics.label_share_warning(0.9, 160, 80)
+    assert metrics.label_share_warning(0.1, 160, 80) is not None  # one way or the other
+    assert metrics.label_share_warning(0.6, 160, 80) is None and metrics.label_share_warning(0.9, 100, 90) is None
+    res = {n: {"roc_auc": {"value": v}} for n, v in (("fused", 0.9), ("ssim", 0.8), ("dcr", 0.7), ("relation", 0.95))}
+    m = metrics.auc_margin(res, "fused", ("ssim", "dcr"))
+    assert m["baseline"] == "ssim" and m["margin"] == pytest.approx(0.1)

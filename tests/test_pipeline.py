@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from serve import serve
 from test_shards import make_layout
 
 from fingerprint.cli import main as cli
 from fingerprint.config import option
-from fingerprint.pipeline import RunOptions, RunPaths, Stages, check_run_file, input_ids, score_config
+from fingerprint.metrics import read_truth
+from fingerprint.pipeline import (
+    RunOptions,
+    RunPaths,
+    Stages,
+    check_label_share,
+    check_run_file,
+    input_ids,
+    score_config,
+)
 from fingerprint.records import StageRecords
 from fingerprint.runfile import validate
 from fingerprint.scorefiles import write_scores
+from fingerprint.shards import FORMAT
 from fingerprint.utils import FingerprintError, write_json
 
 #: the tiny run's options, shared by the demo and the re-run
@@ -29,13 +43,14 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     data, out = root / "data", root / "run"
     argv = ["demo", "--level", "tiny", "--data-dir", str(data), "--out", str(out), "--batch-size", "32", *TINY]
-    assert cli(argv) == 0
-    return data, out
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert cli(argv) == 0
+    return data, out, printed.getvalue()
 
 
 @pytest.mark.slow
 def test_demo_writes_every_output(demo_run):
-    data, out = demo_run
+    data, out, _ = demo_run
     for rel in (
         "shards/dev/manifest.json",
         "shards/test/manifest.json",
@@ -43,6 +58,10 @@ def test_demo_writes_every_output(demo_run):
         "features/dev/features.json",
         "features/test/features.json",
         "features/test/parts/shard-000000.fmaps.npy",
+        "model/metric.json",
+        "model/fusion.json",
+        "profile/dev.npz",
+        "profile/test.npz",
         "index/test.faiss",
         "run.csv",
         "metrics.json",
@@ -51,33 +70,56 @@ def test_demo_writes_every_output(demo_run):
     ):
         assert (out / rel).exists(), rel
     truth = {r["figure_id"]: int(r["label"]) for r in csv.DictReader(open(data / "test_truth.csv"))}
-    for name in ("relation", "dcr", "ssim", "emb_nn", "emb_topk"):
+    for name in ("fused", "relation", "dcr", "ssim", "emb_nn", "emb_topk"):
         rows = list(csv.DictReader(open(out / "scores" / f"{name}.csv")))
         assert {r["key"] for r in rows} == set(truth), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"relation", "dcr", "ssim", "emb_nn"} <= set(metrics["scorers"])
-    f1 = metrics["scorers"]["relation"]["f1"]
-    assert 0.0 <= f1["value"] <= 1.0 and f1["ci_low"] <= f1["value"] <= f1["ci_high"]
+    assert {"fused", "relation", "dcr", "ssim", "emb_nn"} <= set(metrics["scorers"])
+    kappa = metrics["scorers"]["fused"]["kappa"]
+    assert -1.0 <= kappa["value"] <= 1.0 and kappa["ci_low"] <= kappa["value"] <= kappa["ci_high"]
+    side = json.loads((out / "scores" / "fused.json").read_text())
+    dev = json.loads((out / "scores_dev" / "fused.json").read_text())
+    assert side["rule"] == dev["rule"] == "kappa" and side["threshold_scale"] == "robust"
+    assert "fusion.json" in dev["threshold_from"] and side["threshold_on_scale"] == dev["threshold_on_scale"]
+    run = [line.split(",") for line in (out / "run.csv").read_text().splitlines()]
+    fused = {r["key"]: r["label"] for r in csv.DictReader(open(out / "scores" / "fused.csv"))}
+    assert {k: v for k, v in run} == fused  # the run file is the fused scorer's labels
+
+
+@pytest.mark.slow
+def test_demo_prints_the_run_file_scorer_first_with_its_margin(demo_run):
+    _, out, printed = demo_run
+    rows = printed.split("test split")[1].splitlines()
+    assert rows[1].split()[:2] == ["scorer", "roc_auc"] and rows[2].split()[0] == "fused"
+    assert "margin of fused (run.csv) over the best untrained baseline" in printed
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["run_file_scorer"] == "fused" and summary["margin"]["baseline"] in (
+        "dcr",
+        "ssim",
+        "emb_nn",
+        "emb_topk",
+    )
 
 
 @pytest.mark.slow
 def test_run_file_is_official_format(demo_run):
-    data, out = demo_run
+    data, out, _ = demo_run
     ids = [r["figure_id"] for r in csv.DictReader(open(data / "test_truth.csv"))]
     assert validate(out / "run.csv", ids) == []
 
 
 @pytest.mark.slow
 def test_rerun_skips_finished_stages(demo_run, capsys):
-    data, out = demo_run
-    before = (out / "scores" / "relation.csv").read_bytes()
+    data, out, _ = demo_run
+    before = (out / "scores" / "fused.csv").read_bytes()
     # the demo's options (a changed option would redo its stage and every later one)
     assert cli(["run", str(data), "--out", str(out), *TINY, "--batch-size", "32", "--no-report"]) == 0
-    assert (out / "scores" / "relation.csv").read_bytes() == before
+    assert (out / "scores" / "fused.csv").read_bytes() == before
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     rerun = log[log.index(next(r for r in log if r.get("step") == "pack-dev" and r.get("skipped"))) :]
     done = {r["step"] for r in rerun if r.get("skipped")}
-    assert {"pack-dev", "train", "embed-test", "score-relation-test", "compare", "cluster"} <= done
+    steps = {"pack-dev", "adapt", "train", "embed-test", "profile", "fuse", "score-fused-test", "compare", "cluster"}
+    assert steps <= done
     assert not [r["step"] for r in rerun if r.get("command") and r["step"] not in ("evaluate",)]  # only derived
 
 
@@ -85,7 +127,7 @@ def test_rerun_skips_finished_stages(demo_run, capsys):
 def test_run_from_shards_served_over_http_matches_the_local_run(demo_run, tmp_path):
     """`fingerprint run` started from the packed shards served by a real HTTP server gives exactly the local
     run's scores, run file and metrics."""
-    data, out = demo_run
+    data, out, _ = demo_run
     run = tmp_path / "http"
     with serve(out / "shards") as base:
         argv = ["run", "--out", str(run), "--dev-shards", f"{base}/dev/", "--test-shards", f"{base}/test/",
@@ -95,7 +137,7 @@ def test_run_from_shards_served_over_http_matches_the_local_run(demo_run, tmp_pa
     assert not (run / "shards").exists() and json.loads((run / "shards.json").read_text())["dev"] == f"{base}/dev/"
     assert (run / "run.csv").read_bytes() == (out / "run.csv").read_bytes()
     scorers = sorted(p.stem for p in (run / "scores").glob("*.csv"))
-    assert {"relation", "dcr", "ssim", "emb_nn", "emb_topk"} <= set(scorers)
+    assert {"fused", "relation", "dcr", "ssim", "emb_nn", "emb_topk"} <= set(scorers)
     for folder in ("scores", "scores_dev"):
         for name in scorers:
             assert (run / folder / f"{name}.csv").read_bytes() == (out / folder / f"{name}.csv").read_bytes(), name
@@ -154,9 +196,11 @@ def test_stages_skip_force_and_log_the_command_line(tmp_path, caplog):
 def test_test_split_takes_the_dev_threshold_as_a_number(tmp_path):
     paths = RunPaths(tmp_path)
     threshold = 0.1 + 0.2
-    write_scores(paths.scores("dev") / "emb_nn.csv", ["a"], [0.5], [1], meta={"threshold": threshold})
+    meta = {"threshold": 7.0, "threshold_on_scale": threshold, "threshold_scale": "rank"}
+    write_scores(paths.scores("dev") / "emb_nn.csv", ["a"], [0.5], [1], meta=meta)
     test = score_config("emb_nn", "test", paths, RunOptions(k=3, seed=2))
-    assert test.threshold == threshold and test.calibrate_on is None and test.k == 3 and test.seed == 2
+    assert test.threshold == threshold and test.scale == "rank" and test.calibrate_on is None
+    assert test.k == 3 and test.seed == 2
     assert test.index == paths.index("test") and test.run_file is None
     assert score_config("dcr", "dev", paths, RunOptions()).k == 16  # pixel scorers keep their own default
 
@@ -254,3 +298,39 @@ def test_the_run_file_is_checked_against_the_test_ids(tmp_path):
     (tmp_path / "run.csv").write_text("a,1\nb_2,0\n")
     with pytest.raises(FingerprintError, match=r"run.csv: line 2: unknown-id.*'b_2'.*against the 2 real test images"):
         check_run_file(paths, ["a", "b", "c"])
+
+
+def test_a_run_file_labelled_one_way_is_flagged(tmp_path):
+    paths = RunPaths(tmp_path)
+    pack_counts = {"format": FORMAT, "counts": {"label": {"used": 80, "not_used": 80}, "role": {"real": 160}}}
+    (tmp_path / "shards" / "dev").mkdir(parents=True)
+    (tmp_path / "shards" / "dev" / "manifest.json").write_text(json.dumps(pack_counts))
+    keys = [f"k{i}" for i in range(20)]
+    meta = {"threshold": 0.0, "n": 20, "n_predicted_used": 19}
+    write_scores(paths.scores("test") / "fused.csv", keys, np.arange(20.0), [0] + [1] * 19, meta=meta)
+    warnings = check_label_share(paths)
+    assert len(warnings) == 1 and "95% of the test reals are labelled used" in warnings[0]
+    assert json.loads((paths.scores("test") / "fused.json").read_text())["warnings"] == warnings
+    meta["n_predicted_used"] = 10
+    write_scores(paths.scores("test") / "fused.csv", keys, np.arange(20.0), [0] * 10 + [1] * 10, meta=meta)
+    assert check_label_share(paths) == []
+
+
+@pytest.mark.slow
+def test_quality_table_reads_a_finished_run(demo_run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality_table
+
+    data, out, _ = demo_run
+    row = quality_table.summarise("tiny", out)
+    metrics = json.loads((out / "metrics.json").read_text())["scorers"]
+    assert row["auc"]["value"] == metrics["fused"]["roc_auc"]["value"]
+    assert row["margin"] == pytest.approx(
+        row["auc"]["value"] - max(metrics[b]["roc_auc"]["value"] for b in quality_table.BASELINES)
+    )
+    assert row["groups"][0] == "px64" and "| tiny |" in quality_table.main_table([row])
+    truth = read_truth(data / "test_truth.csv")
+    again = quality_table.evaluate_fusion(out / "model" / "fusion.json", out / "profile" / "test.npz", truth, 0, 3)
+    assert again["auc"]["value"] == pytest.approx(row["auc"]["value"]) and again["kappa"] == pytest.approx(
+        row["kappa"]["value"]
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def run_dir(tmp_path_factory) -> Path:
         real.keys.tolist(),
         relation,
         (relation >= 0.5).astype(int),
-        meta={"scorer": "relation", "threshold": 0.5, "rule": "max_f1"},
+        meta={"scorer": "relation", "threshold": 0.5, "rule": "max_f1", "run_file": "run.csv"},
     )
     emb_nn = nsims[:, 0]
     write_scores(
@@ -207,7 +208,19 @@ def test_full_report_is_self_contained(run_dir, tmp_path):
     ):
         assert needed in body, needed
     md = md_path.read_text()
-    assert md.startswith("# fingerprint report") and "| scorer | F1 |" in md and "base64" not in md
+    assert md.startswith("# fingerprint report") and "| scorer | ROC-AUC |" in md and "base64" not in md
+    assert "The run file (run.csv) holds the labels of `relation`: test ROC-AUC" in md
+    assert "over the best untrained baseline (emb_nn" in md
+
+
+def test_report_shows_the_run_file_warning(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    side = run / "scores" / "relation.json"
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "warnings": ["95% of the test reals are labelled used although ..."]}))
+    _, md_path = build_report(ReportConfig(run_dir=run, out_dir=tmp_path / "r", samples_per_group=1, top_n=1))
+    assert "Warning: 95% of the test reals are labelled used" in md_path.read_text()
 
 
 def test_report_is_reproducible_and_refuses_to_overwrite(run_dir, tmp_path):

@@ -80,7 +80,8 @@ def test_score_command_relation(model, tmp_path):
     assert validate(tmp_path / "run.csv", real_keys) == []
     side = sc.read_score_meta(out)
     _, meta = load_model(mdir)
-    assert meta["calibration"]["threshold"] == side["threshold"] and meta["calibration"]["rule"] == "youden"
+    assert meta["calibration"]["threshold"] == side["threshold_on_scale"] and meta["calibration"]["rule"] == "youden"
+    assert side["threshold_scale"] == meta["calibration"]["scale"] == "robust"
     assert meta["train"] == {"note": "kept"}
     assert (table.labels == (table.scores >= side["threshold"])).all()
     with np.load(tmp_path / "scores" / "neighbours.npz", allow_pickle=False) as z:
@@ -140,7 +141,7 @@ def test_threshold_policy_and_outputs(model, tmp_path):
     rec = run_score(ScoreConfig(out=out, **common))
     assert rec["threshold"] == 0.5 and rec["threshold_from"].startswith("0.5")  # no calibration anywhere yet
     given = 0.1 + 0.2  # a float passes exactly
-    assert run_score(ScoreConfig(out=out, threshold=given, **common))["threshold"] == given
+    assert run_score(ScoreConfig(out=out, threshold=given, scale="raw", **common))["threshold"] == given
     assert sc.read_score_meta(out)["threshold"] == given
     rec = run_score(ScoreConfig(out=out, calibrate_on=tmp_path / "dev.npz", **common))
     assert rec["threshold_from"] == f"calibrated on {tmp_path / 'dev.npz'}"

@@ -77,7 +77,7 @@ def test_train_writes_model_calibration_logs_and_checkpoints(trained):
     model, meta = load_model(out)
     assert meta["config"]["image_size"] == 32 and model.cfg.image_size == 32 and summary["mixed_precision"] == "no"
     cal = meta["calibration"]
-    assert cal["rule"] == "max_f1" and cal["space"] == "probability" and cal["k"] == 4
+    assert cal["rule"] == "kappa" and cal["scale"] == "robust" and cal["space"] == "probability" and cal["k"] == 4
     assert sorted(cal["labels"]) == [0, 0, 1, 1] and len(cal["keys"]) == len(cal["scores"]) == 4
     assert 0.0 <= cal["threshold"] <= 1.0 and cal["epoch"] == summary["best_epoch"]
     assert meta["train"]["config"]["queries"] == 4 and len(meta["train"]["history"]) == 2

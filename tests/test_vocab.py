@@ -24,7 +24,7 @@ def test_one_definition_per_word():
     assert set(vocab.SCORE_METRICS) < set(vocab.METRICS) and set(vocab.METRIC_TITLES) == set(vocab.METRICS)
     for module in (metrics, report_sections, compare):
         assert module.METRICS is vocab.METRICS
-    assert "no" in vocab.MIXED_PRECISION and vocab.THRESHOLD_RULES == ("max_f1", "youden")
+    assert "no" in vocab.MIXED_PRECISION and vocab.THRESHOLD_RULES == ("kappa", "balanced_accuracy", "max_f1", "youden")
 
 
 def test_nothing_redefines_the_vocabulary():

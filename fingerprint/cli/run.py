@@ -1,9 +1,10 @@
 """The whole pipeline on a folder holding dev/ and test/ in the 2023 layouts, or on packed shards.
 
-pack -> train -> embed -> index -> score (trained scorer + baselines) ->
-compare -> cluster -> evaluate (when DATA_DIR/test_truth.csv or --truth exists) -> report.
+pack -> adapt (-> pretrain) -> train -> embed -> index -> profile -> fuse ->
+score (the trained fused scorer + baselines) -> compare -> cluster -> evaluate
+(when DATA_DIR/test_truth.csv or --truth exists) -> report.
 --dev-shards/--test-shards start from packed shards instead (a folder, https://, s3://, a pattern or pipe:).
-Writes RUN_DIR/run.csv (the official run file of the trained scorer),
+Writes RUN_DIR/run.csv (the official run file of the trained fused scorer),
 RUN_DIR/scores/<scorer>.csv, RUN_DIR/metrics.json and RUN_DIR/report.html.
 Stages whose outputs exist are skipped (an interrupted run resumes); --force redoes all.
 """
@@ -17,8 +18,12 @@ NAME = "run"
 
 
 def print_summary(summary: dict) -> None:
-    """The run file, metrics, report and total time of a finished run."""
-    print(f"\nrun file: {summary['run_file']}")
+    """The test metrics (the run file's scorer first, with its margin), run file, metrics, report and total time."""
+    if summary.get("table"):
+        print(f"\ntest split (95% bootstrap intervals):\n{summary['table']}")
+    for warning in summary.get("warnings") or ():
+        print(f"warning: {warning}")
+    print(f"\nrun file: {summary['run_file']} ({summary.get('run_file_scorer')})")
     if summary.get("metrics"):
         print(f"metrics:  {summary['metrics']}")
     if summary.get("report"):
