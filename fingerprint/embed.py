@@ -97,12 +97,18 @@ def run_embed(cfg: EmbedConfig, *, accelerator: Any = None) -> dict:
     if is_main_process() and (cfg.force or npz) and folder.exists():
         shutil.rmtree(folder)
     accelerator.wait_for_everyone()
-    t0 = time.perf_counter()
-    stats = embed_to_folder(
-        model, cfg.shards, folder, batch_size=cfg.batch_size, fmaps=cfg.fmaps, image_size=cfg.image_size,
-        accelerator=accelerator, num_workers=cfg.num_workers, on_error=cfg.on_error,
-        meta={"model_sha256": meta.get("sha256"), "shards": str(cfg.shards)},
-    )  # fmt: skip
+    t0, created = time.perf_counter(), not folder.exists()
+    try:
+        stats = embed_to_folder(
+            model, cfg.shards, folder, batch_size=cfg.batch_size, fmaps=cfg.fmaps, image_size=cfg.image_size,
+            accelerator=accelerator, num_workers=cfg.num_workers, on_error=cfg.on_error,
+            meta={"model_sha256": meta.get("sha256"), "shards": str(cfg.shards)},
+        )  # fmt: skip
+    except BaseException:
+        # complete parts of a folder output are kept for the resume; nothing else of a failed export is
+        if is_main_process() and (npz or (created and not complete_parts(folder))):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     if npz and is_main_process():
         Features.load(folder).save(out)
         shutil.rmtree(folder)

@@ -26,6 +26,7 @@ generated images. `ArrayGallery` is the same interface over in-memory arrays.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,13 @@ def part_paths(folder: Path, name: str) -> dict[str, Path]:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
+    """One .npy, written atomically; serialised first so that a failed write is the file's own OSError (EFBIG,
+    ENOSPC), not numpy's errno-less "requested and written" message."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
+            f.write(buf.getbuffer())
 
 
 def write_part(folder: Path, name: str, feats: Features, record: dict[str, Any]) -> dict[str, Any]:
@@ -67,10 +72,20 @@ def write_part(folder: Path, name: str, feats: Features, record: dict[str, Any])
     rows = feats.take(order)
     paths = part_paths(folder, name)
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
-    for name_, arr in (("keys", rows.keys), ("roles", rows.roles), ("labels", rows.labels), ("emb", rows.embeddings)):
-        _save_npy(paths[name_], arr)
-    if rows.fmaps is not None:
-        _save_npy(paths["fmaps"], rows.fmaps)
+    try:
+        for name_, arr in (
+            ("keys", rows.keys),
+            ("roles", rows.roles),
+            ("labels", rows.labels),
+            ("emb", rows.embeddings),
+        ):
+            _save_npy(paths[name_], arr)
+        if rows.fmaps is not None:
+            _save_npy(paths["fmaps"], rows.fmaps)
+    except BaseException:  # a part is its JSON plus its arrays, or nothing
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+        raise
     counts = {r: int((rows.roles == r).sum()) for r in ROLES}
     rec = {
         "format": f"{FORMAT}-part",
