@@ -507,6 +507,22 @@ MIN_DEV_PER_CLASS = 5
 FORMAT = "fingerprint-audit/1"
 
 
+#: the audit's scorer unless told. The run file's scorer (`fused`) is fitted per data set on profiles of a
+#: labelled dev split against that split's own pool, which an audit of one collection against one pool does not
+#: have; `relation` is the trained scorer an audit can apply as it is (docs/audit.md measures the others).
+AUDIT_SCORER = "relation"
+
+
+def audit_scorers() -> tuple[str, ...]:
+    """The registered scorers an audit can apply: those that read pixels or features (not a fitted profile)."""
+    return tuple(n for n in scorer_names() if "profile" not in get_scorer(n).needs)
+
+
+def default_scorer() -> str:
+    """The scorer an audit uses unless told (`AUDIT_SCORER`)."""
+    return AUDIT_SCORER
+
+
 @dataclass(kw_only=True)
 class AuditConfig:
     """Options of the audit stage (`fingerprint audit`)."""
@@ -521,7 +537,7 @@ class AuditConfig:
     generated: Path = option(help="the audited model's generated images: a folder or a shard folder")
     out: Path = option(help="audit folder to write (audit.json, audit_scores.csv, shards/, features/, report)")
     scorer: str | None = option(
-        None, choices=scorer_names, help="registered membership scorer (default: the run file's scorer of 'run')"
+        None, choices=audit_scorers, help=f"registered membership scorer (default: {AUDIT_SCORER})"
     )
     model: Path | None = option(None, help="trained model folder (feature scorers); default: RUN/model with audit.run")
     run: Path | None = option(None, help="run folder of 'fingerprint run': its model, and its shards/dev as audit.dev")
@@ -575,13 +591,6 @@ class AuditConfig:
     @property
     def dev_source(self) -> Path | None:
         return self.dev if self.dev is not None else (Path(self.run) / "shards" / "dev" if self.run else None)
-
-
-def default_scorer() -> str:
-    """The scorer an audit uses unless told: the one whose labels become the run's official run file."""
-    from fingerprint.pipeline import RUN_FILE_SCORER
-
-    return RUN_FILE_SCORER
 
 
 def run_audit(cfg: AuditConfig) -> dict:

@@ -166,6 +166,12 @@ def test_used_candidate_of_50_at_medium_effect_gives_p_below_001():
     assert res.auc_low > 0.6 and res.fraction.bound
 
 
+def test_audits_offer_the_scorers_they_can_apply():
+    assert "fused" not in A.audit_scorers() and {"relation", "ssim", "dcr"} <= set(A.audit_scorers())
+    with pytest.raises(FingerprintError, match="audit.scorer"):
+        A.AuditConfig(candidate=Path("c"), reference=Path("r"), generated=Path("g"), out=Path("o"), scorer="fused")
+
+
 def test_the_test_is_one_sided():
     """A candidate scoring LOWER than the reference (e.g. another scanner) is no evidence of use."""
     rng = np.random.default_rng(8)
