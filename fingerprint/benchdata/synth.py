@@ -130,8 +130,10 @@ def resolve_params(
     preset = dict(LEVELS[level])
     family = get_family(overrides.get("family") or "vae")
     gen_fields = {f.name for f in fields(family.config)}
-    # a level's generator preset applies to the fields the family has
-    gen_over = {k: v for k, v in preset.pop("generator", {}).items() if k in gen_fields}
+    # a level's generator preset (the family's own when it has them) applies to the fields the family has
+    gen_preset = preset.pop("generator", {})
+    gen_preset = gen_preset if family.levels is None else family.levels.get(level, {})
+    gen_over = {k: v for k, v in gen_preset.items() if k in gen_fields}
     top = {**preset, "level": level, "seed": int(seed), "real_dir": None if real_dir is None else str(real_dir)}
     for key, value in overrides.items():
         if value is None:
@@ -189,7 +191,10 @@ class SynthConfig:
         None, help="use the images in this folder (any format, converted to 8-bit gray) instead of the phantoms"
     )
     force: bool = option(False, help="replace the output folder if it exists")
-    generator: str | None = _opt("generator family (fingerprint.benchdata.generators; default vae)")
+    generator: str | None = _opt(
+        "generator family (fingerprint.benchdata.generators): vae (default; blurred) or sharp (VAE + deformations + "
+        "adversarial refiner; sharp edges and lung texture, ~3x the build time)"
+    )
     # counts
     image_size: int | None = _opt("side of the square 8-bit images (default 256; tiny: 64)")
     dev_generated: int | None = _opt("synthetic images in dev/generated (default 500)")
@@ -205,7 +210,7 @@ class SynthConfig:
     )
     tb_fraction: float | None = _opt("share of phantom patients with tuberculosis-like findings (default 0.5)")
     noise: float | None = _opt("phantom scanner-noise scale, 0 = none (default 1)")
-    # generator (vae)
+    # generator (vae, and the sharp family's coarse VAE)
     epochs: int | None = _opt("VAE training epochs (level preset)")
     components: int | None = _opt("latent Gaussian-mixture components (level preset; more = closer to training)")
     temperature: float | None = _opt("latent sampling temperature (level preset)")
@@ -216,6 +221,16 @@ class SynthConfig:
     batch_size: int | None = _opt("VAE batch size (default 32)")
     lr: float | None = _opt("VAE learning rate (default 0.002)")
     upsampler_steps: int | None = _opt("training steps of the learned upsampler (default 200)")
+    # memorisation control (vae and sharp)
+    memorised_share: float | None = _opt("share of samples drawn at a used image (vae default 0; sharp: level preset)")
+    zipf: float | None = _opt("Zipf exponent of which used images memorised samples copy (default 1)")
+    closeness: float | None = _opt("vae: memorised kernel width in posterior standard deviations (default 0.5)")
+    # generator (sharp)
+    modes: int | None = _opt("sharp: used images that novel samples start from, 0 = all (level preset)")
+    warp_novel: float | None = _opt("sharp: bend of novel samples (default 1; hard 1.25)")
+    warp_memorised: float | None = _opt("sharp: bend of memorised samples (default 0.3)")
+    refiner_steps: int | None = _opt("sharp: adversarial refiner training steps (default 600)")
+    adv_weight: float | None = _opt("sharp: weight of the refiner's adversarial loss (default 0.15)")
     mixed_precision: str | None = _opt(
         "generator training precision; bf16/fp16 are for GPUs (default no = fp32)", choices=MIXED_PRECISION
     )
