@@ -51,14 +51,28 @@ def test_draws_are_determined_by_the_seed(trained):
 
 def test_memorised_share_and_modes_set_where_samples_come_from(trained):
     _, gen, _ = trained
+    slots = gen.slots(4000, np.random.default_rng(0))
     gen.cfg = SharpConfig(**FAST, memorised_share=0.0, modes=2)
-    novel = gen.slots(400, np.random.default_rng(0))
-    assert not novel["memorised"].any() and len(set(novel["source"])) == 2  # collapsed onto 2 modes
-    gen.cfg = SharpConfig(**FAST, memorised_share=0.25, modes=2, zipf=1.0)
-    mixed = gen.slots(4000, np.random.default_rng(0))
-    assert abs(mixed["memorised"].mean() - 0.25) < 0.03
-    counts = np.bincount(mixed["source"][mixed["memorised"]], minlength=10)
+    assert len(set(gen._sources(slots, slots["u"] < 0.0))) == 2  # novel samples collapsed onto 2 modes
+    memorised = slots["u"] < 0.25
+    assert abs(memorised.mean() - 0.25) < 0.03
+    counts = np.bincount(gen._sources(slots, memorised)[memorised], minlength=10)
     assert (counts > 0).sum() >= 8 and counts.max() > 4 * np.median(counts)  # Zipf: uneven over all used images
+    gen.cfg = SharpConfig(**FAST)
+
+
+def test_calibration_sets_the_knobs_for_levels_with_a_target(trained):
+    imgs, gen, _ = trained
+    real = np.concatenate([imgs, generate(10, seed=5, config=PhantomConfig(size=64)).images])
+    labels = np.r_[np.ones(10), np.zeros(10)].astype(int)
+    assert gen.calibrate(real, labels, level="tiny", n=50, seed=0) is None  # no target at tiny
+    gen.cfg = SharpConfig(**FAST)
+    out = gen.calibrate(real, labels, level="medium", n=100, seed=0)
+    assert out["target"] == 0.75 and out["modes"] == gen.cfg.modes and out["modes"] <= 10
+    assert 0 <= out["memorised_share"] == gen.cfg.memorised_share <= gen.cfg.max_memorised_share
+    assert out["modes_curve"][-1]["modes"] == out["modes"]
+    gen.cfg = SharpConfig(**FAST, calibrate=False)
+    assert gen.calibrate(real, labels, level="medium", n=100, seed=0) is None
     gen.cfg = SharpConfig(**FAST)
 
 

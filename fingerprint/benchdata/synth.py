@@ -192,8 +192,9 @@ class SynthConfig:
     )
     force: bool = option(False, help="replace the output folder if it exists")
     generator: str | None = _opt(
-        "generator family (fingerprint.benchdata.generators): vae (default; blurred) or sharp (VAE + deformations + "
-        "adversarial refiner; sharp edges and lung texture, ~3x the build time)"
+        "generator family (fingerprint.benchdata.generators): vae (default; blurred), sharp (VAE + deformations + "
+        "adversarial refiner; sharp edges and lung texture, several times the build time) or ddpm (diffusion model; "
+        "needs fingerprint[gpu-gen], and a GPU above --level tiny)"
     )
     # counts
     image_size: int | None = _opt("side of the square 8-bit images (default 256; tiny: 64)")
@@ -231,6 +232,10 @@ class SynthConfig:
     warp_memorised: float | None = _opt("sharp: bend of memorised samples (default 0.3)")
     refiner_steps: int | None = _opt("sharp: adversarial refiner training steps (default 600)")
     adv_weight: float | None = _opt("sharp: weight of the refiner's adversarial loss (default 0.15)")
+    calibrate: bool | None = _opt("sharp: calibrate modes and memorised_share to the level's pixel-NN AUC target")
+    # generator (ddpm; needs fingerprint[gpu-gen] and a GPU above --level tiny)
+    ddpm_steps: int | None = _opt("ddpm: diffusion training steps (default 20000; tiny: 20)")
+    sample_steps: int | None = _opt("ddpm: DDIM sampling steps (default 50)")
     mixed_precision: str | None = _opt(
         "generator training precision; bf16/fp16 are for GPUs (default no = fp32)", choices=MIXED_PRECISION
     )
@@ -336,6 +341,14 @@ def build_benchmark(
             real.images[used_idx], params.generator, seed=params.seed, accelerator=accelerator, progress=progress
         )
         timings["training"] = time.perf_counter() - t0
+        if hasattr(gen, "calibrate"):  # memorisation set to the level's leakage target (generators.calibrate)
+            t0 = time.perf_counter()
+            test = np.concatenate([split["test_used"], split["test_not_used"]])
+            labels = np.r_[np.ones(len(split["test_used"]), int), np.zeros(len(split["test_not_used"]), int)]
+            history["calibration"] = gen.calibrate(
+                real.images[test], labels, level=params.level, n=params.test_generated, seed=params.seed
+            )
+            timings["calibration"] = time.perf_counter() - t0
         if main:
             sample_and_write(out_dir, params, real, split, gen, history, timings, t_all)
         accelerator.wait_for_everyone()

@@ -26,7 +26,11 @@ from fingerprint.distributed import make_accelerator
 from fingerprint.utils import FingerprintError
 
 #: the modules that register the built-in families
-FAMILY_MODULES = ("fingerprint.benchdata.generators.vae", "fingerprint.benchdata.generators.sharp")
+FAMILY_MODULES = (
+    "fingerprint.benchdata.generators.vae",
+    "fingerprint.benchdata.generators.sharp",
+    "fingerprint.benchdata.generators.ddpm",
+)
 
 
 class TrainedGenerator(Protocol):

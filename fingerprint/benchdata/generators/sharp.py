@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from fingerprint.benchdata.generators import family_accelerator, register_family
+from fingerprint.benchdata.generators.calibrate import TARGETS, auc_at, choose_alpha, choose_modes, distance_matrix
 from fingerprint.benchdata.generators.deform import DeformationModel, fit_deformation_model, warp
 from fingerprint.benchdata.generators.refiner import Refiner, RefinerConfig, refine, train_refiner
 from fingerprint.benchdata.generators.vae import GeneratorConfig, deterministic, train_generator, zipf_weights
@@ -73,6 +74,8 @@ class SharpConfig:
     memorised_share: float = option(0.05, min=0, help="share of samples that are memorised, in [0, 1] (level preset)")
     zipf: float = option(1.0, min=0, help="Zipf exponent of which used images memorised samples copy")
     modes: int = option(0, min=0, help="used images novel samples start from (0 = all; level preset)")
+    calibrate: bool = option(True, help="set modes and memorised_share per build to the level's pixel-NN AUC target")
+    max_memorised_share: float = option(0.12, min=0, help="calibration: largest memorised share searched")
     latent_jitter: float = option(1.0, min=0, help="latent noise around a used image's code, in posterior sds")
     warp_memorised: float = option(0.3, min=0, help="scale of the bend of memorised samples")
     warp_novel: float = option(1.0, min=0, help="scale of the bend of novel samples")
@@ -90,48 +93,81 @@ class SharpConfig:
 
 
 #: Level presets of the sharp family (override `SharpConfig`; replace the vae presets of synth.LEVELS).
-#: modes and memorised_share: medians of the per-seed calibration of the prototype (docs/benchmark-data.md).
+#: modes and memorised_share: starting values (medians of the prototype's per-seed calibration); a build at a
+#: level with a target (`calibrate.TARGETS`) calibrates them unless `calibrate` is off.
 LEVELS = {
     "tiny": {"latent_dim": 16, "hidden": 128, "epochs": 100, "batch_size": 16, "refiner_steps": 300,
              "refiner_crop": 32, "refiner_width": 16, "d_width": 16, "refiner_warmup": 20, "memorised_share": 0.5,
              "zipf": 0.5},
-    "easy": {"modes": 150, "memorised_share": 0.16, "zipf": 0.3, "warp_memorised": 0.2},
+    "easy": {"modes": 150, "memorised_share": 0.16, "zipf": 0.3, "warp_memorised": 0.2, "max_memorised_share": 1.0},
     "medium": {"modes": 50, "memorised_share": 0.05},
-    "hard": {"modes": 18, "memorised_share": 0.015, "warp_novel": 1.25},
+    "hard": {"modes": 18, "memorised_share": 0.015, "warp_novel": 1.25, "max_memorised_share": 0.1},
 }  # fmt: skip
 
 
 class SharpGenerator:
     """Stored codes -> VAE decoder (coarse) -> warp -> refiner (x4) -> uint8."""
 
-    def __init__(self, cfg, vae, refiner: Refiner, deformation: DeformationModel, codes, code_std, seed: int):
+    def __init__(
+        self, cfg, vae, refiner: Refiner, deformation: DeformationModel, codes, code_std, seed: int, size: int
+    ):
         self.cfg, self.vae, self.refiner, self.deformation = cfg, vae.eval(), refiner.eval(), deformation
+        self.coarse_size = size // 4
         self.codes, self.code_std = codes, code_std
         self.weights = zipf_weights(len(codes), cfg.zipf, np.random.default_rng([seed & 0xFFFFFFFF, 0x21F]))
         self.ranking = np.random.default_rng([seed & 0xFFFFFFFF, 0x40E1]).permutation(len(codes))
 
     def slots(self, n: int, rng: np.random.Generator) -> dict:
-        """Everything random about n output slots: memorised or not, source image, latent noise, field."""
-        memorised = rng.random(n) < self.cfg.memorised_share
-        k = min(self.cfg.modes or len(self.codes), len(self.codes))
-        novel_src = self.ranking[rng.integers(0, k, n)]
-        mem_src = rng.choice(len(self.codes), size=n, p=self.weights)
-        eps = rng.standard_normal((n, self.codes.shape[1])).astype(np.float32)
-        scale = np.where(memorised, self.cfg.warp_memorised, self.cfg.warp_novel)
-        ctrl = self.deformation.sample(n, rng, scale)
-        return {"memorised": memorised, "source": np.where(memorised, mem_src, novel_src), "eps": eps, "ctrl": ctrl,
-                "noise_seed": int(rng.integers(0, 2**31))}  # fmt: skip
+        """Everything random about n output slots, drawn once: the memorisation draw u, the mode draw, the
+        memorised source, latent noise, a unit field and the refiner's noise seed (the knobs act at render)."""
+        return {"u": rng.random(n), "mode_u": rng.random(n), "mem_src": rng.choice(len(self.codes), size=n,
+                p=self.weights), "eps": rng.standard_normal((n, self.codes.shape[1])).astype(np.float32),
+                "ctrl": self.deformation.sample(n, rng, 1.0), "noise_seed": int(rng.integers(0, 2**31))}  # fmt: skip
+
+    def _sources(self, slots: dict, memorised: np.ndarray, modes: int | None = None) -> np.ndarray:
+        k = min(modes or self.cfg.modes or len(self.codes), len(self.codes))
+        novel = self.ranking[np.minimum((slots["mode_u"] * k).astype(int), k - 1)]
+        return np.where(memorised, slots["mem_src"], novel)
 
     @torch.no_grad()
-    def render(self, slots: dict, batch: int = 64) -> np.ndarray:
-        src = slots["source"]
+    def _coarse(self, slots: dict, memorised: np.ndarray, modes: int | None = None, batch: int = 256):
+        """Decoded and bent coarse images (n, 1, r, r) in [0, 1] of the slots."""
+        src = self._sources(slots, memorised, modes)
         z = self.codes[src] + self.cfg.latent_jitter * self.code_std[src] * slots["eps"]
         dev = next(self.vae.parameters()).device
         coarse = torch.cat(
             [self.vae.decode(torch.from_numpy(z[i : i + batch]).to(dev)).float().cpu() for i in range(0, len(z), batch)]
         )
-        img = refine(self.refiner, warp(coarse, slots["ctrl"]), seed=slots["noise_seed"], batch=batch)
+        scale = np.where(memorised, self.cfg.warp_memorised, self.cfg.warp_novel).astype(np.float32)
+        return warp(coarse, slots["ctrl"] * torch.from_numpy(scale)[:, None, None, None])
+
+    def render(self, slots: dict, batch: int = 64) -> np.ndarray:
+        """uint8 images of the slots at the generator's current knobs."""
+        coarse = self._coarse(slots, slots["u"] < self.cfg.memorised_share)
+        img = refine(self.refiner, coarse, seed=slots["noise_seed"], batch=batch)
         return (img[:, 0] * 255.0).round_().to(torch.uint8).numpy()
+
+    def calibrate(self, real: np.ndarray, labels: np.ndarray, *, level: str, n: int, seed: int) -> dict | None:
+        """Set `modes` and `memorised_share` so that n samples' pixel-NN AUC on (real, labels) meets the
+        level's target (`calibrate` module); None where the level has no target or calibration is off."""
+        if not self.cfg.calibrate or level not in TARGETS:
+            return None
+        target, rng = TARGETS[level][0], np.random.default_rng([seed & 0xFFFFFFFF, 0xCA1])
+        slots, r = self.slots(n, rng), self.coarse_size
+        small = F.interpolate(torch.from_numpy(real).float().unsqueeze(1), size=(r, r), mode="area")
+        small = small[:, 0].round().to(torch.uint8).numpy()
+        none, every = np.zeros(n, bool), np.ones(n, bool)
+
+        def dist(memorised: np.ndarray, modes: int | None = None) -> np.ndarray:
+            return distance_matrix(small, (self._coarse(slots, memorised, modes)[:, 0] * 255).round().byte().numpy())
+
+        modes, modes_curve = choose_modes(lambda k: auc_at(0.0, dist(none, k), dist(none, k), slots["u"], labels),
+                                          len(self.codes), target)  # fmt: skip
+        self.cfg.modes = modes
+        share, curve = choose_alpha(dist(none), dist(every), slots["u"], labels, target, self.cfg.max_memorised_share)
+        self.cfg.memorised_share = share
+        return {"target": target, "range": TARGETS[level][1], "modes": modes, "memorised_share": share,
+                "modes_curve": modes_curve, "alpha_curve": curve, "proxy": f"coarse {r} px, {n} samples"}  # fmt: skip
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """`n` synthetic uint8 images, drawing randomness from `rng` only."""
@@ -139,10 +175,13 @@ class SharpGenerator:
 
 
 def summarize(history: dict) -> dict:
-    """What synth.json records about a sharp generator."""
+    """What synth.json records about a sharp generator (with its calibration, when the build made one)."""
+    cal = history.get("calibration") or {}
     return {
         "model": "memorising coarse VAE + statistical deformation model + adversarial x4 refiner",
-        **{k: history[k] for k in ("curve", "refiner_curve", "deformation", "sampling", "seconds")},
+        **{k: history[k] for k in ("curve", "refiner_curve", "deformation", "seconds")},
+        "sampling": {**history["sampling"], **{k: cal[k] for k in ("modes", "memorised_share") if k in cal}},
+        "calibration": history.get("calibration"),
         "world_size": history["world_size"],
         "device": history["device"],
     }
@@ -199,7 +238,7 @@ def train_sharp(images: np.ndarray, cfg: SharpConfig, *, seed: int = 0, accelera
         ref = train_refiner(len(images), images.shape[-1], pairs_fn, rcfg, seed=seed, accelerator=accelerator,
                             curve=history["refiner_curve"], progress=progress)  # fmt: skip
     history["seconds"]["refiner"] = round(time.perf_counter() - t0, 3)
-    gen = SharpGenerator(cfg, vae.float(), ref.float(), dm, mu.numpy(), std.numpy(), seed)
+    gen = SharpGenerator(cfg, vae.float(), ref.float(), dm, mu.numpy(), std.numpy(), seed, images.shape[-1])
     history["sampling"] = {k: getattr(cfg, k) for k in ("memorised_share", "zipf", "modes", "warp_memorised",
                                                          "warp_novel", "latent_jitter")}  # fmt: skip
     return gen, history
