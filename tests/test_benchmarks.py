@@ -22,6 +22,7 @@ sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import run as bench_run  # noqa: E402
 from bench_retrieval import numpy_topk, overlap  # noqa: E402
+from bench_synth_families import summarize as families_summary  # noqa: E402
 from bench_train import train_command  # noqa: E402
 
 
@@ -183,3 +184,16 @@ def test_write_dev_folder_layout(tmp_path):
         assert img.size == (32, 32) and img.mode == "L"
     # cycled: the third generated image repeats the first rendered one
     assert paths["generated"][2].read_bytes() == paths["generated"][0].read_bytes()
+
+
+def test_synth_families_summary_compares_the_families_per_level():
+    def build(family, level, wall, hf, fd):
+        return {"family": family, "level": level, "wall_s": wall, "cpu_s": wall / 2, "hf_ratio": hf,
+                "frechet": {"ratio": fd}}  # fmt: skip
+
+    out = families_summary([build("vae", "medium", 100.0, 0.05, 40.0), build("sharp", "medium", 400.0, 0.5, 4.0),
+                            build("vae", "tiny", 10.0, 0.1, 10.0)])  # fmt: skip
+    ratios = out["medium"]["sharp_over_vae"]
+    assert ratios["wall_s"] == 4.0 and ratios["hf_ratio"] == 10.0 and ratios["frechet_ratio"] == 0.1
+    assert out["medium"]["sharp"]["over_budget"] == 1 and out["medium"]["vae"]["over_budget"] == 0
+    assert "sharp_over_vae" not in out["tiny"]
