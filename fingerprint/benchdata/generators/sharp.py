@@ -161,8 +161,11 @@ class SharpGenerator:
         def dist(memorised: np.ndarray, modes: int | None = None) -> np.ndarray:
             return distance_matrix(small, (self._coarse(slots, memorised, modes)[:, 0] * 255).round().byte().numpy())
 
-        modes, modes_curve = choose_modes(lambda k: auc_at(0.0, dist(none, k), dist(none, k), slots["u"], labels),
-                                          len(self.codes), target)  # fmt: skip
+        def novel_auc(modes: int) -> float:  # memorisation off: the novel slots alone
+            d = dist(none, modes)
+            return auc_at(0.0, d, d, slots["u"], labels)
+
+        modes, modes_curve = choose_modes(novel_auc, len(self.codes), target)
         self.cfg.modes = modes
         share, curve = choose_alpha(dist(none), dist(every), slots["u"], labels, target, self.cfg.max_memorised_share)
         self.cfg.memorised_share = share
