@@ -131,6 +131,7 @@ def section_dataset(run: RunInputs, *, per_group: int, seed: int) -> Section:
         rows.append([split, "all", "", str(sum(counts.values()))])
     if rows:
         s.table(["split", "role", "label", "images"], rows)
+    _realism_tables(run, s)
     for split in SPLITS:
         for note in skip_notes(run.run_dir, split):
             s.note(note)
@@ -147,6 +148,37 @@ def section_dataset(run: RunInputs, *, per_group: int, seed: int) -> Section:
             continue
         s.figure(sample_grid(groups, pixels, split), f"{split}: random samples of each group (seed {seed})")
     return s
+
+
+def _synth_info(run: RunInputs) -> dict | None:
+    """The synth.json of the benchmark the run packed (beside the packed dev/ folder), if any."""
+    for split in SPLITS:
+        manifest = run.run_dir / "shards" / split / "manifest.json"
+        if manifest.is_file():
+            source = read_manifest(manifest.parent).get("source")
+            path = Path(source).parent / "synth.json" if source else None
+            if path is not None and path.is_file():
+                return read_json(path)
+    return None
+
+
+def _realism_tables(run: RunInputs, s: Section) -> None:
+    """The benchmark's realism figures (synth.json `realism`, fingerprint.benchdata.realism), when it has them."""
+    info = _synth_info(run)
+    if not info or "realism" not in info:
+        return
+    r, fd = info["realism"], info["realism"]["frechet"]
+    s.heading(f"Realism of the benchmark ({info['generator']['family']} generator, {info['level']} level)")
+    s.table(
+        ["high-frequency ratio gen/real", "Fréchet distance gen-real", "real-real reference", "ratio"],
+        [[fmt(r["hf_ratio"]), fmt(fd["generated"], 1), fmt(fd["real_vs_real"], 1), fmt(fd["ratio"], 2)]],
+    )
+    rows = [
+        [split, fmt(v["pixel_nn_auc"]), fmt(v["ssim_nn_auc"]), fmt(v["share_nearest_used"]),
+         fmt(v["share_nearest_used_null"]), fmt(v["memorisation"]["share_reproduced_used"])]
+        for split, v in r["splits"].items()
+    ]  # fmt: skip
+    s.table(["split", "pixel-NN AUC", "SSIM-NN AUC", "share nearest used", "null", "used reproduced"], rows)
 
 
 def section_training(run: RunInputs) -> Section:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import run as bench_run  # noqa: E402
 from bench_retrieval import numpy_topk, overlap  # noqa: E402
+from bench_synth_families import summarize as families_summary  # noqa: E402
 from bench_train import train_command  # noqa: E402
 
 
@@ -203,3 +204,16 @@ def test_scaling_writes_a_features_folder_and_renders_its_table(tmp_path):
     report = bench_scaling._report(rows, {"peak_rss_mb": 700.0}, "m", 2, (1_000, 10_000))
     assert report["memory_flat"] and report["at_most_linear"] and report["exponents"]["score"]["time"] == 0.0
     assert "| 10,000 | 1.0 | 0.1 | 1.0 (0.5 + 0.5) | 800 | 0.5 (0.9) |" in "\n".join(bench_scaling.table(report))
+
+
+def test_synth_families_summary_compares_the_families_per_level():
+    def build(family, level, wall, hf, fd):
+        return {"family": family, "level": level, "wall_s": wall, "cpu_s": wall / 2, "hf_ratio": hf,
+                "frechet": {"ratio": fd}}  # fmt: skip
+
+    out = families_summary([build("vae", "medium", 100.0, 0.05, 40.0), build("sharp", "medium", 400.0, 0.5, 4.0),
+                            build("vae", "tiny", 10.0, 0.1, 10.0)])  # fmt: skip
+    ratios = out["medium"]["sharp_over_vae"]
+    assert ratios["wall_s"] == 4.0 and ratios["hf_ratio"] == 10.0 and ratios["frechet_ratio"] == 0.1
+    assert out["medium"]["sharp"]["over_budget"] == 1 and out["medium"]["vae"]["over_budget"] == 0
+    assert "sharp_over_vae" not in out["tiny"]

@@ -47,3 +47,31 @@ def test_skips_and_renames_are_listed(tmp_path):
         "test: skipped when embedding (--on-error skip): 1 shards",
     ]
     assert skip_notes(tmp_path, "dev") == []
+
+
+def test_dataset_section_shows_the_benchmarks_realism(tmp_path):
+    from fingerprint.report_html import Section
+    from fingerprint.report_sections import _realism_tables
+    from fingerprint.shards import FORMAT
+    from fingerprint.utils import write_json
+
+    leak = {"pixel_nn_auc": 0.75, "ssim_nn_auc": 0.7, "share_nearest_used": 0.6, "share_nearest_used_null": 0.5,
+            "memorisation": {"share_reproduced_used": 0.1}}  # fmt: skip
+    realism = {"hf_ratio": 0.7641, "frechet": {"generated": 50.0, "real_vs_real": 10.0, "ratio": 5.0},
+               "splits": {"dev": leak, "test": leak}}  # fmt: skip
+    data = tmp_path / "data"
+    data.mkdir()
+    write_json(data / "synth.json", {"level": "medium", "generator": {"family": "sharp"}, "realism": realism})
+    (tmp_path / "run" / "shards" / "dev").mkdir(parents=True)
+    write_json(
+        tmp_path / "run" / "shards" / "dev" / "manifest.json",
+        {"format": FORMAT, "source": str(data / "dev"), "counts": {"role_label": {"generated/none": 3}}},
+    )
+    sec = Section("dataset", "Data set")
+    _realism_tables(RunInputs(tmp_path / "run"), sec)
+    html = "".join(sec.html)
+    assert "Realism of the benchmark (sharp generator, medium level)" in html and "0.764" in html
+    (data / "synth.json").unlink()
+    sec = Section("dataset", "Data set")
+    _realism_tables(RunInputs(tmp_path / "run"), sec)
+    assert "Realism" not in "".join(sec.html)

@@ -131,7 +131,13 @@ def test_synth_json_records_everything(tiny):
     assert len(curve) == LEVELS["tiny"]["generator"]["epochs"] and curve[-1]["loss"] < curve[0]["loss"]
     assert info["generator"]["upsampler_curve"]
     assert info["generator"]["world_size"] == 1
-    assert {"real_images", "training", "sampling", "writing", "difficulty", "total"} <= set(info["timings"])
+    assert {"real_images", "training", "sampling", "realism", "writing", "difficulty", "total"} <= set(info["timings"])
+    realism = info["realism"]  # fingerprint.benchdata.realism, on the images written
+    assert realism["hf_ratio"] > 0 and realism["frechet"]["real_vs_real"] > 0 and realism["frechet"]["ratio"] > 1
+    for split in ("dev", "test"):
+        leak = realism["splits"][split]
+        assert leak["pixel_nn_auc"] == info["difficulty"]["pixel_nn_auc"][split]
+        assert 0 <= leak["ssim_nn_auc"] <= 1 and 0 <= leak["share_nearest_used"] <= 1
     auc = info["difficulty"]["pixel_nn_auc"]
     assert auc == measure_difficulty(out)  # measured on the files written
     assert 0.0 <= auc["dev"] <= 1.0 and 0.0 <= auc["test"] <= 1.0

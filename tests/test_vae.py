@@ -122,3 +122,18 @@ def test_bf16_path_runs_on_cpu():
     res = subprocess.run([sys.executable, "-c", BF16_SCRIPT], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "bf16 ok" in res.stdout
+
+
+def test_memorised_share_draws_at_the_used_images_codes(images):
+    """memorised_share = 0 leaves sampling as it was; 1 draws every latent at a used image's posterior."""
+    gen, _ = train_generator(images, GeneratorConfig(**{**TINY, "upsampler_steps": 5}), seed=0, progress=False)
+    z0 = gen.sample_latents(50, np.random.default_rng(0))
+    np.testing.assert_array_equal(z0, gen.mixture.sample(50, np.random.default_rng(0), gen.cfg.temperature))
+    gen.cfg = GeneratorConfig(**{**TINY, "memorised_share": 1.0, "closeness": 0.0})
+    z1 = gen.sample_latents(200, np.random.default_rng(0))
+    d = np.linalg.norm(z1[:, None] - gen.memory.codes[None], axis=2)
+    assert np.allclose(d.min(1), 0, atol=1e-5)
+    counts = np.bincount(d.argmin(1), minlength=len(images))
+    assert counts.max() > 4 * max(counts.min(), 1)  # Zipf: some used images far more often than others
+    with pytest.raises(FingerprintError, match="synth.memorised_share"):
+        GeneratorConfig(memorised_share=1.5)

@@ -4,7 +4,8 @@
 whose pixel correlation with a real image exceeds the bound (so no synthetic
 image is a near-copy), writes the ImageCLEFmedical GANs 2023 layout into a
 temporary folder (PNGs, test_truth.csv beside test/, real_sources.csv),
-measures the difficulty on the files written, writes synth.json last and
+measures the difficulty on the files written and the realism of the images
+(`fingerprint.benchdata.realism`), writes synth.json last and
 renames the folder into place.
 """
 
@@ -28,6 +29,7 @@ from fingerprint import __version__
 from fingerprint.benchdata.difficulty import measure_difficulty
 from fingerprint.benchdata.generators import TrainedGenerator, get_family
 from fingerprint.benchdata.realimages import RealImages
+from fingerprint.benchdata.realism import measure_splits
 from fingerprint.utils import FingerprintError, atomic_path, write_json
 
 if TYPE_CHECKING:
@@ -112,6 +114,13 @@ def sample_and_write(
     order = np.random.default_rng([p.seed & 0xFFFFFFFF, 0x7E57]).permutation(len(test_idx))
     test_idx, test_lab = test_idx[order], test_lab[order]
 
+    t0 = time.perf_counter()
+    dev_idx = np.concatenate([split["dev_used"], split["dev_not_used"]])
+    dev_lab = np.r_[np.ones(len(split["dev_used"]), int), np.zeros(len(split["dev_not_used"]), int)]
+    splits = {"dev": (real.images[dev_idx], dev_lab, dev_gen), "test": (real.images[test_idx], test_lab, test_gen)}
+    realism = measure_splits(splits, seed=p.seed)
+    timings["realism"] = time.perf_counter() - t0
+
     used_groups = set(real.group[np.concatenate([split["dev_used"], split["test_used"]])].tolist())
     not_used = np.concatenate([split["dev_not_used"], split["test_not_used"]])
     siblings = int(sum(g in used_groups for g in real.group[not_used].tolist()))
@@ -145,6 +154,7 @@ def sample_and_write(
         timings["difficulty"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_all
         info = _info(p, real, history, dev_rej, test_rej, difficulty, timings, siblings)
+        info["realism"] = realism
         write_json(tmp / "synth.json", info)
     log.info(
         "wrote %s: pixel-NN AUC dev %.3f, test %.3f (%.0f s)",

@@ -130,8 +130,10 @@ def resolve_params(
     preset = dict(LEVELS[level])
     family = get_family(overrides.get("family") or "vae")
     gen_fields = {f.name for f in fields(family.config)}
-    # a level's generator preset applies to the fields the family has
-    gen_over = {k: v for k, v in preset.pop("generator", {}).items() if k in gen_fields}
+    # a level's generator preset (the family's own when it has them) applies to the fields the family has
+    gen_preset = preset.pop("generator", {})
+    gen_preset = gen_preset if family.levels is None else family.levels.get(level, {})
+    gen_over = {k: v for k, v in gen_preset.items() if k in gen_fields}
     top = {**preset, "level": level, "seed": int(seed), "real_dir": None if real_dir is None else str(real_dir)}
     for key, value in overrides.items():
         if value is None:
@@ -189,7 +191,11 @@ class SynthConfig:
         None, help="use the images in this folder (any format, converted to 8-bit gray) instead of the phantoms"
     )
     force: bool = option(False, help="replace the output folder if it exists")
-    generator: str | None = _opt("generator family (fingerprint.benchdata.generators; default vae)")
+    generator: str | None = _opt(
+        "generator family (fingerprint.benchdata.generators): vae (default; blurred), sharp (VAE + deformations + "
+        "adversarial refiner; sharp edges and lung texture, several times the build time) or ddpm (diffusion model; "
+        "needs fingerprint[gpu-gen], and a GPU above --level tiny)"
+    )
     # counts
     image_size: int | None = _opt("side of the square 8-bit images (default 256; tiny: 64)")
     dev_generated: int | None = _opt("synthetic images in dev/generated (default 500)")
@@ -205,7 +211,7 @@ class SynthConfig:
     )
     tb_fraction: float | None = _opt("share of phantom patients with tuberculosis-like findings (default 0.5)")
     noise: float | None = _opt("phantom scanner-noise scale, 0 = none (default 1)")
-    # generator (vae)
+    # generator (vae, and the sharp family's coarse VAE)
     epochs: int | None = _opt("VAE training epochs (level preset)")
     components: int | None = _opt("latent Gaussian-mixture components (level preset; more = closer to training)")
     temperature: float | None = _opt("latent sampling temperature (level preset)")
@@ -216,6 +222,20 @@ class SynthConfig:
     batch_size: int | None = _opt("VAE batch size (default 32)")
     lr: float | None = _opt("VAE learning rate (default 0.002)")
     upsampler_steps: int | None = _opt("training steps of the learned upsampler (default 200)")
+    # memorisation control (vae and sharp)
+    memorised_share: float | None = _opt("share of samples drawn at a used image (vae default 0; sharp: level preset)")
+    zipf: float | None = _opt("Zipf exponent of which used images memorised samples copy (default 1)")
+    closeness: float | None = _opt("vae: memorised kernel width in posterior standard deviations (default 0.5)")
+    # generator (sharp)
+    modes: int | None = _opt("sharp: used images that novel samples start from, 0 = all (level preset)")
+    warp_novel: float | None = _opt("sharp: bend of novel samples (default 1; hard 1.25)")
+    warp_memorised: float | None = _opt("sharp: bend of memorised samples (default 0.3)")
+    refiner_steps: int | None = _opt("sharp: adversarial refiner training steps (default 600)")
+    adv_weight: float | None = _opt("sharp: weight of the refiner's adversarial loss (default 0.15)")
+    calibrate: bool | None = _opt("sharp: calibrate modes and memorised_share to the level's pixel-NN AUC target")
+    # generator (ddpm; needs fingerprint[gpu-gen] and a GPU above --level tiny)
+    ddpm_steps: int | None = _opt("ddpm: diffusion training steps (default 20000; tiny: 20)")
+    sample_steps: int | None = _opt("ddpm: DDIM sampling steps (default 50)")
     mixed_precision: str | None = _opt(
         "generator training precision; bf16/fp16 are for GPUs (default no = fp32)", choices=MIXED_PRECISION
     )
@@ -322,6 +342,14 @@ def build_benchmark(
             real.images[used_idx], params.generator, seed=params.seed, accelerator=accelerator, progress=progress
         )
         timings["training"] = time.perf_counter() - t0
+        if hasattr(gen, "calibrate"):  # memorisation set to the level's leakage target (generators.calibrate)
+            t0 = time.perf_counter()
+            test = np.concatenate([split["test_used"], split["test_not_used"]])
+            labels = np.r_[np.ones(len(split["test_used"]), int), np.zeros(len(split["test_not_used"]), int)]
+            history["calibration"] = gen.calibrate(
+                real.images[test], labels, level=params.level, n=params.test_generated, seed=params.seed
+            )
+            timings["calibration"] = time.perf_counter() - t0
         if main:
             sample_and_write(out_dir, params, real, split, gen, history, timings, t_all)
         accelerator.wait_for_everyone()

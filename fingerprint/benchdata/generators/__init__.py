@@ -6,7 +6,8 @@ uint8 images (n, s, s), its config, a seed, an optional Accelerator and a
 progress flag, and returns a trained generator (anything with
 `draw(n, rng) -> uint8 images (n, s, s)`) and its training history; the
 family's `summarize(history)` is what synth.json records about it (by
-default the history itself). `fingerprint synth --generator NAME` picks one.
+default the history itself); its `levels` (level -> config overrides), when
+given, replace the vae-tuned generator presets of `synth.LEVELS`. `fingerprint synth --generator NAME` picks one.
 Families register themselves on import; `FAMILY_MODULES` lists the modules
 to import.
 """
@@ -25,7 +26,11 @@ from fingerprint.distributed import make_accelerator
 from fingerprint.utils import FingerprintError
 
 #: the modules that register the built-in families
-FAMILY_MODULES = ("fingerprint.benchdata.generators.vae",)
+FAMILY_MODULES = (
+    "fingerprint.benchdata.generators.vae",
+    "fingerprint.benchdata.generators.sharp",
+    "fingerprint.benchdata.generators.ddpm",
+)
 
 
 class TrainedGenerator(Protocol):
@@ -44,16 +49,19 @@ class GeneratorFamily:
     train: Callable[..., tuple[TrainedGenerator, dict[str, Any]]]
     help: str
     summarize: Callable[[dict[str, Any]], dict[str, Any]] = dict  # history -> synth.json "generator" record
+    levels: dict[str, dict[str, Any]] | None = None  # level -> config overrides (None: synth.LEVELS' generator)
 
 
 FAMILIES: dict[str, GeneratorFamily] = {}
 
 
-def register_family(name: str, config: type, *, help: str, summarize: Callable | None = None) -> Callable:
+def register_family(
+    name: str, config: type, *, help: str, summarize: Callable | None = None, levels: dict | None = None
+) -> Callable:
     """Decorator: register `train(images, cfg, *, seed, accelerator, progress)` as generator family `name`."""
 
     def wrap(train: Callable) -> Callable:
-        FAMILIES[name] = GeneratorFamily(name, config, train, help, summarize or dict)
+        FAMILIES[name] = GeneratorFamily(name, config, train, help, summarize or dict, levels)
         return train
 
     return wrap

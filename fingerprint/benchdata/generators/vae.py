@@ -24,6 +24,15 @@ Three learned parts:
    area-downsampled version back to full resolution. It lets a generator
    trained cheaply at 64x64 emit full-size (e.g. 256x256) images.
 
+Memorisation control (`memorised_share`, default 0 = off): each sample is,
+with that probability, drawn from a narrow kernel N(mu_i, (closeness *
+sigma_i)^2) at the posterior of a used image i picked with Zipf weights over a
+seeded ranking (`zipf_weights`): a generator that reproduces a few training
+images often and most rarely (Feldman 2020; Carlini et al. 2023). With a
+single novel component at a low temperature (`components 1`,
+`temperature 0.5`) the memorised share alone sets the leakage
+(docs/benchmark-data.md).
+
 Training uses Accelerate (`prepare` on model and optimiser; batches are held
 in memory and split by rank), so the same code runs on the CPU, one GPU, or
 several processes. It is seeded and runs with deterministic algorithms where
@@ -47,7 +56,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fingerprint.benchdata.generators import family_accelerator, register_family
-from fingerprint.config import check_fields, option
+from fingerprint.config import check_fields, fail, option
 from fingerprint.utils import FingerprintError, is_main_process
 from fingerprint.vocab import MIXED_PRECISION
 
@@ -72,6 +81,9 @@ class GeneratorConfig:
     kl_weight: float = option(0.002, help="weight of the KL term")
     components: int = option(12, min=1, help="latent Gaussian-mixture components (capped at the training images)")
     temperature: float = option(1.0, min=0, help="scale of the latent noise when sampling")
+    memorised_share: float = option(0.0, min=0, help="share of samples drawn at a used image's code, in [0, 1]")
+    zipf: float = option(1.0, min=0, help="Zipf exponent of which used images memorised samples copy")
+    closeness: float = option(0.5, min=0, help="memorised kernel width, in posterior standard deviations")
     upsampler_steps: int = option(200, min=0, help="training steps of the learned upsampler")
     upsampler_width: int = option(16, min=1, help="channels of the upsampler's convolutions")
     upsampler_batch: int = option(16, min=1, help="patches per upsampler step")
@@ -81,6 +93,29 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.memorised_share > 1:
+            raise fail(self, "memorised_share", f"must be in [0, 1], got {self.memorised_share}")
+
+
+def zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Weights proportional to rank^(-exponent) over a random ranking of n items (exponent 0 = uniform)."""
+    w = (rng.permutation(n) + 1).astype(np.float64) ** (-exponent)
+    return w / w.sum()
+
+
+@dataclass
+class LatentMemory:
+    """The memorised part of the latent density: used images' posterior means and sds, Zipf weights."""
+
+    codes: np.ndarray  # (n, d)
+    stds: np.ndarray  # (n, d)
+    weights: np.ndarray  # (n,)
+
+    def sample(self, n: int, rng: np.random.Generator, closeness: float) -> np.ndarray:
+        src = rng.choice(len(self.codes), size=n, p=self.weights)
+        return (self.codes[src] + closeness * self.stds[src] * rng.standard_normal((n, self.codes.shape[1]))).astype(
+            np.float32
+        )
 
 
 class VAE(nn.Module):
@@ -188,6 +223,7 @@ class Generator:
         mixture: LatentMixture,
         out_size: int,
         device: torch.device | str = "cpu",
+        memory: LatentMemory | None = None,
     ):
         self.cfg = cfg
         self.vae = vae.eval()
@@ -195,9 +231,14 @@ class Generator:
         self.mixture = mixture
         self.out_size = out_size
         self.device = torch.device(device)
+        self.memory = memory
 
     def sample_latents(self, n: int, rng: np.random.Generator, temperature: float | None = None) -> np.ndarray:
-        return self.mixture.sample(n, rng, self.cfg.temperature if temperature is None else temperature)
+        z = self.mixture.sample(n, rng, self.cfg.temperature if temperature is None else temperature)
+        if self.memory is None or self.cfg.memorised_share <= 0:
+            return z
+        memorised = rng.random(n) < self.cfg.memorised_share
+        return np.where(memorised[:, None], self.memory.sample(n, rng, self.cfg.closeness), z)
 
     @torch.no_grad()
     def decode(self, z: np.ndarray, batch_size: int = 128) -> np.ndarray:
@@ -302,10 +343,11 @@ def train_generator(
         t0 = time.perf_counter()
         vae.eval()
         with torch.no_grad():
-            codes = torch.cat(
-                [vae.encode(lr_images[i : i + 256].to(accelerator.device))[0].float().cpu() for i in range(0, n, 256)]
-            ).numpy()
+            stats = [vae.encode(lr_images[i : i + 256].to(accelerator.device)) for i in range(0, n, 256)]
+        codes = torch.cat([m.float().cpu() for m, _ in stats]).numpy()
+        stds = torch.cat([(0.5 * v.float()).exp().cpu() for _, v in stats]).numpy()
         mixture = fit_latent_mixture(codes, cfg.components, seed=seed)
+        memory = LatentMemory(codes, stds, zipf_weights(n, cfg.zipf, np.random.default_rng([seed & 0xFFFFFFFF, 0x21F])))
         history["mixture_seconds"] = round(time.perf_counter() - t0, 3)
         history["mixture_components"] = len(mixture.weights)
 
@@ -314,7 +356,7 @@ def train_generator(
             ups, hr, factor, cfg, seed, accelerator, rank, world, history["upsampler"], progress and main
         )
         history["upsampler_seconds"] = round(time.perf_counter() - t0, 3)
-    gen = Generator(cfg, vae.float(), ups.float(), mixture, size, device=accelerator.device)
+    gen = Generator(cfg, vae.float(), ups.float(), mixture, size, device=accelerator.device, memory=memory)
     return gen, history
 
 
