@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,14 @@ from fingerprint.train import TrainConfig, run_train  # noqa: E402
 from fingerprint.utils import setup_logging, write_json  # noqa: E402
 
 
+def link(src: Path, dst: Path) -> None:
+    """A hard link (a copy across file systems): pack resolves symlinks, which would leave the fold's folder."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def fold_scores(run_dir: Path, data: Path, work: Path, keys: list[str], y: np.ndarray, folds: int, seed: int) -> dict:
     """{dev key: relation score from the model trained without its fold}."""
     out: dict[str, float] = {}
@@ -49,7 +58,7 @@ def fold_scores(run_dir: Path, data: Path, work: Path, keys: list[str], y: np.nd
             (src / sub).mkdir(parents=True, exist_ok=True)
             for f in sorted((data / "dev" / sub).glob("*.png")):
                 if f.stem not in held_keys and not (src / sub / f.name).exists():
-                    os.symlink(f.resolve(), src / sub / f.name)
+                    link(f, src / sub / f.name)
         shards, model = work / f"fold{k}" / "shards", work / f"fold{k}" / "model"
         if not (shards / "manifest.json").exists():
             run_pack(PackConfig(src=src, out=shards, seed=seed))

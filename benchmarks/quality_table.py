@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import load_average, machine_info  # noqa: E402
+
 from fingerprint.fuse import FuseConfig, fused_scores, load_fusion, run_fuse  # noqa: E402
 from fingerprint.metrics import align_truth, apply_threshold, evaluate, read_truth  # noqa: E402
 from fingerprint.pipeline import RunConfig, run_pipeline  # noqa: E402
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain", action="store_true", help="run with the SSCD-style pretraining stage on")
     a = ap.parse_args(argv)
     setup_logging()
+    started, load_before, t_all = time.strftime("%Y-%m-%d %H:%M:%S %Z"), load_average(), time.perf_counter()
     rows, ablations = [], {}
     suffix = "-pretrain" if a.pretrain else ""
     for data in a.data:
@@ -248,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {data.name}: fused {r['auc']['value']:.3f} margin {r['margin']:+.3f} kappa {r['kappa']['value']:.2f}"
               f" ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
     doc = {"runs": str(a.runs), "pretrain": a.pretrain, "n_boot": a.n_boot, "rows": rows, "ablations": ablations}
+    doc["run"] = {
+        "command": " ".join(["python", "benchmarks/quality_table.py", *(argv if argv is not None else sys.argv[1:])]),
+        "started": started,
+        "seconds": round(time.perf_counter() - t_all, 1),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "machine": machine_info("cpu"),
+    }
     write_json(a.out / f"quality{suffix}.json", doc)
     md = ["# Detection quality (benchmarks/quality_table.py)", "", criterion(rows), "", main_table(rows), ""]
     md += ["Baselines of the same runs (test ROC-AUC [95% CI], kappa at their dev threshold):", ""]

@@ -313,6 +313,8 @@ def save_profile(path: Path, keys: list[str], labels: list[str], columns: dict[s
 
 def load_profile(path: str | Path) -> tuple[Features, dict[str, np.ndarray]]:
     """(keyed rows, {column: values}) of a profile file; a clear error for other .npz files."""
+    if not Path(path).is_file():
+        raise FingerprintError(f"{path}: profile file not found (run 'fingerprint profile')")
     feats = Features.load(path, fmaps=False)
     names = feats.meta.get("columns")
     if feats.meta.get("kind") != "profile" or not isinstance(names, list) or len(names) != feats.dim:

@@ -98,3 +98,5 @@ def test_profile_errors(tmp_path, profiled):
     Features(["a"], ["real"], ["used"], np.zeros((1, 2)), None, {}).save(tmp_path / "f.npz")
     with pytest.raises(FingerprintError, match="not a profile file"):
         load_profile(tmp_path / "f.npz")
+    with pytest.raises(FingerprintError, match=r"missing\.npz: profile file not found"):
+        load_profile(tmp_path / "missing.npz")

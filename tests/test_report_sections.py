@@ -1,4 +1,4 @@
-"""Report sections: metric rows sorted by ROC-AUC with the best F1 marked; missing inputs become notes."""
+"""Report sections: metric rows sorted by ROC-AUC with the best kappa marked; missing inputs become notes."""
 
 import numpy as np
 
@@ -14,12 +14,15 @@ from fingerprint.report_sections import (
 from fingerprint.utils import write_json
 
 
-def _m(auc, f1, thr=None):
-    return {"roc_auc": {"value": auc}, "f1": {"value": f1}, "threshold": thr, "confusion_matrix": {"tn": 1.0}}
+def _m(auc, kappa, thr=None, f1=0.9):
+    return {"roc_auc": {"value": auc}, "kappa": {"value": kappa}, "f1": {"value": f1}, "threshold": thr,
+            "confusion_matrix": {"tn": 1.0}}  # fmt: skip
 
 
 def test_metric_rows():
-    header, rows, best = _metrics_rows({"a": _m(0.6, 0.7), "b": _m(0.8, 0.5), "c": _m(None, 0.7)}, {"a": 0.25})
+    # b has the best F1 (labelling everything used can buy that); a and c the best kappa, which is what is marked
+    scorers = {"a": _m(0.6, 0.4), "b": _m(0.8, 0.1, f1=0.95), "c": _m(None, 0.4)}
+    header, rows, best = _metrics_rows(scorers, {"a": 0.25})
     assert header[0] == "scorer" and "ROC-AUC" in header and [r[0] for r in rows] == ["b", "a", "c"]
     assert best == [1, 2] and rows[1][-2] == "0.2500"  # the sidecar's threshold where the metrics have none
 
