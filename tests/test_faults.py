@@ -37,6 +37,7 @@ from faultkit import ForkServer, files_under, link_copy, read_only, replace_byte
 from PIL import Image
 
 from fingerprint.features import Features
+from fingerprint.pipeline import RUN_FILE_SCORER
 from fingerprint.records import StageRecords
 from fingerprint.utils import sha256_file, write_json
 
@@ -245,7 +246,7 @@ def forged_run_file(sb):
     replace_bytes(
         run / "run.csv", ("\n".join([lines[0].replace("real_unknown", "real_unknwn"), *lines[1:]]) + "\n").encode()
     )
-    rec_path = StageRecords(run).path("score-relation-test")
+    rec_path = StageRecords(run).path(f"score-{RUN_FILE_SCORER}-test")
     rec = json.loads(rec_path.read_text())
     st = (run / "run.csv").stat()
     rec["outputs"]["run.csv"]["run.csv"] = {
@@ -363,15 +364,15 @@ def cut_at_member_boundary(sb):
 
 
 def failed_stage_then_rerun(server, sb, case):
-    """Issue 12.2: score writes scores/relation.csv, then fails on run.csv; a re-run must not report success."""
+    """Issue 12.2: score writes the run-file scorer's scores, then fails on run.csv; a re-run must not succeed."""
     run = sb.run()
     (run / "run.csv").unlink()
-    StageRecords(run).invalidate("score-relation-test")
+    StageRecords(run).invalidate(f"score-{RUN_FILE_SCORER}-test")
     (run / "run.csv").mkdir()  # the run file cannot be written: os.replace onto a folder fails
     argv = ["run", "data", "--out", "run", *RUN_ARGS]
     first = server.run(argv, cwd=sb.root)
-    assert first.rc == 2 and (run / "scores" / "relation.csv").exists()  # failed half-way
-    assert StageRecords(run).read("score-relation-test") is None
+    assert first.rc == 2 and (run / "scores" / f"{RUN_FILE_SCORER}.csv").exists()  # failed half-way
+    assert StageRecords(run).read(f"score-{RUN_FILE_SCORER}-test") is None
     again = server.run(argv, cwd=sb.root)
     assert again.rc == 2 and "run file:" not in again.out, "a failed stage counted as done"
     (run / "run.csv").rmdir()
