@@ -379,7 +379,8 @@ def test_dev_not_used_reference_is_rescored_against_the_audited_pool(relation_au
     ref = {k: v for k, (g, v) in now.items() if g == "reference"}
     held = {k: v for k, (g, v) in first.items() if g == "dev_not_used"}
     assert ref.keys() == held.keys()  # same images, same pool: same scores (up to float32 rounding of batches)
-    np.testing.assert_allclose([ref[k] for k in held], list(held.values()), rtol=0, atol=1e-6)
+    # batch-size-dependent CPU kernels differ by up to ~4e-6 on some (AVX-512) hosts; a wrong pool differs by 1e-2
+    np.testing.assert_allclose([ref[k] for k in held], list(held.values()), rtol=0, atol=2e-5)
     # against the dev split's own pool the same images score differently: that is what must not be compared
     dev_pool = tmp_path / "devpool"
     argv = ["audit", *_case_args(b, reference="dev-not-used")[:4], "--generated", str(b / "dev" / "generated"),
