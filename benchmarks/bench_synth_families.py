@@ -45,7 +45,8 @@ def one_build(out: Path, family: str, level: str, seed: int, extra: list[str]) -
     return {
         "family": family, "level": level, "seed": seed, "extra_flags": extra,
         "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-        "stage_s": info["timings"], "load_before": load0, "load_after": load_average(),
+        "stage_s": info["timings"], "threads": info["environment"]["threads"],
+        "load_before": load0, "load_after": load_average(),
         "hf_ratio": r["hf_ratio"], "frechet": r["frechet"],
         "leakage": {s: {k: v[k] for k in ("pixel_nn_auc", "ssim_nn_auc", "share_nearest_used",
                                           "share_nearest_used_null")} | {

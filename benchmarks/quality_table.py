@@ -40,18 +40,26 @@ from common import load_average, machine_info  # noqa: E402
 from fingerprint.fuse import FuseConfig, fused_scores, load_fusion, run_fuse  # noqa: E402
 from fingerprint.metrics import align_truth, apply_threshold, evaluate, read_truth  # noqa: E402
 from fingerprint.pipeline import RunConfig, run_pipeline  # noqa: E402
-from fingerprint.profile import ProfileConfig, load_profile, run_profile, save_profile  # noqa: E402
+from fingerprint.profile import DEFAULT_SPACES, ProfileConfig, load_profile, run_profile, save_profile  # noqa: E402
 from fingerprint.scorers import untrained_scorers  # noqa: E402
 from fingerprint.utils import read_json, setup_logging, write_json, write_text  # noqa: E402
 
 BASELINES = ("dcr", "ssim", "emb_nn", "emb_topk")
 SIX = ("medium-s0", "medium-s1", "medium-s2", "hard-s0", "hard-s1", "hard-s2")
+
+
+def _spaces(drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """FuseConfig change: the default spaces without `drop`, plus `add`."""
+    return {"spaces": tuple(s for s in DEFAULT_SPACES if s not in drop) + add}
+
+
 #: one lever changed at a time: name -> (what, FuseConfig changes)
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "default": ("the run's fused scorer (px64 anchor; + pn32, px16, k32x, al64 by dev CV)", {}),
-    "no_learned": ("learned metric off (no k32x)", {"spaces": ("px64", "pn32", "px16", "al64")}),
-    "no_align": ("aligned pixel evidence off (no al64)", {"spaces": ("px64", "pn32", "px16", "k32x")}),
-    "no_learned_align": ("learned metric and aligned evidence off", {"spaces": ("px64", "pn32", "px16")}),
+    "default": (f"the run's fused scorer (px64 anchor; + {', '.join(DEFAULT_SPACES[1:])} by dev CV)", {}),
+    "no_learned": ("learned metric off (no k32x)", _spaces(("k32x",))),
+    "no_align": ("aligned pixel evidence off (no al64)", _spaces(("al64",))),
+    "no_register": ("free-form registered distance off (no ff32)", _spaces(("ff32",))),
+    "no_learned_align": ("learned metric, aligned and registered evidence off", _spaces(("k32x", "al64", "ff32"))),
     "no_calibration": ("calibration off (distances to the generated pool only)", {"calibrated": False}),
     "px64_only": ("fusion over the px64 profile only (no selection)", {"spaces": ("px64",)}),
     "fusion_off": ("no fit: the untrained calibrated rule px64 cal_3", {"fixed": "px64:cal_3"}),
@@ -61,12 +69,9 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "free_start": ("selection not anchored at px64", {"anchor": ()}),
     "px32_anchor": (
         "input size: the anchor at 32 px instead of 64 px",
-        {"spaces": ("px32", "pn32", "px16", "k32x", "al64"), "anchor": ("px32",)},
+        {"spaces": ("px32",) + DEFAULT_SPACES[1:], "anchor": ("px32",)},
     ),
-    "with_emb": (
-        "+ emb group (the run model's random ResNet-18 embedding, 128 px)",
-        {"spaces": ("px64", "pn32", "px16", "k32x", "al64", "emb")},
-    ),
+    "with_emb": ("+ emb group (the run model's random ResNet-18 embedding, 128 px)", _spaces(add=("emb",))),
     "rule_balacc": ("threshold rule: balanced accuracy", {"rule": "balanced_accuracy"}),
     "rule_max_f1": ("threshold rule: max-F1", {"rule": "max_f1"}),
     "scale_rank": ("threshold transferred on rank-gauss scores instead of robust z", {"scale": "rank"}),
@@ -87,6 +92,14 @@ def run_folder(data: Path, run_dir: Path, n_boot: int, pretrain: bool) -> dict:
         )  # fmt: skip
         run_pipeline(cfg)
     return read_json(run_dir / "run.json")
+
+
+def auc_traced_only(data: Path) -> float | None:
+    """The build's `auc_traced_only` on test from its synth.json (generators that report each sample's source):
+    the ROC-AUC of finding exactly the used images some test sample was drawn from."""
+    path = data / "synth.json"
+    traced = read_json(path).get("generator", {}).get("traceability") if path.is_file() else None
+    return traced["test"]["auc_traced_only"] if traced else None
 
 
 def cell(d: dict) -> dict:
@@ -179,14 +192,17 @@ def fmt_ci(c: dict | None) -> str:
 
 
 def main_table(rows: list[dict]) -> str:
+    """One line per data set; a traced-only column (synth.json's traceability) when any build reports one."""
+    traced = any(r.get("test_auc_traced_only") is not None for r in rows)
     head = "| data | best baseline | fused ROC-AUC [95% CI] | margin | kappa | bal. acc. | labelled used | groups |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    rule = "|---|---|---|---|---|---|---|---|"
+    lines = [head + " AUC traced only |", rule + "---|"] if traced else [head, rule]
     for r in rows:
-        b = r["best_baseline"]
+        b, c = r["best_baseline"], r.get("test_auc_traced_only")
         lines.append(
             f"| {r['name']} | {b} {r['baselines'][b]['value']:.3f} | {fmt_ci(r['auc'])} | {r['margin']:+.3f} | "
             f"{r['kappa']['value']:.2f} | {r['balanced_accuracy']['value']:.2f} | {r['share_used']:.2f} | "
-            f"{'+'.join(r['groups'])} |"
+            f"{'+'.join(r['groups'])} |" + (f" {'n/a' if c is None else f'{c:.3f}'} |" if traced else "")
         )
     return "\n".join(lines)
 
@@ -244,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         run_dir = a.runs / f"{data.name}{suffix}"
         run_folder(data, run_dir, a.n_boot, a.pretrain)
-        rows.append(summarise(data.name, run_dir))
+        rows.append(summarise(data.name, run_dir) | {"test_auc_traced_only": auc_traced_only(data)})
         if a.ablations:
             ablations[data.name] = ablate(data.name, run_dir, read_truth(data / "test_truth.csv"), a.n_boot)
         r = rows[-1]

@@ -1,4 +1,6 @@
-"""Aligned pixel evidence: normalised correlation after a small rotation / scale / shift search (space `al64`).
+"""Aligned pixel evidence: rigid search (space `al64`) and free-form registration (space `ff32`).
+
+`al64`: normalised correlation after a small rotation / scale / shift search.
 
 A generator that memorises bends its copies a little (global and elastic
 warps) and smooths them; plain pixel L2 and SSIM punish both. Each real image
@@ -26,6 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from fingerprint.vocab import SPLITS
+
+#: added to registered RMS distances (pixels in [0, 1]) so identical images give finite logs
+EPS_RMS = 1e-4
 
 if TYPE_CHECKING:
     from fingerprint.profile import ProfileConfig, SplitImages
@@ -138,5 +143,40 @@ def aligned_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> dict[
         m = cand.shape[1]
         dgen, dref = (np.sort(aligned_distance(part), axis=1) for part in (ncc[:, :m], ncc[:, m:]))
         out[s] = profile_columns(dgen, dref, "al64")
+        start += len(rows)
+    return out
+
+
+def registered_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> dict[str, dict[str, np.ndarray]]:
+    """The calibrated profile (ngen_k, ref_k, cal_k) on distances after free-form registration (space `ff32`).
+
+    A generator that bends its training images elastically (outline, heart, diaphragm) moves a copy away from
+    its source in pixel space; a rigid search (`al64`) cannot undo that. Each real image is registered
+    (`fingerprint.register`, a smooth control-grid field) onto its `align_candidates` nearest generated images
+    and `align_references` nearest other reals (normalised-pixel L2 at 32 px), and the RMS difference left
+    after registration at 32 px is the distance: a bent copy of x comes back close to x, an image of other
+    anatomy does not.
+    """
+    from fingerprint.profile import drop_self, flat, l2_knn, profile_columns
+    from fingerprint.register import registered_rms
+
+    device = pick_device(cfg.device)
+    real = torch.cat([splits[s].real[32] for s in SPLITS])
+    vr = flat(real, normalise=True)
+    d, ids = l2_knn(vr, vr, cfg.align_references + 1)
+    _, ref_rows = drop_self(d, ids, np.arange(len(vr)))
+    search = {"grid": cfg.register_grid, "steps": cfg.register_steps, "lr": 0.02, "sigma": 0.5}
+    out, start = {}, 0
+    for s in SPLITS:
+        sp = splits[s]
+        rows = start + np.arange(len(sp.real_keys))
+        _, cand = l2_knn(flat(sp.gen[32], normalise=True), vr[rows], cfg.align_candidates)
+        pool = torch.cat([sp.gen[32], real])
+        pairs = np.hstack([cand, len(sp.gen[32]) + ref_rows[rows]])  # (R, M + K) rows of pool
+        moving = real[rows].repeat_interleave(pairs.shape[1], 0)
+        rms = registered_rms(moving.to(device), pool[torch.from_numpy(pairs.reshape(-1))].to(device), **search)
+        rms = rms.cpu().double().numpy().reshape(pairs.shape) + EPS_RMS
+        m = cand.shape[1]
+        out[s] = profile_columns(np.sort(rms[:, :m], axis=1), np.sort(rms[:, m:], axis=1), "ff32")
         start += len(rows)
     return out

@@ -19,7 +19,8 @@ Spaces: raw pixels (`px16/32/64`, the space of the `dcr` baseline at 64 px),
 per-image normalised pixels (`pn*`: zero mean, unit norm, so L2 is a function
 of the correlation), the metric learned from pseudo-pairs and cross-fitted over
 the reals (`k32x`, `fingerprint.adapt`), aligned correlation after a small
-registration search (`al64`, `fingerprint.align`), and a trained model's
+registration search (`al64`, `fingerprint.align`), distance after free-form
+registration (`ff32`, `fingerprint.register`), and a trained model's
 embedding (`emb`). Every feature is oriented "higher = more likely used".
 Distances are exact FAISS k-NN (IndexFlatL2). `fingerprint.fuse` fits the
 trained scorer on these columns.
@@ -46,7 +47,7 @@ from fingerprint.vocab import DEVICES, ON_ERROR, SPACES, SPLITS
 log = logging.getLogger(__name__)
 
 #: the profile's default spaces (the learned metric needs `profile.metric`)
-DEFAULT_SPACES = ("px64", "pn32", "px16", "k32x", "al64")
+DEFAULT_SPACES = ("px64", "pn32", "px16", "k32x", "al64", "ff32")
 #: neighbour ranks of the distances to the generated pool and to the reference (every space)
 KS_GEN = (1, 3, 5, 8)
 KS_REF = (1, 3, 5)
@@ -65,11 +66,13 @@ class ProfileConfig:
     spaces: tuple[str, ...] = option(DEFAULT_SPACES, choices=SPACES, help="representation spaces of the profile")
     metric: Path | None = option(None, help="learned metric folder from 'fingerprint adapt' (space k32x)")
     descriptor: Path | None = option(None, help="model folder whose embedding is the emb space (e.g. 'pretrain')")
-    align_candidates: int = option(16, min=1, help="al64: each real's nearest generated images aligned")
-    align_references: int = option(8, min=1, help="al64: each real's nearest other reals aligned (the reference)")
+    align_candidates: int = option(16, min=1, help="al64, ff32: each real's nearest generated images aligned")
+    align_references: int = option(8, min=1, help="al64, ff32: each real's nearest other reals aligned (reference)")
     align_angles: tuple[float, ...] = option((-6.0, -3.0, 0.0, 3.0, 6.0), help="al64: rotations searched (degrees)")
     align_scales: tuple[float, ...] = option((0.95, 1.0, 1.05), help="al64: scales searched")
     align_shift: int = option(3, min=0, help="al64: shifts searched, +-pixels at 64 px")
+    register_grid: int = option(6, min=2, help="ff32: control grid side of the free-form registration")
+    register_steps: int = option(60, min=1, help="ff32: Adam steps of the free-form registration")
     batch_size: int = option(256, min=1, help="images per batch when reading shards and encoding")
     device: str = option("auto", choices=DEVICES, help="where the aligned search and the descriptor run")
     threads: int | None = option(None, min=1, help="torch/FAISS CPU threads (default: all cores)")
@@ -141,6 +144,8 @@ def needed_sizes(cfg: ProfileConfig) -> list[int]:
             sizes.add(int(space[2:]))
         elif space == "al64":
             sizes |= {64, 32}
+        elif space == "ff32":
+            sizes.add(32)
         elif space == "k32x":
             from fingerprint.adapt import read_metric_meta
 
@@ -272,6 +277,10 @@ def space_profile(space: str, splits: dict[str, SplitImages], cfg: ProfileConfig
         from fingerprint.align import aligned_profile
 
         return aligned_profile(splits, cfg)
+    if space == "ff32":
+        from fingerprint.align import registered_profile
+
+        return registered_profile(splits, cfg)
     if space == "emb":
         return vector_profile("emb", descriptor_vectors(splits, cfg))
     raise FingerprintError(f"profile: unknown space {space!r}")

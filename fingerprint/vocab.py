@@ -77,8 +77,8 @@ DEVICES = ("auto", "cpu", "cuda")
 SCORER_INPUTS = ("pixels", "features", "profile", "model", "fusion", "index")
 #: representation spaces of the similarity profile (fingerprint.profile): raw pixels (px) or per-image normalised
 #: pixels (pn) at 16/32/64 px, the metric learned from pseudo-pairs, cross-fitted (k32x), aligned correlation at
-#: 64 px (al64), and a descriptor's embedding (emb)
-SPACES = ("px64", "pn32", "px16", "k32x", "al64", "px32", "pn64", "pn16", "emb")
+#: 64 px (al64), distance after free-form registration at 32 px (ff32), and a descriptor's embedding (emb)
+SPACES = ("px64", "pn32", "px16", "k32x", "al64", "ff32", "px32", "pn64", "pn16", "emb")
 
 
 def label_code(label: str, default: int = -1) -> int:

@@ -47,3 +47,16 @@ def test_a_registered_family_builds_a_benchmark(tmp_path):
     info = build_benchmark(tmp_path / "b", level="tiny", seed=0, progress=False, family="blur")
     assert info["params"]["family"] == "blur" and info["generator"] == {"family": "blur", "images": 22}
     assert info["counts"]["test"]["generated"] == 60 and (tmp_path / "b" / "test_truth.csv").is_file()
+
+
+def test_default_threads_per_family_and_launch(monkeypatch):
+    """vae builds on one thread; sharp on the cores of each launched process, at most its cap; a given value wins."""
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve_params("tiny").threads == 1
+    assert resolve_params("tiny", family="sharp").threads == 4
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert resolve_params("tiny", family="sharp").threads == 2
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    assert resolve_params("tiny", family="sharp").threads == 1
+    assert resolve_params("tiny", family="sharp", threads=3).threads == 3

@@ -329,6 +329,8 @@ def test_quality_table_reads_a_finished_run(demo_run, tmp_path):
         row["auc"]["value"] - max(metrics[b]["roc_auc"]["value"] for b in quality_table.BASELINES)
     )
     assert row["groups"][0] == "px64" and "| tiny |" in quality_table.main_table([row])
+    assert quality_table.auc_traced_only(data) is None  # the vae family does not report its samples' sources
+    assert "| 0.760 |" in quality_table.main_table([row | {"test_auc_traced_only": 0.76}])
     truth = read_truth(data / "test_truth.csv")
     again = quality_table.evaluate_fusion(out / "model" / "fusion.json", out / "profile" / "test.npz", truth, 0, 3)
     assert again["auc"]["value"] == pytest.approx(row["auc"]["value"]) and again["kappa"] == pytest.approx(

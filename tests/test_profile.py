@@ -69,7 +69,8 @@ def profiled(tmp_path_factory):
     for split in ("dev", "test"):
         pack(root / "data" / split, root / "shards" / split, image_size=64)
     cfg = ProfileConfig(dev=root / "shards" / "dev", test=root / "shards" / "test", out=root / "profile",
-                        spaces=("px64", "pn32", "px16", "al64"), align_candidates=4, align_references=3)  # fmt: skip
+                        spaces=("px64", "pn32", "px16", "al64", "ff32"), align_candidates=4,
+                        align_references=3)  # fmt: skip
     summary = run_profile(cfg)
     return root, cfg, summary
 
@@ -81,7 +82,7 @@ def test_profile_files_of_both_splits(profiled):
     assert len(dev) == 16 and len(test) == 16 and set(cols) == set(tcols)
     assert set(dev.labels) == {"used", "not_used"} and set(test.labels) == {"unknown"}
     assert list(dev.keys) == sorted(dev.keys) and dev.meta["n_reference"] == 32
-    for space in ("px64", "pn32", "px16", "al64"):
+    for space in ("px64", "pn32", "px16", "al64", "ff32"):
         assert f"{space}:ngen_{KS_GEN[-1]}" in cols and f"{space}:cal_3" in cols
     with pytest.raises(ConfigError, match="already exists"):
         run_profile(cfg)

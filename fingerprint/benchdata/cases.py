@@ -222,7 +222,7 @@ def _train_and_sample(p, images, n: int, real_all: np.ndarray, seed: int, accele
     gen, history = get_family(p.family).train(
         images, p.generator, seed=seed, accelerator=accelerator, progress=progress
     )
-    drawn, rejected = sample_checked(gen, n, real_all, seed=seed, max_correlation=p.max_correlation)
+    drawn, rejected, _ = sample_checked(gen, n, real_all, seed=seed, max_correlation=p.max_correlation)
     return drawn, {"family": p.family, **get_family(p.family).summarize(history), "near_duplicates": rejected}
 
 

@@ -52,11 +52,13 @@ def sample_checked(
     gen: TrainedGenerator, n: int, real: np.ndarray, *, seed: int, max_correlation: float, batch: int = 256
 ) -> tuple[np.ndarray, dict]:
     """Draw `n` samples, redrawing any whose pixel correlation with a real image exceeds `max_correlation`
-    (or that equals one exactly). Returns the images and rejection statistics."""
+    (or that equals one exactly). Returns the images, rejection statistics, and each kept sample's source
+    (the index of the training image it was drawn from, for generators that report `last_sources`; else None)."""
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 0x5A3])
     real_u = _unit_rows(real)
     real_bytes = {r.tobytes() for r in real}
     out: list[np.ndarray] = []
+    kept_sources: list[np.ndarray] | None = []
     rejected, drawn, max_kept = 0, 0, -1.0
     while sum(len(o) for o in out) < n:
         need = n - sum(len(o) for o in out)
@@ -66,6 +68,8 @@ def sample_checked(
         ok = corr <= max_correlation
         ok &= np.array([im.tobytes() not in real_bytes for im in imgs])
         rejected += int((~ok).sum())
+        src = getattr(gen, "last_sources", None)
+        kept_sources = None if src is None or kept_sources is None else kept_sources + [np.asarray(src)[ok]]
         if ok.any():
             out.append(imgs[ok])
             max_kept = max(max_kept, float(corr[ok].max()))
@@ -74,7 +78,30 @@ def sample_checked(
                 f"the generator keeps reproducing real images (rejected {rejected} of {drawn} samples with "
                 f"pixel correlation > {max_correlation}); raise synth.temperature or lower synth.epochs"
             )
-    return np.concatenate(out)[:n], {"drawn": drawn, "rejected": rejected, "max_kept_correlation": round(max_kept, 5)}
+    stats = {"drawn": drawn, "rejected": rejected, "max_kept_correlation": round(max_kept, 5)}
+    return np.concatenate(out)[:n], stats, None if kept_sources is None else np.concatenate(kept_sources)[:n]
+
+
+def traceability(sources: dict[str, np.ndarray | None], used_rows: dict[str, np.ndarray]) -> dict | None:
+    """Per split: the share of its used images that are the source of at least one of its generated images.
+
+    A sample is drawn from one training image (its source). `auc_traced_only` = traced + (1 - traced) / 2 is
+    the ROC-AUC of a scorer that finds every traced used image and ranks the others like not-used ones: a
+    reference for how concentrated the leakage is, not a bound (a decoder shared by all training images also
+    moves samples toward their sources' latent neighbours, which leaks untraced images too).
+    `used_rows[split]`: that split's used images as rows of the generator's training set. None for
+    generators that do not report sources.
+    """
+    if any(s is None for s in sources.values()):
+        return None
+    out = {}
+    for split, src in sources.items():
+        counts = np.bincount(src, minlength=int(used_rows[split].max()) + 1)[used_rows[split]]
+        share = float((counts > 0).mean())
+        per = round(float(counts[counts > 0].mean()), 2) if share else 0.0
+        out[split] = {"traced_used": round(share, 4), "auc_traced_only": round(0.5 + share / 2, 4),
+                      "samples_per_traced_used": per}  # fmt: skip
+    return out
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -100,12 +127,14 @@ def sample_and_write(
 ) -> None:
     """Sample, write the layout and synth.json into `out_dir` (atomically); see the module docstring."""
     t0 = time.perf_counter()
-    dev_gen, dev_rej = sample_checked(
+    dev_gen, dev_rej, dev_src = sample_checked(
         gen, p.dev_generated, real.images, seed=p.seed * 2 + 1, max_correlation=p.max_correlation
     )
-    test_gen, test_rej = sample_checked(
+    test_gen, test_rej, test_src = sample_checked(
         gen, p.test_generated, real.images, seed=p.seed * 2 + 2, max_correlation=p.max_correlation
     )
+    used_rows = {"dev": np.arange(p.dev_used), "test": p.dev_used + np.arange(p.test_used)}  # training order
+    traced = traceability({"dev": dev_src, "test": test_src}, used_rows)
     timings["sampling"] = time.perf_counter() - t0
 
     # the test real images: used and not used, shuffled together
@@ -155,6 +184,7 @@ def sample_and_write(
         timings["total"] = time.perf_counter() - t_all
         info = _info(p, real, history, dev_rej, test_rej, difficulty, timings, siblings)
         info["realism"] = realism
+        info["generator"]["traceability"] = traced
         write_json(tmp / "synth.json", info)
     log.info(
         "wrote %s: pixel-NN AUC dev %.3f, test %.3f (%.0f s)",

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from fingerprint.benchdata.cases import AUDIT_CASES, build_audit_case, build_subsets
-from fingerprint.benchdata.generators import families, family_accelerator, get_family
+from fingerprint.benchdata.generators import default_threads, families, family_accelerator, get_family
 from fingerprint.benchdata.generators.vae import GeneratorConfig
 from fingerprint.benchdata.layout import sample_and_write
 from fingerprint.benchdata.realimages import RealImages, folder_images, phantom_images
@@ -74,7 +74,7 @@ class SynthParams:
     tb_fraction: float = 0.5  # phantoms only
     noise: float = 1.0  # phantoms only: scanner-noise scale
     max_correlation: float = 0.99  # synthetic samples above this pixel correlation with a real image are redrawn
-    threads: int = 1  # torch CPU threads; fixed so runs repeat exactly (more threads than free cores slow torch down)
+    threads: int | None = None  # torch CPU threads; None: the family's default (generators.default_threads)
     family: str = "vae"  # generator family (fingerprint.benchdata.generators)
     generator: Any = field(default_factory=GeneratorConfig)  # the family's config
 
@@ -145,6 +145,8 @@ def resolve_params(
         else:
             raise FingerprintError(f"unknown benchmark parameter {key!r}")
     params = replace(SynthParams(), **top, generator=family.config(**gen_over))
+    if params.threads is None:
+        params.threads = default_threads(family)
     _check(params)
     return params
 
@@ -242,7 +244,9 @@ class SynthConfig:
     max_correlation: float | None = _opt(
         "redraw synthetic samples whose pixel correlation with any real image is above this (default 0.99)"
     )
-    threads: int | None = _opt("CPU threads for torch (default 1: repeatable and fastest on a shared machine)")
+    threads: int | None = _opt(
+        "CPU threads for torch (default: vae 1; sharp the cores per process, at most 4); fixed, so builds repeat"
+    )
     cpu: bool | None = _opt("train on the CPU even if a GPU is present")
     progress: bool = option(True, help="progress bars")
     # collection-level benchmarks (fingerprint.benchdata.cases)

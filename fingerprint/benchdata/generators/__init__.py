@@ -15,6 +15,7 @@ to import.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -50,18 +51,25 @@ class GeneratorFamily:
     help: str
     summarize: Callable[[dict[str, Any]], dict[str, Any]] = dict  # history -> synth.json "generator" record
     levels: dict[str, dict[str, Any]] | None = None  # level -> config overrides (None: synth.LEVELS' generator)
+    max_threads: int = 1  # default torch threads: this many, at most the cores of each process (see default_threads)
 
 
 FAMILIES: dict[str, GeneratorFamily] = {}
 
 
 def register_family(
-    name: str, config: type, *, help: str, summarize: Callable | None = None, levels: dict | None = None
+    name: str,
+    config: type,
+    *,
+    help: str,
+    summarize: Callable | None = None,
+    levels: dict | None = None,
+    max_threads: int = 1,
 ) -> Callable:
     """Decorator: register `train(images, cfg, *, seed, accelerator, progress)` as generator family `name`."""
 
     def wrap(train: Callable) -> Callable:
-        FAMILIES[name] = GeneratorFamily(name, config, train, help, summarize or dict, levels)
+        FAMILIES[name] = GeneratorFamily(name, config, train, help, summarize or dict, levels, max_threads)
         return train
 
     return wrap
@@ -80,6 +88,14 @@ def get_family(name: str) -> GeneratorFamily:
     if name not in known:
         raise FingerprintError(f"unknown generator family {name!r} (choose from {', '.join(known)})")
     return known[name]
+
+
+def default_threads(family: GeneratorFamily) -> int:
+    """The family's default torch threads: `max_threads`, at most this machine's cores per launched process
+    (WORLD_SIZE). Fixed per machine and launch, so a build repeats exactly there (the thread count changes
+    floating-point sums); one thread for the small fully connected `vae` (threads only add overhead there)."""
+    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    return max(1, min(family.max_threads, per_process))
 
 
 def family_accelerator(cfg: Any) -> Accelerator:

@@ -9,14 +9,8 @@ a generated image gives a plausible anatomical variation of that image:
 a different body outline, heart size, rib and diaphragm position, of the size
 seen between real neighbours.
 
-Registration: a displacement on a `grid` x `grid` control lattice,
-interpolated bicubically to the image (a free-form deformation, Rueckert et
-al. 1999), fitted by Adam on the mean squared difference of lightly blurred
-images plus penalties on the displacement and on its differences between
-neighbouring control points (a discrete bending term that keeps fields
-smooth and folding-free); all pairs in one batch.
-Displacements are in the normalised [-1, 1] coordinates of `grid_sample`, so
-one field applies at any image size.
+Registration: `fingerprint.register` (a free-form deformation on a coarse
+control grid with a bending penalty, fitted by Adam; all pairs in one batch).
 """
 
 from __future__ import annotations
@@ -25,53 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-
-def dense_field(ctrl: torch.Tensor, size: int) -> torch.Tensor:
-    """Control displacements (B, 2, g, g) -> dense (B, size, size, 2) by bicubic interpolation."""
-    return F.interpolate(ctrl, size=(size, size), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-
-
-def warp(images: torch.Tensor, ctrl: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Warp (B, 1, s, s) images by control displacements (B, 2, g, g); outside the image reads black (0)."""
-    b, _, s, _ = images.shape
-    lin = torch.linspace(-1.0, 1.0, s, device=images.device)
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    ident = torch.stack([xx, yy], dim=-1).expand(b, s, s, 2)
-    return F.grid_sample(images, ident + dense_field(ctrl, s), mode=mode, padding_mode="zeros", align_corners=True)
-
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = int(3 * sigma)
-    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype) ** 2) / (2 * sigma**2))
-    k = (k / k.sum()).to(x.device)
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1))
-
-
-def register(
-    moving: torch.Tensor,
-    fixed: torch.Tensor,
-    *,
-    grid: int = 6,
-    steps: int = 120,
-    lr: float = 0.02,
-    penalty: float = 0.02,
-    smooth: float = 0.2,
-    sigma: float = 1.0,
-) -> torch.Tensor:
-    """Control displacements (P, 2, grid, grid) that warp each moving image (P, 1, r, r) onto its fixed image."""
-    m, f = _blur(moving, sigma), _blur(fixed, sigma)
-    ctrl = torch.zeros(len(moving), 2, grid, grid, requires_grad=True)
-    opt = torch.optim.Adam([ctrl], lr=lr)
-    for _ in range(steps):
-        bend = (ctrl[..., 1:, :] - ctrl[..., :-1, :]).square().mean() + (ctrl[..., 1:] - ctrl[..., :-1]).square().mean()
-        loss = (warp(m, ctrl) - f).square().mean() + penalty * ctrl.square().mean() + smooth * bend
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return ctrl.detach()
+from fingerprint.register import register, warp
 
 
 @dataclass

