@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from fingerprint.register import blur, register, registered_rms, warp
+from fingerprint.register import blur, dense_field, register, registered_rms, warp
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -36,3 +36,9 @@ def test_per_pair_fields_do_not_depend_on_the_batch():
     assert not torch.allclose(alone, shared[:2], atol=1e-3)
     chunked = registered_rms(x, y, steps=30, chunk=3)
     assert torch.allclose(chunked, registered_rms(x, y, steps=30), atol=1e-5)
+
+
+def test_separable_field_equals_bicubic_interpolation():
+    ctrl = torch.randn(4, 2, 6, 6, generator=torch.Generator().manual_seed(4)) * 0.1
+    for size in (32, 64):
+        assert torch.allclose(dense_field(ctrl, size, separable=True), dense_field(ctrl, size), atol=1e-6)
