@@ -14,7 +14,6 @@ kind of held-out data issue 15 names ("generators that ... bend ... their traini
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import sys
 from pathlib import Path
@@ -28,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from fingerprint.benchdata.generators.vae import zipf_weights  # noqa: E402
+from fingerprint.metrics import read_truth  # noqa: E402
 from fingerprint.register import blur, warp  # noqa: E402
 from fingerprint.utils import atomic_path  # noqa: E402
 
@@ -36,7 +37,7 @@ REAL_FOLDERS = ("dev/used", "dev/not_used", "test/real_unknown_1")
 
 def used_images(src: Path) -> torch.Tensor:
     """The used images of both splits (dev/used, then the test reals labelled 1), (n, 1, s, s) in [0, 1]."""
-    truth = {r["figure_id"]: int(r["label"]) for r in csv.DictReader(open(src / "test_truth.csv"))}
+    truth = read_truth(src / "test_truth.csv")
     paths = sorted((src / "dev/used").glob("*.png"))
     paths += [p for p in sorted((src / "test/real_unknown_1").glob("*.png")) if truth[p.stem]]
     return torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("L")) for p in paths])).float().div(255)[:, None]
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{a.out}: already exists")
     rng = np.random.default_rng(a.seed)
     x = used_images(a.source)
-    weights = 1.0 / (rng.permutation(len(x)) + 1.0) ** 0.7
-    weights /= weights.sum()
+    weights = zipf_weights(len(x), 0.7, rng)
     with atomic_path(a.out) as tmp:
         for folder in REAL_FOLDERS:
             shutil.copytree(a.source / folder, tmp / folder)

@@ -120,63 +120,63 @@ def aligned_distance(ncc: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(2.0 - 2.0 * ncc.astype(np.float64), 1e-8, None))
 
 
-def aligned_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> dict[str, dict[str, np.ndarray]]:
-    """The calibrated profile (ngen_k, ref_k, cal_k) of every real image on aligned distances, per split."""
+def candidate_profile(
+    splits: dict[str, SplitImages], cfg: ProfileConfig, size: int, prefix: str, distance
+) -> dict[str, dict[str, np.ndarray]]:
+    """The calibrated profile (ngen_k, ref_k, cal_k) of every real image on a pairwise distance, per split.
+
+    Candidates are retrieved once by normalised-pixel L2 at 32 px: each real image's `align_candidates`
+    nearest generated images of its split and `align_references` nearest other reals of both splits.
+    `distance(real (R,1,s,s), pool (P,1,s,s), pairs (R, M + K) rows of pool)` -> (R, M + K) distances at
+    side `size`; the pool is the split's generated images, then every real.
+    """
     from fingerprint.profile import drop_self, flat, l2_knn, profile_columns
 
-    search = {"angles": cfg.align_angles, "scales": cfg.align_scales, "shift": cfg.align_shift}
-    device = pick_device(cfg.device)
-    real = torch.cat([splits[s].real[64] for s in SPLITS])
+    real = torch.cat([splits[s].real[size] for s in SPLITS])
     vr = flat(torch.cat([splits[s].real[32] for s in SPLITS]), normalise=True)
-    own = np.arange(len(vr))
     d, ids = l2_knn(vr, vr, cfg.align_references + 1)
-    _, ref_rows = drop_self(d, ids, own)
+    _, ref_rows = drop_self(d, ids, np.arange(len(vr)))
     out, start = {}, 0
     for s in SPLITS:
         sp = splits[s]
         rows = start + np.arange(len(sp.real_keys))
         _, cand = l2_knn(flat(sp.gen[32], normalise=True), vr[rows], cfg.align_candidates)
-        pool = torch.cat([sp.gen[64], real])  # the split's generated images, then every real
-        ncc = aligned_ncc(
-            real[rows], pool, np.hstack([cand, len(sp.gen[64]) + ref_rows[rows]]), device=device, **search
-        )
+        pool = torch.cat([sp.gen[size], real])
+        dist = distance(real[rows], pool, np.hstack([cand, len(sp.gen[size]) + ref_rows[rows]]))
         m = cand.shape[1]
-        dgen, dref = (np.sort(aligned_distance(part), axis=1) for part in (ncc[:, :m], ncc[:, m:]))
-        out[s] = profile_columns(dgen, dref, "al64")
+        out[s] = profile_columns(np.sort(dist[:, :m], axis=1), np.sort(dist[:, m:], axis=1), prefix)
         start += len(rows)
     return out
+
+
+def aligned_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> dict[str, dict[str, np.ndarray]]:
+    """The calibrated profile of every real image on aligned distances at 64 px (space `al64`)."""
+    search = {"angles": cfg.align_angles, "scales": cfg.align_scales, "shift": cfg.align_shift}
+    device = pick_device(cfg.device)
+
+    def distance(real: torch.Tensor, pool: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
+        return aligned_distance(aligned_ncc(real, pool, pairs, device=device, **search))
+
+    return candidate_profile(splits, cfg, 64, "al64", distance)
 
 
 def registered_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> dict[str, dict[str, np.ndarray]]:
-    """The calibrated profile (ngen_k, ref_k, cal_k) on distances after free-form registration (space `ff32`).
+    """The calibrated profile on distances after free-form registration at 32 px (space `ff32`).
 
     A generator that bends its training images elastically (outline, heart, diaphragm) moves a copy away from
     its source in pixel space; a rigid search (`al64`) cannot undo that. Each real image is registered
-    (`fingerprint.register`, a smooth control-grid field) onto its `align_candidates` nearest generated images
-    and `align_references` nearest other reals (normalised-pixel L2 at 32 px), and the RMS difference left
-    after registration at 32 px is the distance: a bent copy of x comes back close to x, an image of other
-    anatomy does not.
+    (`fingerprint.register`, a smooth control-grid field) onto its candidates (`candidate_profile`), and the
+    RMS difference left after registration is the distance: a bent copy of x comes back close to x, an image
+    of other anatomy does not.
     """
-    from fingerprint.profile import drop_self, flat, l2_knn, profile_columns
     from fingerprint.register import registered_rms
 
     device = pick_device(cfg.device)
-    real = torch.cat([splits[s].real[32] for s in SPLITS])
-    vr = flat(real, normalise=True)
-    d, ids = l2_knn(vr, vr, cfg.align_references + 1)
-    _, ref_rows = drop_self(d, ids, np.arange(len(vr)))
-    search = {"grid": cfg.register_grid, "steps": cfg.register_steps, "lr": 0.02, "sigma": 0.5}
-    out, start = {}, 0
-    for s in SPLITS:
-        sp = splits[s]
-        rows = start + np.arange(len(sp.real_keys))
-        _, cand = l2_knn(flat(sp.gen[32], normalise=True), vr[rows], cfg.align_candidates)
-        pool = torch.cat([sp.gen[32], real])
-        pairs = np.hstack([cand, len(sp.gen[32]) + ref_rows[rows]])  # (R, M + K) rows of pool
-        moving = real[rows].repeat_interleave(pairs.shape[1], 0)
-        rms = registered_rms(moving.to(device), pool[torch.from_numpy(pairs.reshape(-1))].to(device), **search)
-        rms = rms.cpu().double().numpy().reshape(pairs.shape) + EPS_RMS
-        m = cand.shape[1]
-        out[s] = profile_columns(np.sort(rms[:, :m], axis=1), np.sort(rms[:, m:], axis=1), "ff32")
-        start += len(rows)
-    return out
+
+    def distance(real: torch.Tensor, pool: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
+        moving = real.repeat_interleave(pairs.shape[1], 0).to(device)
+        fixed = pool[torch.from_numpy(pairs.reshape(-1))].to(device)
+        rms = registered_rms(moving, fixed, grid=cfg.register_grid, steps=cfg.register_steps, lr=0.02, sigma=0.5)
+        return rms.cpu().double().numpy().reshape(pairs.shape) + EPS_RMS
+
+    return candidate_profile(splits, cfg, 32, "ff32", distance)

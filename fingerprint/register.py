@@ -97,16 +97,16 @@ def register(
     return ctrl.detach()
 
 
-def registered_rms(moving: torch.Tensor, fixed: torch.Tensor, *, chunk: int = 4096, **kw) -> torch.Tensor:
+def registered_rms(
+    moving: torch.Tensor, fixed: torch.Tensor, *, sigma: float = 1.0, chunk: int = 4096, **kw
+) -> torch.Tensor:
     """Root mean squared difference (P,) of each blurred fixed image and its blurred moving image after
     registration (`register` with `per_pair` and the separable field, in chunks of `chunk` pairs: the result
-    does not depend on the chunking)."""
-    sigma = kw.get("sigma", 1.0)
+    does not depend on the chunking). Each image is blurred once; `kw` go to `register`."""
     out = []
     for i in range(0, len(moving), chunk):
-        m, f = moving[i : i + chunk], fixed[i : i + chunk]
-        ctrl = register(m, f, per_pair=True, separable=True, **kw)
+        m, f = blur(moving[i : i + chunk], sigma), blur(fixed[i : i + chunk], sigma)
+        ctrl = register(m, f, sigma=0.0, per_pair=True, separable=True, **kw)  # already blurred
         with torch.no_grad():
-            moved = warp(blur(m, sigma), ctrl, separable=True)
-            out.append((moved - blur(f, sigma)).square().flatten(1).mean(1).sqrt())
+            out.append((warp(m, ctrl, separable=True) - f).square().flatten(1).mean(1).sqrt())
     return torch.cat(out) if out else torch.zeros(0)

@@ -58,7 +58,7 @@ def sample_checked(
     real_u = _unit_rows(real)
     real_bytes = {r.tobytes() for r in real}
     out: list[np.ndarray] = []
-    kept_sources: list[np.ndarray] | None = []
+    kept_sources: list[np.ndarray | None] = []
     rejected, drawn, max_kept = 0, 0, -1.0
     while sum(len(o) for o in out) < n:
         need = n - sum(len(o) for o in out)
@@ -69,7 +69,7 @@ def sample_checked(
         ok &= np.array([im.tobytes() not in real_bytes for im in imgs])
         rejected += int((~ok).sum())
         src = getattr(gen, "last_sources", None)
-        kept_sources = None if src is None or kept_sources is None else kept_sources + [np.asarray(src)[ok]]
+        kept_sources.append(None if src is None else np.asarray(src)[ok])
         if ok.any():
             out.append(imgs[ok])
             max_kept = max(max_kept, float(corr[ok].max()))
@@ -79,7 +79,8 @@ def sample_checked(
                 f"pixel correlation > {max_correlation}); raise synth.temperature or lower synth.epochs"
             )
     stats = {"drawn": drawn, "rejected": rejected, "max_kept_correlation": round(max_kept, 5)}
-    return np.concatenate(out)[:n], stats, None if kept_sources is None else np.concatenate(kept_sources)[:n]
+    sources = None if any(k is None for k in kept_sources) else np.concatenate(kept_sources)[:n]
+    return np.concatenate(out)[:n], stats, sources
 
 
 def traceability(sources: dict[str, np.ndarray | None], used_rows: dict[str, np.ndarray]) -> dict | None:
