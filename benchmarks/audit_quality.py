@@ -33,10 +33,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fingerprint.attribute import PAIR_SCORES, AttributeConfig, run_attribute  # noqa: E402
-from fingerprint.audit import AuditConfig, calibration_summary, null_pvalues, run_audit, split_null  # noqa: E402
 from fingerprint.benchdata.cases import build_audit_case, build_subsets, select_audit_case  # noqa: E402
-from fingerprint.utils import setup_logging, write_json  # noqa: E402
+from fingerprint.core.files import write_json  # noqa: E402
+from fingerprint.core.logs import setup_logging
+from fingerprint.tasks.attribute import PAIR_SCORES, AttributeConfig, run_attribute  # noqa: E402
+from fingerprint.tasks.audit import AuditConfig, run_audit
+from fingerprint.tasks.audit_stats import calibration_summary, null_pvalues, split_null
 
 ROOT = Path(__file__).resolve().parent
 CASES = (("used", "used", None), ("not_used", "not_used", None), ("partial", "partial", 0.5))

@@ -8,9 +8,9 @@
   --compile). On CPU the bf16 comparison uses a tiny batch (bf16 autocast can be
   tens of times slower than fp32 on CPUs without bf16 units) and the fp32 side
   of that ratio uses the same tiny batch;
-- feed: can the shard stream keep up? images/s of fingerprint.stream alone
+- feed: can the shard stream keep up? images/s of fingerprint.data.stream alone
   (same images, packed) against the model's images/s, and the end-to-end
-  fingerprint.embed.embed_shards (read + encode) as a fraction of model-only.
+  fingerprint.embedding.embed.embed_shards (read + encode) as a fraction of model-only.
 Writes benchmarks/results/embed.json (gpu_embed.json with --device cuda).
 
     python benchmarks/bench_embed.py [--quick|--tiny] [--device cuda] [--compile]
@@ -85,9 +85,9 @@ def feed_check(
     autocast_dtype: torch.dtype | None,
 ) -> dict:
     """Stream-only and end-to-end (embed_shards) images/s on packed CT-like images vs model-only images/s."""
-    from fingerprint.embed import embed_shards
-    from fingerprint.pack import pack
-    from fingerprint.stream import StreamConfig, make_loader
+    from fingerprint.data.pack import pack
+    from fingerprint.data.stream import StreamConfig, make_loader
+    from fingerprint.embedding.embed import embed_shards
 
     with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
         tmp = Path(tmp)
@@ -153,8 +153,8 @@ def feed_check(
 
 def run(args: BenchArgs) -> dict:
     """Measure the limit, the model's FLOPs and its images/s in each variant; return and write the report."""
-    from fingerprint.model_io import build_model
-    from fingerprint.models import ModelConfig, describe
+    from fingerprint.embedding.model_io import build_model
+    from fingerprint.embedding.models import ModelConfig, describe
 
     check_device(args.device)
     started, load_before = time.perf_counter(), load_average()

@@ -4,7 +4,7 @@ The same unit vectors of the model's embedding width and the same queries go
 through three ways of finding each query's top-k by cosine:
 
 - numpy: one matrix product per chunk of queries + argpartition + a sort of the k;
-- FAISS `Flat` (fingerprint.index.build_index, exact);
+- FAISS `Flat` (fingerprint.embedding.index.build_index, exact);
 - FAISS `IVF{sqrt(N)},Flat` (approximate), with recall@k against exact search
   over a sweep of nprobe.
 
@@ -81,7 +81,7 @@ def ivf_recall(x: np.ndarray, q: np.ndarray, exact_ids: np.ndarray, nlist: int, 
     """Build IVF{nlist},Flat over x and measure search time and recall@K for each nprobe."""
     import faiss
 
-    from fingerprint.index import build_index, search
+    from fingerprint.embedding.index import build_index, search
 
     t0 = time.perf_counter()
     index = build_index(x, f"IVF{nlist},Flat", seed=seed)
@@ -100,8 +100,8 @@ def ivf_recall(x: np.ndarray, q: np.ndarray, exact_ids: np.ndarray, nlist: int, 
 
 def run(args: BenchArgs) -> dict:
     """Time the three ways at each database size; return and write the report."""
-    from fingerprint.index import build_index, search
-    from fingerprint.models import ModelConfig
+    from fingerprint.embedding.index import build_index, search
+    from fingerprint.embedding.models import ModelConfig
 
     started, load_before = time.perf_counter(), load_average()
     threads = set_threads()

@@ -79,8 +79,7 @@ def clustered(n: int, modes: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 def write_folder(folder: Path, g: int, channels: int, seed: int) -> dict:
     """200 real + g generated rows of synthetic features as a features folder of PART-row parts; its stats."""
-    from fingerprint.feature_store import finish_store, write_part
-    from fingerprint.features import Features
+    from fingerprint.embedding.features import Features, finish_store, write_part
 
     rng = np.random.default_rng(seed)
     modes = random_unit(max(1, g // MODE_SIZE), DIM, np.random.default_rng(seed + 1))
@@ -109,9 +108,9 @@ def child(stage: str, work: Path, seed: int) -> dict:
     import faiss  # noqa: F401  (imports first: the stage's seconds are its work)
     import torch  # noqa: F401
 
-    from fingerprint.distributed import set_threads as threads
-    from fingerprint.index import IndexConfig, run_index
-    from fingerprint.score import ScoreConfig, run_score
+    from fingerprint.core.distributed import set_threads as threads
+    from fingerprint.embedding.index import IndexConfig, run_index
+    from fingerprint.membership.score import ScoreConfig, run_score
 
     threads(None)
     t0 = time.perf_counter()
@@ -135,10 +134,10 @@ def child(stage: str, work: Path, seed: int) -> dict:
 
 def _in_memory(work: Path) -> dict:
     """The pre-out-of-core way: every row in memory, a Flat index over all generated embeddings, score."""
-    from fingerprint.features import Features
-    from fingerprint.index import build_index
-    from fingerprint.inference import relation_scores
-    from fingerprint.model_io import load_model
+    from fingerprint.embedding.features import Features
+    from fingerprint.embedding.index import build_index
+    from fingerprint.embedding.inference import relation_scores
+    from fingerprint.embedding.model_io import load_model
 
     model, _ = load_model(work / "model")
     feats = Features.load(work / "features")
@@ -169,8 +168,8 @@ def measure(g: int, work: Path, channels: int, seed: int, in_memory: bool) -> di
 
 def run(args: BenchArgs) -> dict:
     """Every size in turn; growth exponents; the report."""
-    from fingerprint.model_io import build_model, save_model
-    from fingerprint.models import ModelConfig, describe
+    from fingerprint.embedding.model_io import build_model, save_model
+    from fingerprint.embedding.models import ModelConfig, describe
 
     check_device(args.device)
     started, load_before = time.perf_counter(), load_average()

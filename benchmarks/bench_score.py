@@ -4,7 +4,7 @@
   image once (embeddings + feature maps), a FAISS index over the generated
   embeddings, then `relation_scores`: each real image's top-k generated
   neighbours through the relation head, pooled;
-- the seed's run 1 (fingerprint.models.seed_config(): two separate ResNet-101s,
+- the seed's run 1 (fingerprint.embedding.models.seed_config(): two separate ResNet-101s,
   7x7/2 stem without max-pool, the seed's relation head, 256x256): for every
   (real, generated) pair both PNGs are read and both backbones run again; a real
   image's score is the mean over all generated images. Pairs go in batches of
@@ -81,10 +81,10 @@ def seed_method(model, real_paths: list[Path], gen_paths: list[Path], *, batch: 
 
 def ours(model, src: Path, work: Path, *, k: int, image_size: int, device: str) -> tuple[dict, dict]:
     """The project's path from PNG folder to scores; returns (stage seconds, result summary)."""
-    from fingerprint.embed import embed_shards
-    from fingerprint.index import build_index
-    from fingerprint.inference import relation_scores
-    from fingerprint.pack import pack
+    from fingerprint.data.pack import pack
+    from fingerprint.embedding.embed import embed_shards
+    from fingerprint.embedding.index import build_index
+    from fingerprint.embedding.inference import relation_scores
 
     t: dict[str, float] = {}
     with stopwatch(t, "pack"):
@@ -106,7 +106,7 @@ def ours(model, src: Path, work: Path, *, k: int, image_size: int, device: str) 
 
 def head_cost(model, n_real: int, k: int, *, device: str, seed: int) -> dict:
     """Seconds of the relation head on n_real x k pairs of random feature maps (the test-scale head workload)."""
-    from fingerprint.inference import relation_logits
+    from fingerprint.embedding.inference import relation_logits
 
     side = model.fmap_size()
     rng = np.random.default_rng(seed)
@@ -120,7 +120,7 @@ def head_cost(model, n_real: int, k: int, *, device: str, seed: int) -> dict:
 
 def faiss_cost(n_real: int, n_gen: int, d: int, k: int, *, seed: int) -> dict:
     """Seconds of building a Flat index over n_gen unit vectors and searching n_real queries."""
-    from fingerprint.index import build_index, search
+    from fingerprint.embedding.index import build_index, search
 
     rng = np.random.default_rng(seed)
     x, q = random_unit(n_gen, d, rng), random_unit(n_real, d, rng)
@@ -132,8 +132,8 @@ def faiss_cost(n_real: int, n_gen: int, d: int, k: int, *, seed: int) -> dict:
 
 def run(args: BenchArgs) -> dict:
     """Score the same small set both ways, then extrapolate to the 2023 test scale."""
-    from fingerprint.model_io import build_model
-    from fingerprint.models import ModelConfig, describe, seed_config
+    from fingerprint.embedding.model_io import build_model
+    from fingerprint.embedding.models import ModelConfig, describe, seed_config
 
     check_device(args.device)
     started, load_before = time.perf_counter(), load_average()

@@ -1,4 +1,4 @@
-"""Images/s reading the same CT-like images from shards (fingerprint.stream) vs one PNG file at a time.
+"""Images/s reading the same CT-like images from shards (fingerprint.data.stream) vs one PNG file at a time.
 
 Both ways use a torch DataLoader with the same worker count and batch size
 and deliver the same float32 Bx1xHxW [0,1] batches; the per-file way is the
@@ -24,10 +24,11 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from fingerprint import __version__, shards, sources
-from fingerprint.pack import pack
-from fingerprint.stream import StreamConfig, make_loader
-from fingerprint.utils import write_json
+from fingerprint import __version__
+from fingerprint.core.files import write_json
+from fingerprint.data import shards, sources
+from fingerprint.data.pack import pack
+from fingerprint.data.stream import StreamConfig, make_loader
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stream.json"
 SIZE = 256

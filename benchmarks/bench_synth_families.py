@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common import RESULTS_DIR, load_average, machine_info, ratio
 
-from fingerprint.utils import read_json, write_json
+from fingerprint.core.files import read_json, write_json
 
 BUDGET_S = 300.0
 FAMILIES = ("vae", "sharp")

@@ -41,7 +41,7 @@ from common import (
     write_dev_folder,
 )
 
-from fingerprint.utils import FingerprintError
+from fingerprint.core.errors import FingerprintError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def free_port() -> int:
 
 def prepare(folder: Path, *, n_generated: int, n_real: int, size: int, seed: int) -> Path:
     """A packed dev set with enough shards for 2 processes."""
-    from fingerprint.pack import pack
+    from fingerprint.data.pack import pack
 
     write_dev_folder(
         folder / "dev",
@@ -248,7 +248,7 @@ def run(args: BenchArgs) -> dict:
         "ratios": ratios,
         "notes": [
             "episodes/s = episodes on all processes / seconds in the training loops (bank refreshes included, "
-            "validation and start-up excluded), as fingerprint.train reports it",
+            "validation and start-up excluded), as fingerprint.training.train reports it",
             *(
                 []
                 if cuda

@@ -2,7 +2,7 @@
 
 Each generated image copies one used image (of either split; Zipf weights over a seeded ranking, exponent
 0.7, so some are copied often and most rarely), bends it by a smooth random free-form field (6 x 6 control
-grid, N(0, amp) displacements smoothed once; `fingerprint.register.warp`), rotates it by N(0, 0.05) rad and
+grid, N(0, amp) displacements smoothed once; `fingerprint.imaging.register.warp`), rotates it by N(0, 0.05) rad and
 scales it by N(1, 0.03), blurs it (sigma 0.8 px) and adds N(0, 0.02) noise. The real images, their roles
 and test_truth.csv are copied from the source build, so the only change is the generator. With `amp` 0.15
 the plain pixel-NN test ROC-AUC is about 0.68: the bends hide the copies from pixel distance. It is the
@@ -28,9 +28,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from fingerprint.benchdata.generators.vae import zipf_weights  # noqa: E402
-from fingerprint.metrics import read_truth  # noqa: E402
-from fingerprint.register import blur, warp  # noqa: E402
-from fingerprint.utils import atomic_path  # noqa: E402
+from fingerprint.core.files import atomic_path  # noqa: E402
+from fingerprint.evaluation.metrics import read_truth  # noqa: E402
+from fingerprint.imaging.register import blur, warp  # noqa: E402
 
 REAL_FOLDERS = ("dev/used", "dev/not_used", "test/real_unknown_1")
 

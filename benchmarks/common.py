@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from fingerprint.utils import FingerprintError, write_json  # noqa: E402
+from fingerprint.core.errors import FingerprintError  # noqa: E402
+from fingerprint.core.files import write_json  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 SIZES = ("tiny", "quick", "full")
@@ -156,7 +157,7 @@ def peak_rss_mb() -> float:
 
 def set_threads(n: int | None = None) -> int:
     """Use every usable core for torch and FAISS (an accelerate-launched parent may have set 1)."""
-    from fingerprint.distributed import set_threads as _set
+    from fingerprint.core.distributed import set_threads as _set
 
     n = n or usable_cores()
     _set(n)
@@ -353,7 +354,7 @@ def headline(
 
 def standalone_main(name: str, run: Callable[[BenchArgs], dict], doc: str | None, argv=None) -> int:
     """`python benchmarks/bench_<name>.py [--quick|--tiny] [--device] [--seed] [--out F]`."""
-    from fingerprint.utils import setup_logging
+    from fingerprint.core.logs import setup_logging
 
     setup_logging()
     p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)

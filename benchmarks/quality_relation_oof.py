@@ -28,15 +28,16 @@ if str(ROOT) not in sys.path:
 
 from quality_table import evaluate_fusion  # noqa: E402
 
-from fingerprint.embed import EmbedConfig, run_embed  # noqa: E402
-from fingerprint.fuse import FuseConfig, load_fusion, run_fuse  # noqa: E402
-from fingerprint.metrics import read_truth, roc_auc  # noqa: E402
-from fingerprint.pack import PackConfig, run_pack  # noqa: E402
-from fingerprint.profile import load_profile, save_profile  # noqa: E402
-from fingerprint.score import ScoreConfig, run_score  # noqa: E402
-from fingerprint.scorefiles import read_scores  # noqa: E402
-from fingerprint.train import TrainConfig, run_train  # noqa: E402
-from fingerprint.utils import setup_logging, write_json  # noqa: E402
+from fingerprint.core.files import write_json  # noqa: E402
+from fingerprint.core.logs import setup_logging  # noqa: E402
+from fingerprint.data.pack import PackConfig, run_pack  # noqa: E402
+from fingerprint.embedding.embed import EmbedConfig, run_embed  # noqa: E402
+from fingerprint.evaluation.metrics import read_truth, roc_auc  # noqa: E402
+from fingerprint.evaluation.scorefiles import read_scores  # noqa: E402
+from fingerprint.membership.fuse import FuseConfig, load_fusion, run_fuse  # noqa: E402
+from fingerprint.membership.profile import load_profile, save_profile  # noqa: E402
+from fingerprint.membership.score import ScoreConfig, run_score  # noqa: E402
+from fingerprint.training.train import TrainConfig, run_train  # noqa: E402
 
 
 def link(src: Path, dst: Path) -> None:

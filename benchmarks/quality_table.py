@@ -37,12 +37,15 @@ if str(ROOT) not in sys.path:
 
 from common import load_average, machine_info  # noqa: E402
 
-from fingerprint.fuse import FuseConfig, fused_scores, load_fusion, run_fuse  # noqa: E402
-from fingerprint.metrics import align_truth, apply_threshold, evaluate, read_truth  # noqa: E402
-from fingerprint.pipeline import RunConfig, run_pipeline  # noqa: E402
-from fingerprint.profile import DEFAULT_SPACES, ProfileConfig, load_profile, run_profile, save_profile  # noqa: E402
-from fingerprint.scorers import untrained_scorers  # noqa: E402
-from fingerprint.utils import read_json, setup_logging, write_json, write_text  # noqa: E402
+from fingerprint.core.files import read_json, write_json, write_text  # noqa: E402
+from fingerprint.core.logs import setup_logging  # noqa: E402
+from fingerprint.evaluation.metrics import align_truth, apply_threshold, evaluate, read_truth  # noqa: E402
+from fingerprint.membership.fuse import FuseConfig, fused_scores, load_fusion, run_fuse  # noqa: E402
+from fingerprint.membership.profile import ProfileConfig, load_profile, run_profile, save_profile  # noqa: E402
+from fingerprint.membership.scorers import untrained_scorers  # noqa: E402
+from fingerprint.membership.spaces import DEFAULT_SPACES  # noqa: E402
+from fingerprint.tasks.configs import RunConfig  # noqa: E402
+from fingerprint.tasks.pipeline import run_pipeline  # noqa: E402
 
 BASELINES = ("dcr", "ssim", "emb_nn", "emb_topk")
 SIX = ("medium-s0", "medium-s1", "medium-s2", "hard-s0", "hard-s1", "hard-s2")

@@ -26,7 +26,9 @@ from pathlib import Path
 import common
 from common import RESULTS_DIR, ROOT, add_common_arguments, bench_args, check_device, headline, result_name
 
-from fingerprint.utils import FingerprintError, read_json, setup_logging, write_text
+from fingerprint.core.errors import FingerprintError
+from fingerprint.core.files import read_json, write_text
+from fingerprint.core.logs import setup_logging
 
 log = logging.getLogger("benchmarks")
 

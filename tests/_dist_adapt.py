@@ -12,8 +12,8 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from fingerprint.adapt import AdaptConfig, run_adapt
-from fingerprint.utils import setup_logging
+from fingerprint.core.logs import setup_logging
+from fingerprint.training.adapt import AdaptConfig, run_adapt
 
 
 def main() -> None:

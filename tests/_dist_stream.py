@@ -12,7 +12,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from fingerprint.stream import StreamConfig, make_loader
+from fingerprint.data.stream import StreamConfig, make_loader
 
 
 def main() -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-import fingerprint.train_loop as loop_mod
+import fingerprint.training.loop as loop_mod
 from fingerprint.cli.options import parse_config
-from fingerprint.episodes import BalancedQueries
-from fingerprint.train import TrainConfig, run_train
-from fingerprint.utils import setup_logging
+from fingerprint.core.logs import setup_logging
+from fingerprint.training.episodes import BalancedQueries
+from fingerprint.training.train import TrainConfig, run_train
 
 READ: dict[int, list[str]] = {}
 

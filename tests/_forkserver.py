@@ -86,7 +86,7 @@ def _collect(req: dict, pid: int, r_out: int, r_err: int) -> None:
 
 def main() -> None:
     import fingerprint.cli  # noqa: F401  (everything a command needs, imported once)
-    import fingerprint.pipeline  # noqa: F401
+    import fingerprint.tasks.pipeline  # noqa: F401
 
     for mod in ("embed", "train", "pack", "score", "index", "evaluate", "report", "run", "inspect", "validate"):
         __import__(f"fingerprint.cli.{mod}")

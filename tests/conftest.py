@@ -1,8 +1,15 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the import path of the tests' helper modules (copies, faultkit, launch, serve)."""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+
+HERE = Path(__file__).resolve().parent
+# the helper modules, and the test modules whose small-data builders other tests reuse (test_shards, ...)
+sys.path[:0] = [str(HERE)] + sorted(str(p) for p in HERE.iterdir() if p.is_dir() and any(p.glob("test_*.py")))
 
 
 @pytest.fixture(autouse=True)

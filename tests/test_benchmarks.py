@@ -190,7 +190,7 @@ def test_scaling_writes_a_features_folder_and_renders_its_table(tmp_path):
     """The scaling benchmark's synthetic folder is a real features folder; its report renders (no timing)."""
     import bench_scaling
 
-    from fingerprint.feature_store import FeatureStore
+    from fingerprint.embedding.features import FeatureStore
 
     stats = bench_scaling.write_folder(tmp_path / "f", 250, channels=8, seed=0)
     store = FeatureStore.open(tmp_path / "f")

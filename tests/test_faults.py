@@ -36,10 +36,10 @@ import pytest
 from faultkit import ForkServer, files_under, link_copy, read_only, replace_bytes, run_ok, snapshot
 from PIL import Image
 
-from fingerprint.features import Features
-from fingerprint.pipeline import RUN_FILE_SCORER
-from fingerprint.records import StageRecords
-from fingerprint.utils import sha256_file, write_json
+from fingerprint.core.files import sha256_file, write_json
+from fingerprint.core.records import StageRecords
+from fingerprint.embedding.features import Features
+from fingerprint.tasks.pipeline import RUN_FILE_SCORER
 
 #: the tiny run every case starts from (relative paths: run folders compare byte for byte across sandboxes)
 RUN_ARGS = ["--seed", "3", "--epochs", "2", "--image-size", "32", "--k", "4", "--batch-size", "32", "--n-boot", "20",
@@ -456,8 +456,8 @@ def forged_comparator(server, sb, case):
     """Library case (no command loads comparators): a forged model file is refused whatever its sidecar says."""
     import skops.io as sio
 
-    from fingerprint.comparators import load_comparator
-    from fingerprint.utils import FingerprintError
+    from fingerprint.analysis.comparators import load_comparator
+    from fingerprint.core.errors import FingerprintError
 
     forged = sb.root / "cmp_logreg.skops"
     sio.dump({"model": Payload(sb.root / "never")}, forged)

@@ -50,13 +50,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from fingerprint.benchdata.benchmark import build_benchmark
 from fingerprint.benchdata.difficulty import measure_difficulty, nearest_distances
 from fingerprint.benchdata.generators import family_accelerator, get_family
 from fingerprint.benchdata.layout import _write_pngs, sample_checked
+from fingerprint.benchdata.params import resolve_params
 from fingerprint.benchdata.realimages import RealImages, folder_images, phantom_images
-from fingerprint.distributed import set_threads
-from fingerprint.metrics import read_truth
-from fingerprint.utils import FingerprintError, atomic_path, read_json, write_json
+from fingerprint.core.distributed import set_threads
+from fingerprint.core.errors import FingerprintError
+from fingerprint.core.files import atomic_path, read_json, write_json
+from fingerprint.evaluation.metrics import read_truth
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +158,6 @@ def build_audit_case(
     build (same seed) serves every case. Returns the synth.json content, which
     gains an "audit" record.
     """
-    from fingerprint.benchdata.synth import build_benchmark, resolve_params
 
     out_dir = Path(out_dir)
     case_fraction(case, fraction)
@@ -245,7 +247,6 @@ def build_subsets(
     Defaults: subsets of 16 (tiny) or 50 images, 30 (tiny) or 100 samples per
     generator, a null set as large as the subsets together. Returns synth.json.
     """
-    from fingerprint.benchdata.synth import resolve_params
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:

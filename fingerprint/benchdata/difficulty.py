@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from fingerprint.metrics import read_truth, roc_auc
-from fingerprint.utils import FingerprintError
+from fingerprint.core.errors import FingerprintError
+from fingerprint.evaluation.metrics import read_truth, roc_auc
 
 
 def nearest_distances(real: np.ndarray, generated: np.ndarray, chunk: int = 512) -> np.ndarray:

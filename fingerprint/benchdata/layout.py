@@ -19,7 +19,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,12 +27,11 @@ from PIL import Image
 from fingerprint import __version__
 from fingerprint.benchdata.difficulty import measure_difficulty
 from fingerprint.benchdata.generators import TrainedGenerator, get_family
+from fingerprint.benchdata.params import SynthParams
 from fingerprint.benchdata.realimages import RealImages
 from fingerprint.benchdata.realism import measure_splits
-from fingerprint.utils import FingerprintError, atomic_path, write_json
-
-if TYPE_CHECKING:
-    from fingerprint.benchdata.synth import SynthParams
+from fingerprint.core.errors import FingerprintError
+from fingerprint.core.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fingerprint.benchdata.anatomy import PhantomConfig
+from fingerprint.benchdata.params import SynthParams
 from fingerprint.benchdata.phantom import generate
-from fingerprint.utils import FingerprintError
-
-if TYPE_CHECKING:
-    from fingerprint.benchdata.synth import SynthParams
+from fingerprint.core.errors import FingerprintError
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ place here.
    the nearest generated image; Chen et al. 2020, GAN-Leaks full black-box),
    SSIM-NN ROC-AUC (score = max SSIM to a generated image, Wang et al. 2004,
    exact over the `ssim_candidates` pixel-nearest generated images, as
-   `fingerprint.baselines.ssim_max`), and the share of generated images
+   `fingerprint.imaging.similarity.ssim_max`), and the share of generated images
    whose nearest real image (pixel L2) is a used one, with its null value
    (share of used images among the reals of that split), and how many
    distinct real images are some generated image's nearest (a generator of
@@ -67,9 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fingerprint.baselines import gaussian_window, pixel_neighbours
 from fingerprint.benchdata.difficulty import _read_folder
-from fingerprint.metrics import read_truth, roc_auc
+from fingerprint.evaluation.metrics import read_truth, roc_auc
+from fingerprint.imaging.similarity import gaussian_window, pixel_neighbours
 
 HF_CUTOFF = 1.0 / 8.0  # cycles per pixel
 
@@ -241,7 +241,7 @@ def ssim_nn(real: np.ndarray, generated: np.ndarray, *, candidates: int = 16, ba
     """Max SSIM (Wang et al. 2004: 11-tap Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid borders) of each
     real image over its `candidates` pixel-L2-nearest generated images -> (n_real,) float64.
 
-    Same definition as `fingerprint.baselines.ssim_max`, in float32 with each
+    Same definition as `fingerprint.imaging.similarity.ssim_max`, in float32 with each
     generated image's local moments computed once: about 30x faster on a CPU.
     """
     c1, c2 = 0.01**2, 0.03**2

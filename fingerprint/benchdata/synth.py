@@ -1,176 +1,25 @@
-"""Membership benchmarks in the ImageCLEFmedical GANs 2023 layout, with a generator really trained on the used images.
+"""`fingerprint synth`: its options (`SynthConfig`) and `run_synth`, which builds a benchmark, an audit case or subsets.
 
-`build_benchmark(out_dir, level=..., seed=...)`:
-
-1. takes real images (`fingerprint.benchdata.realimages`): procedural CT-like
-   slices (`fingerprint.benchdata.phantom`, one patient per image or several
-   neighbouring slices per patient), or any folder of images (`real_dir`,
-   converted to 8-bit gray at `image_size`);
-2. splits them at random into dev used / dev not used / test used / test not used;
-3. trains a generator of the chosen family (`fingerprint.benchdata.generators`,
-   default `vae`) on the union of the dev and test used images only;
-4. samples the dev and test synthetic images from it, rejecting (and
-   resampling) any sample whose pixel correlation with any real image
-   exceeds `max_correlation`, so no synthetic image is a near-copy;
-5. writes the challenge layout (below) in a temporary folder, measures the
-   difficulty on the files written (`fingerprint.benchdata.difficulty`), and
-   renames the folder into place.
-
-```
-OUT/dev/generated/generated_0001.png ...   OUT/dev/used/used_0001.png ...
-OUT/dev/not_used/not_used_0001.png ...
-OUT/test/generated_1/generated_00001.png ...
-OUT/test/real_unknown_1/real_unknown_0001.png ...  (used and not used, shuffled)
-OUT/test_truth.csv     figure_id,label (1 = used), beside test/, never inside it
-OUT/real_sources.csv   figure_id,folder,source (phantom patient/slice or source file)
-OUT/synth.json         every parameter, the seed, training curves, timings, difficulty
-```
-
-Difficulty levels (`LEVELS`) differ only in how closely the generator fits
-its training set; their measured pixel-NN AUCs are in docs/benchmark-data.md.
-`run_synth(SynthConfig)` is the `fingerprint synth` stage.
+The build itself is `fingerprint.benchdata.benchmark.build_benchmark`; audit
+cases and subsets are `fingerprint.benchdata.cases`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
+from fingerprint.benchdata.benchmark import build_benchmark
 from fingerprint.benchdata.cases import AUDIT_CASES, build_audit_case, build_subsets
-from fingerprint.benchdata.generators import default_threads, families, family_accelerator, get_family
-from fingerprint.benchdata.generators.vae import GeneratorConfig
-from fingerprint.benchdata.layout import sample_and_write
-from fingerprint.benchdata.realimages import RealImages, folder_images, phantom_images
-from fingerprint.config import check_fields, fail, option
-from fingerprint.distributed import set_threads
-from fingerprint.utils import FingerprintError, check_writable, is_main_process, read_json
-from fingerprint.vocab import MIXED_PRECISION
+from fingerprint.benchdata.generators import families
+from fingerprint.benchdata.params import LEVELS
+from fingerprint.core.config import check_fields, fail, option
+from fingerprint.core.files import check_writable
+from fingerprint.core.vocab import MIXED_PRECISION
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SynthParams:
-    """Everything that defines a benchmark build; `LEVELS` presets override some of it."""
-
-    level: str = "medium"
-    seed: int = 0
-    image_size: int = 256
-    dev_generated: int = 500
-    dev_used: int = 80
-    dev_not_used: int = 80
-    test_generated: int = 2000
-    test_used: int = 100
-    test_not_used: int = 100
-    real_dir: str | None = None  # None: procedural phantoms
-    slices_per_patient: int = 1  # phantoms only: > 1 puts neighbouring slices of one patient in the pool
-    tb_fraction: float = 0.5  # phantoms only
-    noise: float = 1.0  # phantoms only: scanner-noise scale
-    max_correlation: float = 0.99  # synthetic samples above this pixel correlation with a real image are redrawn
-    threads: int | None = None  # torch CPU threads; None: the family's default (generators.default_threads)
-    family: str = "vae"  # generator family (fingerprint.benchdata.generators)
-    generator: Any = field(default_factory=GeneratorConfig)  # the family's config
-
-    @property
-    def n_real(self) -> int:
-        return self.dev_used + self.dev_not_used + self.test_used + self.test_not_used
-
-
-#: Level presets: overrides of `SynthParams` (the `generator` entry overrides `GeneratorConfig`).
-LEVELS: dict[str, dict[str, Any]] = {
-    # seconds on one core: small images and counts, a short fit; for tests and smoke runs
-    "tiny": {
-        "image_size": 64,
-        "dev_generated": 40,
-        "dev_used": 12,
-        "dev_not_used": 12,
-        "test_generated": 60,
-        "test_used": 10,
-        "test_not_used": 10,
-        "generator": {
-            "resolution": 32,
-            "latent_dim": 16,
-            "hidden": 128,
-            "epochs": 60,
-            "batch_size": 16,
-            "components": 11,
-            "temperature": 0.5,
-            "upsampler_steps": 20,
-            "upsampler_width": 8,
-            "upsampler_patch": 32,
-        },
-    },
-    # long training, a latent mixture with a mode per two training images: samples sit near training images
-    "easy": {"generator": {"epochs": 200, "components": 90, "temperature": 1.0}},
-    # moderate training, 12 latent modes
-    "medium": {"generator": {"epochs": 90, "components": 12, "temperature": 1.0}},
-    # short training (the decoder has not fitted single images yet), 8 latent modes
-    "hard": {"generator": {"epochs": 65, "components": 8, "temperature": 1.0}},
-}
-
-_SYNTH_FIELDS = {f.name for f in fields(SynthParams)} - {"generator"}
-
-
-def resolve_params(
-    level: str = "medium", *, seed: int = 0, real_dir: str | os.PathLike | None = None, **overrides: Any
-) -> SynthParams:
-    """The parameters of a build: `SynthParams` defaults <- level preset <- overrides (flat names).
-
-    An override is any `SynthParams` or `GeneratorConfig` field name; None means "not given".
-    """
-    if level not in LEVELS:
-        raise FingerprintError(f"unknown level {level!r} (choose from {', '.join(LEVELS)})")
-    preset = dict(LEVELS[level])
-    family = get_family(overrides.get("family") or "vae")
-    gen_fields = {f.name for f in fields(family.config)}
-    # a level's generator preset (the family's own when it has them) applies to the fields the family has
-    gen_preset = preset.pop("generator", {})
-    gen_preset = gen_preset if family.levels is None else family.levels.get(level, {})
-    gen_over = {k: v for k, v in gen_preset.items() if k in gen_fields}
-    top = {**preset, "level": level, "seed": int(seed), "real_dir": None if real_dir is None else str(real_dir)}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in _SYNTH_FIELDS:
-            top[key] = value
-        elif key in gen_fields:
-            gen_over[key] = value
-        else:
-            raise FingerprintError(f"unknown benchmark parameter {key!r}")
-    params = replace(SynthParams(), **top, generator=family.config(**gen_over))
-    if params.threads is None:
-        params.threads = default_threads(family)
-    _check(params)
-    return params
-
-
-def _check(p: SynthParams) -> None:
-    """Errors name the `fingerprint synth` options (`synth.<field>`)."""
-    for name in ("dev_generated", "dev_used", "dev_not_used", "test_generated", "test_used", "test_not_used"):
-        if getattr(p, name) < 1:
-            raise fail(SynthConfig, name, f"must be >= 1, got {getattr(p, name)}")
-    if p.image_size < 16:
-        raise fail(SynthConfig, "image_size", f"must be >= 16, got {p.image_size}")
-    r = getattr(p.generator, "resolution", 1)
-    if p.image_size % r or r > p.image_size:
-        raise fail(SynthConfig, "image_size", f"{p.image_size} must be a multiple of the generator resolution {r}")
-    if p.slices_per_patient < 1:
-        raise fail(SynthConfig, "slices_per_patient", f"must be >= 1, got {p.slices_per_patient}")
-    if p.real_dir is not None and p.slices_per_patient != 1:
-        raise fail(SynthConfig, "slices_per_patient", "applies to the phantom source only, not to synth.real_dir")
-    if p.threads < 1:
-        raise fail(SynthConfig, "threads", f"must be >= 1, got {p.threads}")
-    if not 0.0 < p.max_correlation <= 1.0:
-        raise fail(SynthConfig, "max_correlation", f"must be in (0, 1], got {p.max_correlation}")
-    if p.real_dir is not None and not Path(p.real_dir).is_dir():
-        raise FingerprintError(f"{p.real_dir}: real-image folder not found")
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -300,74 +149,3 @@ def run_synth(cfg: SynthConfig) -> dict:
             n_reference=cfg.reference or 100, progress=cfg.progress, **common, **cfg.overrides(),
         )  # fmt: skip
     return build_benchmark(cfg.out, progress=cfg.progress, **common, **cfg.overrides())
-
-
-def build_benchmark(
-    out_dir: str | os.PathLike,
-    *,
-    level: str = "medium",
-    seed: int = 0,
-    real_dir: str | os.PathLike | None = None,
-    force: bool = False,
-    progress: bool = True,
-    accelerator=None,
-    **overrides: Any,
-) -> dict:
-    """Build a membership benchmark in `out_dir`; return the content of its synth.json.
-
-    `overrides` are `SynthParams` / `GeneratorConfig` field names (e.g.
-    `dev_generated=100`, `epochs=50`, `slices_per_patient=3`, `family="vae"`).
-    `out_dir` must not exist unless `force`; it is built under a temporary name
-    and renamed when complete. Under a multi-process Accelerate launch every
-    rank trains and rank 0 samples and writes.
-    """
-    out_dir = Path(out_dir)
-    params = resolve_params(level, seed=seed, real_dir=real_dir, **overrides)
-    if out_dir.exists() and not force:
-        raise FingerprintError(f"{out_dir}: already exists (use synth.force to replace it)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FingerprintError(f"{out_dir}: exists and is not a folder")
-    prev_threads = torch.get_num_threads()
-    set_threads(params.threads)
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
-    try:
-        accelerator = accelerator or family_accelerator(params.generator)
-        main = accelerator.is_main_process and is_main_process()
-        t0 = time.perf_counter()
-        real = folder_images(params) if params.real_dir else phantom_images(params, progress and main)
-        timings["real_images"] = time.perf_counter() - t0
-        split = _split(params, real)
-        used_idx = np.concatenate([split["dev_used"], split["test_used"]])
-        log.info("training the generator on %d used images (%s level, seed %d)", len(used_idx), level, params.seed)
-        t0 = time.perf_counter()
-        train = get_family(params.family).train
-        gen, history = train(
-            real.images[used_idx], params.generator, seed=params.seed, accelerator=accelerator, progress=progress
-        )
-        timings["training"] = time.perf_counter() - t0
-        if hasattr(gen, "calibrate"):  # memorisation set to the level's leakage target (generators.calibrate)
-            t0 = time.perf_counter()
-            test = np.concatenate([split["test_used"], split["test_not_used"]])
-            labels = np.r_[np.ones(len(split["test_used"]), int), np.zeros(len(split["test_not_used"]), int)]
-            history["calibration"] = gen.calibrate(
-                real.images[test], labels, level=params.level, n=params.test_generated, seed=params.seed
-            )
-            timings["calibration"] = time.perf_counter() - t0
-        if main:
-            sample_and_write(out_dir, params, real, split, gen, history, timings, t_all)
-        accelerator.wait_for_everyone()
-    finally:
-        torch.set_num_threads(prev_threads)
-    return read_json(out_dir / "synth.json")
-
-
-def _split(p: SynthParams, real: RealImages) -> dict[str, np.ndarray]:
-    """Random assignment of the real pool to the four roles (seeded)."""
-    perm = np.random.default_rng([p.seed & 0xFFFFFFFF, 0x5917]).permutation(len(real.images))
-    out, k = {}, 0
-    for name in ("dev_used", "dev_not_used", "test_used", "test_not_used"):
-        n = getattr(p, name)
-        out[name] = perm[k : k + n]
-        k += n
-    return out

@@ -7,8 +7,8 @@ reads (space k32x).
 
 from __future__ import annotations
 
-from fingerprint.adapt import AdaptConfig, run_adapt
 from fingerprint.cli.options import command
+from fingerprint.training.adapt import AdaptConfig, run_adapt
 
 NAME = "adapt"
 

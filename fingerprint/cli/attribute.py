@@ -11,8 +11,8 @@ accuracy when --truth is given) and OUT/report.html. Details: docs/audit.md.
 
 from __future__ import annotations
 
-from fingerprint.attribute import AttributeConfig, run_attribute
 from fingerprint.cli.options import command
+from fingerprint.tasks.attribute import AttributeConfig, run_attribute
 
 NAME = "attribute"
 

@@ -11,8 +11,8 @@ OUT/audit_scores.csv and OUT/report.html. Details: docs/audit.md.
 
 from __future__ import annotations
 
-from fingerprint.audit import AuditConfig, run_audit
 from fingerprint.cli.options import command
+from fingerprint.tasks.audit import AuditConfig, run_audit
 
 NAME = "audit"
 

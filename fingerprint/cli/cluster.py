@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fingerprint.analysis.cluster import ClusterConfig, run_cluster
 from fingerprint.cli.options import command
-from fingerprint.cluster import ClusterConfig, run_cluster
 
 NAME = "cluster"
 SEPARATION = ("silhouette", "ari_used", "nmi_used", "ari_role")

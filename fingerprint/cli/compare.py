@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fingerprint.analysis.compare import CompareConfig, run_compare
 from fingerprint.cli.options import command
-from fingerprint.compare import CompareConfig, run_compare
 
 NAME = "compare"
 

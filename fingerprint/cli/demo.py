@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from fingerprint.cli.options import command
 from fingerprint.cli.run import print_summary
-from fingerprint.pipeline import DemoConfig, run_demo
+from fingerprint.tasks.configs import DemoConfig
+from fingerprint.tasks.demo import run_demo
 
 NAME = "demo"
 

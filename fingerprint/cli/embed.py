@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.embed import EmbedConfig, run_embed
+from fingerprint.embedding.embed import EmbedConfig, run_embed
 
 NAME = "embed"
 

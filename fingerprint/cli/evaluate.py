@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.evaluate import EvaluateConfig, run_evaluate
-from fingerprint.metrics import format_table
+from fingerprint.evaluation.evaluate import EvaluateConfig, run_evaluate
+from fingerprint.evaluation.metrics import format_table
 
 NAME = "evaluate"
 

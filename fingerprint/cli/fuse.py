@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.fuse import FuseConfig, run_fuse
+from fingerprint.membership.fuse import FuseConfig, run_fuse
 
 NAME = "fuse"
 

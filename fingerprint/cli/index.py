@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.index import IndexConfig, run_index
+from fingerprint.embedding.index import IndexConfig, run_index
 
 NAME = "index"
 

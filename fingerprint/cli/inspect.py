@@ -6,7 +6,7 @@ import json
 import sys
 
 from fingerprint.cli.options import command
-from fingerprint.shards import InspectConfig, run_inspect
+from fingerprint.data.shards import InspectConfig, run_inspect
 
 NAME = "inspect"
 

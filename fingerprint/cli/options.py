@@ -32,8 +32,9 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from fingerprint.config import FieldSpec, coerce, fields_of, load_config_file, values_from_mapping
-from fingerprint.utils import FingerprintError, os_error_text, setup_logging
+from fingerprint.core.config import FieldSpec, coerce, fields_of, load_config_file, values_from_mapping
+from fingerprint.core.errors import FingerprintError, os_error_text
+from fingerprint.core.logs import setup_logging
 
 #: set to 1 to show tracebacks of every command (what --debug does)
 DEBUG_ENV = "FINGERPRINT_DEBUG"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.pack import PackConfig, run_pack
+from fingerprint.data.pack import PackConfig, run_pack
 
 NAME = "pack"
 

@@ -8,7 +8,7 @@ RUN/pretrain/backbone.safetensors ...` or `fingerprint run --pretrain`.
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.pretrain import PretrainConfig, run_pretrain
+from fingerprint.training.pretrain import PretrainConfig, run_pretrain
 
 NAME = "pretrain"
 

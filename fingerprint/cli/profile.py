@@ -7,7 +7,7 @@ writes RUN/profile/dev.npz and test.npz (one keyed row per real image).
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.profile import ProfileConfig, run_profile
+from fingerprint.membership.profile import ProfileConfig, run_profile
 
 NAME = "profile"
 

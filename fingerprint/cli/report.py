@@ -8,7 +8,7 @@ missing optional part becomes a visible note in the report.
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.report import ReportConfig, run_report
+from fingerprint.report.build import ReportConfig, run_report
 
 NAME = "report"
 

@@ -12,7 +12,8 @@ Stages whose outputs exist are skipped (an interrupted run resumes); --force red
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.pipeline import RunConfig, run_pipeline
+from fingerprint.tasks.configs import RunConfig
+from fingerprint.tasks.pipeline import run_pipeline
 
 NAME = "run"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.score import ScoreConfig, run_score
+from fingerprint.membership.score import ScoreConfig, run_score
 
 NAME = "score"
 

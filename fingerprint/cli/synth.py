@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fingerprint.benchdata.synth import SynthConfig, run_synth
 from fingerprint.cli.options import command
-from fingerprint.utils import is_main_process
+from fingerprint.core.logs import is_main_process
 
 NAME = "synth"
 

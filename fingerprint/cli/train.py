@@ -1,7 +1,7 @@
 """Episodic relation-network training with Accelerate: `fingerprint train --shards DEV --out MODEL_DIR`.
 
 Run it plainly for one process, or under `accelerate launch` (configs in
-launch/) for several; every flag is a field of fingerprint.train.TrainConfig.
+launch/) for several; every flag is a field of fingerprint.training.train.TrainConfig.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 from fingerprint.cli.options import command
-from fingerprint.train import TrainConfig, run_train
-from fingerprint.utils import is_main_process
+from fingerprint.core.logs import is_main_process
+from fingerprint.training.train import TrainConfig, run_train
 
 NAME = "train"
 SUMMARY = ("model_dir", "epochs", "best_epoch", "val_auc", "threshold", "stopped", "world_size", "mixed_precision",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fingerprint.cli.options import command
-from fingerprint.runfile import ValidateConfig, run_validate
+from fingerprint.evaluation.runfile import ValidateConfig, run_validate
 
 NAME = "validate"
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from fingerprint.distributed import make_accelerator
-from fingerprint.utils import FingerprintError
+from fingerprint.core.distributed import make_accelerator
+from fingerprint.core.errors import FingerprintError
 
 #: the modules that register the built-in families
 FAMILY_MODULES = (

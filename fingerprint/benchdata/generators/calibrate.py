@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fingerprint.metrics import roc_auc
+from fingerprint.evaluation.metrics import roc_auc
 
 #: pixel-NN test ROC-AUC target and range per level (tiny: none, not calibrated)
 TARGETS = {"easy": (0.95, (0.90, 1.0)), "medium": (0.75, (0.70, 0.80)), "hard": (0.60, (0.55, 0.65))}

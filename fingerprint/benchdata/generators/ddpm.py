@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 from fingerprint.benchdata.generators import family_accelerator, register_family
 from fingerprint.benchdata.generators.vae import zipf_weights
-from fingerprint.config import check_fields, option
-from fingerprint.utils import FingerprintError
-from fingerprint.vocab import MIXED_PRECISION
+from fingerprint.core.config import check_fields, option
+from fingerprint.core.errors import FingerprintError
+from fingerprint.core.vocab import MIXED_PRECISION
 
 CPU_MAX_SIZE = 64
 

@@ -9,7 +9,7 @@ a generated image gives a plausible anatomical variation of that image:
 a different body outline, heart size, rib and diaphragm position, of the size
 seen between real neighbours.
 
-Registration: `fingerprint.register` (a free-form deformation on a coarse
+Registration: `fingerprint.imaging.register` (a free-form deformation on a coarse
 control grid with a bending penalty, fitted by Adam; all pairs in one batch).
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fingerprint.register import register, warp
+from fingerprint.imaging.register import register, warp
 
 
 @dataclass

@@ -44,10 +44,10 @@ from fingerprint.benchdata.generators.calibrate import TARGETS, auc_at, choose_a
 from fingerprint.benchdata.generators.deform import DeformationModel, fit_deformation_model
 from fingerprint.benchdata.generators.refiner import Refiner, RefinerConfig, refine, train_refiner
 from fingerprint.benchdata.generators.vae import GeneratorConfig, deterministic, train_generator, zipf_weights
-from fingerprint.config import check_fields, option
-from fingerprint.register import warp
-from fingerprint.utils import FingerprintError
-from fingerprint.vocab import MIXED_PRECISION
+from fingerprint.core.config import check_fields, option
+from fingerprint.core.errors import FingerprintError
+from fingerprint.core.vocab import MIXED_PRECISION
+from fingerprint.imaging.register import warp
 
 
 @dataclass

@@ -56,9 +56,10 @@ from torch import nn
 from tqdm import tqdm
 
 from fingerprint.benchdata.generators import family_accelerator, register_family
-from fingerprint.config import check_fields, fail, option
-from fingerprint.utils import FingerprintError, is_main_process
-from fingerprint.vocab import MIXED_PRECISION
+from fingerprint.core.config import check_fields, fail, option
+from fingerprint.core.errors import FingerprintError
+from fingerprint.core.logs import is_main_process
+from fingerprint.core.vocab import MIXED_PRECISION
 
 log = logging.getLogger(__name__)
 

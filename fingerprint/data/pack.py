@@ -1,0 +1,333 @@
+"""The pack stage: image folders into deterministic WebDataset shards (`run_pack(PackConfig)`, `pack`).
+
+`pack` lists the images of an input folder (`fingerprint.data.sources`: the 2023
+dev/test layouts, the seed's naming, or a CSV/JSONL manifest), converts each
+to 8-bit gray at the packing size, and writes them in a seeded shuffled
+order into `shard-NNNNNN.tar` files (WebDataset's TarWriter; fixed member
+metadata, so the same input and seed give byte-identical tars) plus
+`manifest.json` (counts per shard and role/label, sizes, sha256), all in a
+temporary folder renamed into place at the end. The format is in
+`fingerprint.data.shards` and shards/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from fingerprint import __version__
+
+from fingerprint.data import urls
+from fingerprint.core.config import check_fields, exists_error, option
+from fingerprint.data.shards import (
+    DEFAULT_ENCODING,
+    DEFAULT_MAX_COUNT,
+    DEFAULT_MAX_SIZE,
+    FORMAT,
+    FORMAT_VERSION,
+    SHARD_PATTERN,
+)
+from fingerprint.data.sources import (
+    ENCODINGS,
+    LAYOUTS,
+    SourceImage,
+    encode_pixels,
+    find_sources,
+    load_image,
+    make_keys,
+    pixel_sha256,
+    unreadable_reason,
+)
+from fingerprint.core.errors import FingerprintError
+from fingerprint.core.logs import JsonlLogger, is_main_process
+from fingerprint.core.files import atomic_path, check_writable, sha256_bytes, sha256_file, write_json
+from fingerprint.core.vocab import LABELS, ROLES
+
+log = logging.getLogger(__name__)
+_TAR_USER = "fingerprint"
+
+
+def parse_size(text: str) -> int:
+    """'256M', '1.5G', '100000' -> bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = str(text).strip().lower().removesuffix("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r}") from None
+
+
+@dataclass(kw_only=True)
+class PackConfig:
+    """Options of the pack stage (`fingerprint pack`)."""
+
+    SECTION = "pack"
+
+    src: Path = option(positional=True, help="input folder (or the folder a manifest's paths are relative to)")
+    out: str = option(
+        positional=True,
+        help="output folder for shard-NNNNNN.tar + manifest.json: a local path, or an fsspec URL (s3://bucket/dev, "
+        "needs the optional extra) written from a local temporary folder, manifest last",
+    )
+    layout: str = option(
+        "auto",
+        choices=LAYOUTS,
+        help="input layout: dev (generated/ used/ not_used/), test (generated_1/ real_unknown_1/), "
+        "seed (generated/ real_used/ real_unused/), manifest; auto detects it",
+    )
+    manifest: Path | None = option(
+        None, help="CSV (header path,role,label) or JSONL file listing the images; paths relative to its folder"
+    )
+    image_size: int = option(256, min=8, help="images of another size are resized to this square size")
+    encoding: str = option(DEFAULT_ENCODING, choices=ENCODINGS, help="stored image encoding (see shards/README.md)")
+    max_count: int = option(DEFAULT_MAX_COUNT, min=1, help="samples per shard at most")
+    max_size: int = option(
+        DEFAULT_MAX_SIZE,
+        min=1,
+        parse=parse_size,
+        help="payload bytes per shard at most, e.g. 256M (a shard may exceed it by one sample)",
+    )
+    strict: bool = option(False, help="an unreadable image is an error instead of a counted skip")
+    force: bool = option(False, help="replace an existing output folder")
+    seed: int = option(0, help="seed of the sample order")
+    log: Path | None = option(None, help="append a JSON-lines timing record to this file")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def run_pack(cfg: PackConfig) -> dict[str, Any]:
+    """Pack `cfg.src` into `cfg.out`; returns the manifest (plus the seconds it took)."""
+    t0 = time.perf_counter()
+    man = pack(
+        cfg.src,
+        cfg.out,
+        layout=cfg.layout,
+        image_size=cfg.image_size,
+        encoding=cfg.encoding,
+        max_count=cfg.max_count,
+        max_size=cfg.max_size,
+        seed=cfg.seed,
+        strict=cfg.strict,
+        force=cfg.force,
+        manifest=cfg.manifest,
+    )
+    seconds = time.perf_counter() - t0
+    JsonlLogger(cfg.log).log(
+        stage="pack",
+        seconds=round(seconds, 3),
+        images=man["count"],
+        images_per_s=round(man["count"] / max(seconds, 1e-9), 1),
+        skipped=man["n_skipped"],
+        shards=len(man["shards"]),
+        out=str(cfg.out),
+    )
+    return {**man, "seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+class _ShardSink:
+    """Writes samples into shard-NNNNNN.tar files in `folder` with WebDataset's TarWriter, splitting by count and size.
+
+    Members get mtime 0, uid/gid 0, user/group "fingerprint" and mode 0444, so
+    the same samples give byte-identical tars.
+    """
+
+    def __init__(self, folder: Path, max_count: int, max_size: int):
+        self.folder, self.max_count, self.max_size = folder, max_count, max_size
+        self.shards: list[dict[str, Any]] = []
+        self.writer: wds.TarWriter | None = None
+
+    def _open(self) -> None:
+        self.close()
+        name = SHARD_PATTERN % len(self.shards)
+        self.writer = wds.TarWriter(
+            str(self.folder / name),
+            encoder=False,
+            user=_TAR_USER,
+            group=_TAR_USER,
+            mode=0o444,
+            mtime=0,
+            format="PAX_FORMAT",
+        )
+        self.shards.append({"name": name, "count": 0, "payload": 0, "groups": Counter()})
+
+    def write(self, key: str, files: dict[str, bytes], group: str) -> None:
+        cur = self.shards[-1] if self.shards else None
+        if cur is None or self.writer is None or cur["count"] >= self.max_count or cur["payload"] >= self.max_size:
+            self._open()
+            cur = self.shards[-1]
+        assert self.writer is not None
+        cur["payload"] += self.writer.write({"__key__": key, **files})
+        cur["count"] += 1
+        cur["groups"][group] += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def pack(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    image_size: int = 256,
+    encoding: str = DEFAULT_ENCODING,
+    max_count: int = DEFAULT_MAX_COUNT,
+    max_size: int = DEFAULT_MAX_SIZE,
+    seed: int = 0,
+    strict: bool = False,
+    force: bool = False,
+    manifest: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Pack the images of `src` into shards in `out`; returns the manifest written to out/manifest.json.
+
+    Samples are ordered by a seeded shuffle of the path-sorted list, so shards
+    mix roles and labels and the same input + seed gives byte-identical tars.
+    Everything is written into a temporary folder renamed to `out` at the end;
+    an fsspec URL `out` (`s3://bucket/dev`) is packed locally, then uploaded
+    with the manifest last. The keyword arguments are the PackConfig fields.
+    """
+    if urls.is_url(out):
+        return _pack_to_url(src, str(out), **{k: v for k, v in locals().items() if k not in ("src", "out")})
+    src, out = Path(src), Path(out)
+    cfg = PackConfig(
+        src=src, out=out, layout=layout, manifest=manifest, image_size=image_size, encoding=encoding,
+        max_count=max_count, max_size=max_size, strict=strict, force=force, seed=seed,
+    )  # fmt: skip
+    if out.exists() and not force:
+        raise exists_error(cfg, out)
+    if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
+        raise FingerprintError(f"{out}: output folder must not be the input folder or hold it")
+    layout, images = find_sources(src, layout, manifest)
+    keys = make_keys(images)
+    renamed = [{"path": s.rel, "key": k} for s, k in zip(images, keys) if k != Path(s.rel).stem]
+    if renamed:
+        log.warning(
+            "%d generated image(s) stored under another key than their file name (repeated or unusable names; "
+            "listed in manifest.json 'renamed'), e.g. %s -> %s",
+            len(renamed),
+            renamed[0]["path"],
+            renamed[0]["key"],
+        )
+    check_writable(out.parent)
+    order = list(range(len(images)))
+    random.Random(seed).shuffle(order)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        sink = _ShardSink(tmp, max_count, max_size)
+        try:
+            counts, skipped, n_converted = _write_samples(sink, images, keys, order, cfg)
+        finally:
+            sink.close()
+        if not sink.shards:
+            raise FingerprintError(f"{src}: no readable images ({len(skipped)} skipped)")
+        man = _manifest(cfg, layout, sink, tmp, counts, skipped, n_converted) | {"renamed": renamed}
+        write_json(tmp / "manifest.json", man)
+    log.info(
+        "packed %d images into %d shards in %s (%d converted, %d skipped)",
+        *(man["count"], len(man["shards"]), out, n_converted, len(skipped)),
+    )
+    return man
+
+
+def _pack_to_url(src: str | os.PathLike, out: str, *, force: bool, **options: Any) -> dict[str, Any]:
+    """Pack into a local temporary folder, then upload it to the fsspec URL `out` (the manifest last)."""
+    manifest = urls.join(out, "manifest.json")
+    if urls.exists(manifest) and not force:
+        raise exists_error(PackConfig(src=Path(src), out=out, force=force), out)
+    with tempfile.TemporaryDirectory(prefix="fingerprint-pack-") as tmp:
+        man = pack(src, Path(tmp) / "out", force=False, **options)
+        if force:
+            urls.remove_folder(out)
+        urls.upload_folder(Path(tmp) / "out", out)
+    log.info("uploaded %d shards + manifest.json to %s", len(man["shards"]), out)
+    return man
+
+
+def _write_samples(
+    sink: _ShardSink, images: list[SourceImage], keys: list[str], order: list[int], cfg: PackConfig
+) -> tuple[Counter, list[dict[str, str]], int]:
+    """Read, convert and write every image in `order`; returns (role/label counts, skipped, converted)."""
+    skipped: list[dict[str, str]] = []
+    counts: Counter = Counter()
+    n_converted = 0
+    for i in tqdm(order, desc=f"pack {cfg.src.name}", unit="img", disable=not is_main_process()):
+        item, key = images[i], keys[i]
+        try:
+            data = item.path.read_bytes()
+            pixels, info, unchanged = load_image(data, cfg.image_size)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as e:
+            reason = unreadable_reason(e)
+            if cfg.strict:
+                raise FingerprintError(f"{item.path}: unreadable image ({reason})") from None
+            log.warning("skipping %s: unreadable image (%s)", item.path, reason)
+            skipped.append({"path": item.rel, "reason": reason})
+            continue
+        stored = data if (unchanged and cfg.encoding == "png") else encode_pixels(pixels, cfg.encoding)
+        n_converted += info["converted"] is not None
+        record = {
+            "key": key,
+            "role": item.role,
+            "label": item.label,
+            "path": item.rel,
+            **info,
+            "sha256": sha256_bytes(data),
+            "pixel_sha256": pixel_sha256(pixels),
+            "size": [int(pixels.shape[0]), int(pixels.shape[1])],
+        }
+        files = {"json": json.dumps(record, sort_keys=True).encode(), cfg.encoding: stored}
+        sink.write(key, files, f"{item.role}/{item.label}")
+        counts[(item.role, item.label)] += 1
+    return counts, skipped, n_converted
+
+
+def _manifest(
+    cfg: PackConfig, layout: str, sink: _ShardSink, tmp: Path, counts: Counter, skipped: list, n_converted: int
+) -> dict[str, Any]:
+    shards = []
+    for s in sink.shards:
+        p = tmp / s["name"]
+        shards.append({"name": s["name"], "count": s["count"], "bytes": p.stat().st_size,
+                       "sha256": sha256_file(p), "groups": dict(sorted(s["groups"].items()))})  # fmt: skip
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "source": str(cfg.src),
+        "layout": layout,
+        "encoding": cfg.encoding,
+        "image_size": cfg.image_size,
+        "seed": cfg.seed,
+        "max_count": cfg.max_count,
+        "max_size": cfg.max_size,
+        "order": "shuffled",
+        "count": sum(counts.values()),
+        "counts": {
+            "role": {r: n for r in ROLES if (n := sum(v for (rr, _), v in counts.items() if rr == r))},
+            "label": {lab: n for lab in LABELS if (n := sum(v for (_, ll), v in counts.items() if ll == lab))},
+            "role_label": {f"{r}/{lab}": counts[(r, lab)] for r in ROLES for lab in LABELS if counts[(r, lab)]},
+        },
+        "converted": n_converted,
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "shards": shards,
+    }

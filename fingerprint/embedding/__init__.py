@@ -1,0 +1,4 @@
+"""The network, its model files, embedding export, inference helpers, feature files and the FAISS index.
+
+May import: `fingerprint.core`, `fingerprint.data`, `fingerprint.evaluation`, `fingerprint.imaging`.
+"""

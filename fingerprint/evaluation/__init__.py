@@ -1,0 +1,4 @@
+"""Metrics, score files, run files and the `evaluate` stage.
+
+May import: `fingerprint.core`.
+"""

@@ -1,0 +1,136 @@
+"""The report stage: one self-contained HTML report and a Markdown summary of a run folder (`run_report`).
+
+Sections: data set counts and sample images (shards), training curves
+(model/train_log.jsonl), every scorer's and comparator's metrics with
+intervals (metrics.json, compare/cv.json), ROC curves and per-class score
+histograms (scores/*.csv + the truth), the dendrogram and cluster metrics
+(cluster/), and neighbour strips (a real image beside its top-k generated
+neighbours) for the most confident hits and misses (scores/neighbours.npz +
+shards). The data comes from `report.data`, the figures from
+`report.figures`, the HTML/Markdown from `report.html`. A missing or broken
+optional part becomes a visible note in its section, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fingerprint.core.config import check_fields, exists_error, option
+from fingerprint.core.errors import FingerprintError
+from fingerprint.core.files import check_writable, write_text
+from fingerprint.core.locks import locks_folder
+from fingerprint.core.logs import JsonlLogger
+from fingerprint.report.data import (
+    read_inputs,
+)
+from fingerprint.report.html import Section, render_html, render_markdown
+from fingerprint.report.sections import (
+    section_clustering,
+    section_comparators,
+    section_dataset,
+    section_histograms,
+    section_metrics,
+    section_overview,
+    section_roc,
+    section_strips,
+    section_training,
+)
+from fingerprint.report.tasks import task_sections
+
+log = logging.getLogger(__name__)
+
+#: errors a broken optional part may raise; the report turns them into a note.
+PART_ERRORS = (FingerprintError, OSError, ValueError, KeyError, json.JSONDecodeError)
+
+
+@dataclass(kw_only=True)
+class ReportConfig:
+    """Options of the report stage (`fingerprint report`)."""
+
+    SECTION = "report"
+
+    run_dir: Path = option(
+        positional=True, metavar="RUN_DIR", help="run folder (fingerprint run, or the stages' outputs)"
+    )
+    truth: Path | None = option(
+        None, help="truth file figure_id,label for the test split (default: RUN_DIR/test_truth.csv)"
+    )
+    out_dir: Path | None = option(None, help="where report.html and report.md go (default: RUN_DIR)")
+    samples_per_group: int = option(4, min=1, help="sample images shown per split and role/label")
+    strip_scorer: str = option("relation", help="scorer whose hits and misses get neighbour strips")
+    top_n: int = option(3, min=1, help="strips per category (true positives, false positives, false negatives)")
+    strip_k: int = option(5, min=1, help="generated neighbours per strip")
+    seed: int = option(0, help="picks the sample images")
+    force: bool = option(False, help="replace an existing report")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@locks_folder(lambda cfg: cfg.run_dir, "fingerprint report", create=False)
+def run_report(cfg: ReportConfig) -> tuple[Path, Path]:
+    """Write report.html and report.md for `cfg.run_dir`; returns their paths (and logs the stage)."""
+    t0 = time.perf_counter()
+    html_path, md_path = build_report(cfg)
+    JsonlLogger(Path(cfg.run_dir) / "log.jsonl").log(
+        stage="report", seconds=round(time.perf_counter() - t0, 3), html_bytes=html_path.stat().st_size
+    )
+    return html_path, md_path
+
+
+def build_report(cfg: ReportConfig) -> tuple[Path, Path]:
+    """Write `report.html` and `report.md` for `cfg.run_dir` (into `cfg.out_dir`, default the run folder).
+
+    The neighbour strips follow `cfg.strip_scorer`, showing its `top_n` most
+    confident true positives, false positives and false negatives with
+    `strip_k` neighbours each. Same run folder + seed = byte-identical files.
+    """
+    run_dir = Path(cfg.run_dir)
+    if not run_dir.is_dir():
+        raise FingerprintError(f"{run_dir}: run folder not found")
+    out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else run_dir
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    for p in (html_path, md_path):
+        if p.exists() and not cfg.force:
+            raise exists_error(cfg, p)
+    check_writable(out_dir)
+    run = read_inputs(run_dir, cfg.truth)
+    builders: list[tuple[str, str, Callable[[], Section]]] = [
+        ("overview", "Overview", lambda: section_overview(run)),
+        ("dataset", "Data set", lambda: section_dataset(run, per_group=cfg.samples_per_group, seed=cfg.seed)),
+        ("training", "Training", lambda: section_training(run)),
+        ("metrics", "Metrics", lambda: section_metrics(run)),
+        ("comparators", "Comparators (cross-validated on dev)", lambda: section_comparators(run)),
+        ("roc", "ROC curves", lambda: section_roc(run)),
+        ("histograms", "Score histograms", lambda: section_histograms(run)),
+        ("clustering", "Hierarchical clustering", lambda: section_clustering(run)),
+        (
+            "neighbours",
+            "Nearest generated neighbours",
+            lambda: section_strips(run, scorer=cfg.strip_scorer, top_n=cfg.top_n, k=cfg.strip_k),
+        ),
+    ]
+    builders += task_sections(run_dir)  # audit and attribution, when their outputs are in the folder
+    sections = [_guard(i, t, fn) for i, t, fn in builders]
+    title = f"fingerprint report: {run_dir.resolve().name}"
+    write_text(html_path, render_html(title, sections))
+    write_text(md_path, render_markdown(title, sections))
+    n_notes = sum(len(s.notes) for s in sections)
+    log.info("report: wrote %s and %s (%d notes)", html_path, md_path, n_notes)
+    return html_path, md_path
+
+
+def _guard(section_id: str, title: str, fn: Callable[[], Section]) -> Section:
+    """Build one section; a broken optional input becomes a note in that section."""
+    try:
+        return fn()
+    except PART_ERRORS as e:
+        log.warning("report: %s: %s", section_id, e)
+        s = Section(section_id, title)
+        s.note(f"could not build this part: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return s
