@@ -7,6 +7,6 @@ generator of a registered family (`generators`) trained on the "used" ones;
 `difficulty` measures how hard the result is.
 
 May import: `fingerprint.core`, `fingerprint.imaging` and `fingerprint.evaluation` only, so the data
-builder never depends on the detector it tests. Only `fingerprint.tasks`, `fingerprint.cli` and
-`fingerprint.api` import it.
+builder never depends on the detector it tests. Only `fingerprint.tasks`, `fingerprint.api` and the
+command line import it.
 """
