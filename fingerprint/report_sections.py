@@ -54,7 +54,7 @@ def section_verdict(run: RunInputs, *, seed: int = 0) -> Section:
                "compare every scorer")  # fmt: skip
         _input_notes(run, s)
         return s
-    results, source = test_results(run, name, seed)
+    results, source = verdict_metrics(run, name, seed)
     r, table = results.get(name) or {}, run.scores[name]
     n_used, n = int(table.labels.sum()), len(table.labels)
     margin = auc_margin(results, name, untrained_scorers())
@@ -102,7 +102,7 @@ def run_file_scorer(run: RunInputs) -> str | None:
     return next((n for n in sorted(run.score_meta) if run.score_meta[n].get("run_file")), None)
 
 
-def test_results(run: RunInputs, name: str, seed: int) -> tuple[dict[str, dict], str]:
+def verdict_metrics(run: RunInputs, name: str, seed: int) -> tuple[dict[str, dict], str]:
     """Every scorer's test metrics and their source: metrics.json, else evaluated here against the truth (with
     bootstrap intervals for `name`, the run file's scorer, and point values for the others)."""
     path = run.run_dir / "metrics.json"
