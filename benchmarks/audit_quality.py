@@ -3,14 +3,14 @@
 Not a speed benchmark: it measures what `fingerprint audit` and `fingerprint attribute` conclude on
 builds of known truth, with the commands' own library entry points.
 
-    python benchmarks/audit_quality.py audit --level medium --seed 0 --work /tmp/audq
-    python benchmarks/audit_quality.py attribute --level medium --seed 0 --work /tmp/audq
-    python benchmarks/audit_quality.py fixture --level medium --seed 0 --work /tmp/audq --scorers relation,ssim,dcr
+    python benchmarks/audit_quality.py audit --level medium --seed 0 --work runs/audq
+    python benchmarks/audit_quality.py attribute --level medium --seed 0 --work runs/audq
+    python benchmarks/audit_quality.py fixture --level medium --seed 0 --work runs/audq --scorers relation,ssim,dcr
 
 audit: an audit-case build (candidate 50, reference 100; cached in WORK), its used / not-used /
 half-used cases, each audited with every scorer in --scorers (the relation model is trained once, on
 the dev split with half of it held out, and reused), plus the not-used candidate against the held-out
-dev not-used images (the prototype's false-positive case, now scored against the audited pool).
+dev not-used images (a false-positive check: held-out not-used images scored against the audited pool).
 Calibration: the not-used case's 150 fresh images (candidate + reference, scored in one call) are
 re-split 1,000 times into 50 vs 100 (seeded), giving null p-values; their histogram and FPR go to
 docs/images/audit_null_<level>.png. Power: each used case's power curve, docs/images/audit_power_<level>.png.
@@ -56,7 +56,7 @@ def audit_quality(args) -> dict:
     data = Path(args.work) / f"audit-{args.level}-seed{args.seed}"
     if not (data / "synth.json").is_file():
         build_audit_case(data, case="used", n_candidate=50, n_reference=100, level=args.level, seed=args.seed)
-    results: dict = {"level": args.level, "seed": args.seed, "data": str(data), "scorers": {}}
+    results: dict = {"level": args.level, "seed": args.seed, "data": data.name, "scorers": {}}
     model = None
     for scorer in args.scorers.split(","):
         row = results["scorers"].setdefault(scorer, {})
@@ -175,7 +175,7 @@ def attribute_quality(args) -> dict:
     data = Path(args.work) / f"subsets-{args.level}-seed{args.seed}"
     if not (data / "synth.json").is_file():
         build_subsets(data, n_subsets=3, level=args.level, seed=args.seed)
-    results: dict = {"level": args.level, "seed": args.seed, "data": str(data), "pair_scores": {}}
+    results: dict = {"level": args.level, "seed": args.seed, "data": data.name, "pair_scores": {}}
     results["synth"] = json.loads((data / "synth.json").read_text())["difficulty"]
     model = None
     for pair in PAIR_SCORES:
@@ -230,7 +230,7 @@ def main() -> None:
     ap.add_argument("what", choices=("audit", "attribute", "fixture", "figures"))
     ap.add_argument("--level", default="medium")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default="/tmp/audit-quality")
+    ap.add_argument("--work", default="runs/audit-quality", help="builds and outputs (default runs/audit-quality)")
     ap.add_argument("--scorers", default="relation,ssim,dcr,emb_nn")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()

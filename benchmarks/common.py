@@ -319,6 +319,16 @@ def random_unit(n: int, d: int, rng: np.random.Generator, *, chunk: int = 1 << 1
 # -- results ------------------------------------------------------------------------------------
 
 
+def portable(arg: str | Path) -> str:
+    """How results record a path or command-line word: an absolute path inside the repository relative to it,
+    one outside it by its last part (a result names no folder of the machine that made it); anything else as is."""
+    text = str(arg)
+    if not text.startswith("/"):
+        return text
+    path = Path(text)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def result_name(name: str, device: str) -> str:
     """`embed` on cpu -> `embed`; on cuda -> `gpu_embed` (gpu.sh's files)."""
     return f"gpu_{name}" if device == "cuda" else name

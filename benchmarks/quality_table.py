@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common import load_average, machine_info  # noqa: E402
+from common import load_average, machine_info, portable  # noqa: E402
 
 from fingerprint.core.files import read_json, write_json, write_text  # noqa: E402
 from fingerprint.core.logs import setup_logging  # noqa: E402
@@ -269,9 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(f"== {data.name}: fused {r['auc']['value']:.3f} margin {r['margin']:+.3f} kappa {r['kappa']['value']:.2f}"
               f" ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
-    doc = {"runs": str(a.runs), "pretrain": a.pretrain, "n_boot": a.n_boot, "rows": rows, "ablations": ablations}
+    doc = {"runs": portable(a.runs), "pretrain": a.pretrain, "n_boot": a.n_boot, "rows": rows, "ablations": ablations}
     doc["run"] = {
-        "command": " ".join(["python", "benchmarks/quality_table.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            ["python", "benchmarks/quality_table.py", *map(portable, sys.argv[1:] if argv is None else argv)]
+        ),
         "started": started,
         "seconds": round(time.perf_counter() - t_all, 1),
         "load_average_before": load_before,

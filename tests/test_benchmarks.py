@@ -217,3 +217,17 @@ def test_synth_families_summary_compares_the_families_per_level():
     assert ratios["wall_s"] == 4.0 and ratios["hf_ratio"] == 10.0 and ratios["frechet_ratio"] == 0.1
     assert out["medium"]["sharp"]["over_budget"] == 1 and out["medium"]["vae"]["over_budget"] == 0
     assert "sharp_over_vae" not in out["tiny"]
+
+
+def test_results_record_no_folder_outside_the_repository():
+    """Paths in a result's command and fields: inside the repository relative to it, outside it by name only; and
+    no committed result names a folder outside the repository."""
+    inside = common.ROOT / "benchmarks" / "results"
+    assert (
+        common.portable(inside) == "benchmarks/results" and common.portable("/elsewhere/data/medium-s0") == "medium-s0"
+    )
+    assert common.portable("--n-boot") == "--n-boot" and common.portable("data/hard-s1") == "data/hard-s1"
+    for path in sorted((common.ROOT / "benchmarks" / "results").glob("*.json")):
+        text = path.read_text()
+        for root in ("/work/", "/tmp/", "/home/", "/root/", "/scratch/"):
+            assert root not in text, f"{path.name} names a folder outside the repository ({root}...)"

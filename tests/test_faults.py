@@ -364,7 +364,8 @@ def cut_at_member_boundary(sb):
 
 
 def failed_stage_then_rerun(server, sb, case):
-    """Issue 12.2: score writes the run-file scorer's scores, then fails on run.csv; a re-run must not succeed."""
+    """Score writes the run-file scorer's scores, then fails on run.csv: a re-run must not count the stage as done,
+    and once the cause is gone the run finishes with the reference run file."""
     run = sb.run()
     (run / "run.csv").unlink()
     StageRecords(run).invalidate(f"score-{RUN_FILE_SCORER}-test")
@@ -382,7 +383,7 @@ def failed_stage_then_rerun(server, sb, case):
 
 
 def concurrent_runs(server, sb, case):
-    """Issue 12.5: a second writer into a run folder gets a clear error naming the holder; the first is unharmed."""
+    """A second writer into a run folder gets a clear error naming the holder; the first is unharmed."""
     sb.run()
     first = server.start(["run", "data", "--out", "run", *RUN_ARGS], cwd=sb.root)
     assert first.wait_for("[pack-dev] complete")  # the run folder is locked by now
@@ -543,68 +544,69 @@ CASES: list[Case] = [
            ["validate", "{file}", "--ids", "{ids}"], 1, rule) for rule in RUNFILES],
     Case("nan-features", "a features file with NaN embeddings", nan_features,
          ["index", "--features", "{features}", "--out", "{out}"], 2, "nan.npz: embeddings contain NaN or infinity"),
-    # --- issue 12: cases that did not end well
-    Case("id-collision-run", "test/generated_1/X.png beside test/real_unknown_1/X.png (12.1)", id_collision, RUN, 2,
+    # --- names that clash, failed stages re-run, full and read-only disks, non-finite options, concurrent
+    # writers, tampered checkpoints, options checked before work, unsafe shard members
+    Case("id-collision-run", "test/generated_1/X.png beside test/real_unknown_1/X.png", id_collision, RUN, 2,
          "same name as the real image", (names_both_files,)),
     Case("id-collision-pack", "the same, packing the test split", id_collision, ["pack", "data/test", "{out}"], 2,
          "same name as the real image", (names_both_files,)),
-    Case("comma-in-name", "a real test image renamed a,b.png (12.2)", comma_in_name, RUN, 2,
+    Case("comma-in-name", "a real test image renamed a,b.png", comma_in_name, RUN, 2,
          "cannot hold dots, commas or whitespace"),
-    Case("failed-stage-rerun", "score fails after its score file, before run.csv; run again (12.2)", None, None, 2,
+    Case("failed-stage-rerun", "score fails after its score file, before run.csv; run again", None, None, 2,
          "run.csv", custom=failed_stage_then_rerun, output="any"),
     Case("run-file-checked", "a run.csv that misses a test id, its record forged to match", forged_run_file,
          ["run", "data", "--out", "run", *RUN_ARGS], 2, "unknown-id", output="any"),
     Case("edited-output-redone", "run.csv edited after its stage finished", edited_run_file,
          ["run", "data", "--out", "run", *RUN_ARGS], 0, "run file:", (same_as_reference("run.csv"),)),
-    *[Case(f"full-disk-{kind}", "RLIMIT_FSIZE: writes past the limit fail (12.3)", fresh(kind), argv, 2, FULL[0],
+    *[Case(f"full-disk-{kind}", "RLIMIT_FSIZE: writes past the limit fail", fresh(kind), argv, 2, FULL[0],
            fsize=limit) for kind, argv, limit in [
         ("pack", PACK, 64 << 10), ("embed", EMBED, 16 << 10), ("train", TRAIN, 1 << 20), ("score", SCORE, 256),
         ("evaluate", EVALUATE, 256), ("report", REPORT, 64 << 10), ("run", RUN, 64 << 10)]],
     Case("full-disk-tmpfs-run", "a 2 MB tmpfs as the output's file system (ENOSPC)", tmpfs("2m"), RUN, 2,
          "No space left on device"),
-    *[Case(f"read-only-{kind}", "the output's folder is read-only (12.3)", read_only_parent(kind), argv, 2,
+    *[Case(f"read-only-{kind}", "the output's folder is read-only", read_only_parent(kind), argv, 2,
            "cannot write here", (failed_early,) if kind == "embed" else (), readonly=True) for kind, argv in [
         ("pack", PACK), ("embed", EMBED), ("train", TRAIN), ("score", SCORE), ("evaluate", EVALUATE),
         ("report", REPORT), ("run", RUN)]],
-    Case("lr-nan", "--lr nan (12.4)", fresh("train"), [*TRAIN, "--lr", "nan"], 2, "--lr must be a finite number"),
-    Case("lr-inf", "--lr inf (12.4)", fresh("train"), [*TRAIN, "--lr", "inf"], 2, "--lr must be a finite number"),
-    Case("clip-grad-nan", "--clip-grad nan (12.4)", fresh("train"), [*TRAIN, "--clip-grad", "nan"], 2,
+    Case("lr-nan", "--lr nan", fresh("train"), [*TRAIN, "--lr", "nan"], 2, "--lr must be a finite number"),
+    Case("lr-inf", "--lr inf", fresh("train"), [*TRAIN, "--lr", "inf"], 2, "--lr must be a finite number"),
+    Case("clip-grad-nan", "--clip-grad nan", fresh("train"), [*TRAIN, "--clip-grad", "nan"], 2,
          "--clip-grad must be a finite number"),
-    Case("train-config-nan", "lr = nan in run --train-config (12.4, 12.7)", train_config_nan,
+    Case("train-config-nan", "lr = nan in run --train-config", train_config_nan,
          [*RUN, "--train-config", "{toml}"], 2, "train.lr must be a finite number"),
-    Case("concurrent-run", "a second run --force into a running run's folder (12.5)", None, None, 2, "in use by pid",
+    Case("concurrent-run", "a second run --force into a running run's folder", None, None, 2, "in use by pid",
          (names_the_holder,), custom=concurrent_runs, output="any"),
-    Case("concurrent-train", "a second train --force into a training's folder (12.5)", None, None, 2, "in use by pid",
+    Case("concurrent-train", "a second train --force into a training's folder", None, None, 2, "in use by pid",
          (names_the_holder,), custom=concurrent_trains, output="any"),
-    Case("resume-evil-optimizer", "optimizer.bin replaced by a pickle with a payload (12.6)",
+    Case("resume-evil-optimizer", "optimizer.bin replaced by a pickle with a payload",
          checkpoint_fault("optimizer.bin", evil_pickle), RESUME, 2, "optimizer.bin: sha256 differs", (no_payload,),
          output="unchanged"),
     Case("resume-evil-optimizer-vouched", "the same, with its checksum rewritten too",
          checkpoint_fault("optimizer.bin", evil_pickle, vouch=True), RESUME, 2, "cannot load the checkpoint",
          (no_payload,), output="unchanged"),
-    Case("resume-bad-rng", "random_states_0.pkl replaced by junk (12.6)",
+    Case("resume-bad-rng", "random_states_0.pkl replaced by junk",
          checkpoint_fault("random_states_0.pkl", lambda sb: b"junk"), RESUME, 2, "random_states_0.pkl: sha256 differs",
          output="unchanged"),
     Case("resume-bad-rng-vouched", "the same, with its checksum rewritten too",
          checkpoint_fault("random_states_0.pkl", lambda sb: b"junk", vouch=True), RESUME, 2, "unreadable RNG state",
          output="unchanged"),
-    Case("resume-missing-rng", "random_states_0.pkl deleted (12.6)", checkpoint_fault("random_states_0.pkl", None),
+    Case("resume-missing-rng", "random_states_0.pkl deleted", checkpoint_fault("random_states_0.pkl", None),
          RESUME, 2, "missing from the checkpoint", output="unchanged"),
-    Case("run-checks-options-first", "--index-factory Bogus (12.7)", fresh("run"), [*RUN, "--index-factory", "Bogus"],
+    Case("run-checks-options-first", "--index-factory Bogus", fresh("run"), [*RUN, "--index-factory", "Bogus"],
          2, "--index-factory: FAISS cannot build 'Bogus'"),
-    Case("run-checks-k", "--k 0 (12.7)", fresh("run"), [*RUN, "--k", "0"], 2, "--k must be >= 1"),
-    Case("run-checks-n-boot", "--n-boot -1 (12.7)", fresh("run"), [*RUN, "--n-boot", "-1"], 2, "--n-boot must be >= 0"),
-    Case("run-checks-batch-size", "--batch-size 0 (12.7)", fresh("run"), [*RUN, "--batch-size", "0"], 2,
+    Case("run-checks-k", "--k 0", fresh("run"), [*RUN, "--k", "0"], 2, "--k must be >= 1"),
+    Case("run-checks-n-boot", "--n-boot -1", fresh("run"), [*RUN, "--n-boot", "-1"], 2, "--n-boot must be >= 0"),
+    Case("run-checks-batch-size", "--batch-size 0", fresh("run"), [*RUN, "--batch-size", "0"], 2,
          "--batch-size must be >= 1"),
-    Case("verify-dotdot-member", "a shard member named ../../x.json (12.7)", unsafe_member("../../x.json"),
+    Case("verify-dotdot-member", "a shard member named ../../x.json", unsafe_member("../../x.json"),
          ["inspect", "{shards}", "--verify"], 1, "unsafe member name '../../x.json'"),
-    Case("verify-absolute-member", "a shard member named /etc/x.json (12.7)", unsafe_member("/etc/x.json"),
+    Case("verify-absolute-member", "a shard member named /etc/x.json", unsafe_member("/etc/x.json"),
          ["inspect", "{shards}", "--verify"], 1, "unsafe member name '/etc/x.json'"),
-    Case("failed-train-no-folder", "train fails at set-up (--k 64 > the generated pool) (12.7)", fresh("train"),
+    Case("failed-train-no-folder", "train fails at set-up (--k 64 > the generated pool)", fresh("train"),
          [*TRAIN, "--k", "64"], 2, "larger than the generated pool"),
-    Case("cut-at-member-boundary", "a shard cut at a member boundary, no manifest beside it (12.7)",
+    Case("cut-at-member-boundary", "a shard cut at a member boundary, no manifest beside it",
          cut_at_member_boundary, EMBED, 2, "no end-of-archive marker"),
-    Case("forged-comparator", "a skops file needing an untrusted type, or a pickle, vouched by its sidecar (12.7)",
+    Case("forged-comparator", "a skops file needing an untrusted type, or a pickle, vouched by its sidecar",
          None, None, None, "", custom=forged_comparator),
 ]  # fmt: skip
 

@@ -1,12 +1,16 @@
 """The report stage: one self-contained HTML report and a Markdown summary of a run folder (`run_report`).
 
-Sections: data set counts and sample images (shards), training curves
-(model/train_log.jsonl), every scorer's and comparator's metrics with
-intervals (metrics.json, compare/cv.json), ROC curves and per-class score
-histograms (scores/*.csv + the truth), the dendrogram and cluster metrics
-(cluster/), and neighbour strips (a real image beside its top-k generated
-neighbours) for the most confident hits and misses (scores/neighbours.npz +
-shards). The data comes from `report.data`, the figures from
+Sections, the answer first: the verdict (the scorer that wrote run.csv, its
+test ROC-AUC with interval, kappa, balanced accuracy, share labelled used,
+margin over the best untrained baseline, and warnings), ROC curves
+(scores/*.csv + the truth), neighbour strips (a real image beside its top-k
+generated neighbours) for the most confident hits and misses
+(scores/neighbours.npz + shards); then every scorer's and comparator's
+metrics with intervals (metrics.json, compare/cv.json), per-class score
+histograms, the dendrogram and cluster metrics (cluster/), the audit and
+attribution sections where their outputs exist; last the training curves
+(model/train_log.jsonl), the data set counts and sample images (shards),
+and the run folder's parts with one timing per stage (log.jsonl). The data comes from `report.data`, the figures from
 `report.figures`, the HTML/Markdown from `report.html`. A missing or broken
 optional part becomes a visible note in its section, never a crash.
 """
@@ -25,9 +29,7 @@ from fingerprint.core.errors import FingerprintError
 from fingerprint.core.files import check_writable, write_text
 from fingerprint.core.locks import locks_folder
 from fingerprint.core.logs import JsonlLogger
-from fingerprint.report.data import (
-    read_inputs,
-)
+from fingerprint.report.data import RunInputs, read_inputs
 from fingerprint.report.html import Section, render_html, render_markdown
 from fingerprint.report.sections import (
     section_clustering,
@@ -35,10 +37,11 @@ from fingerprint.report.sections import (
     section_dataset,
     section_histograms,
     section_metrics,
-    section_overview,
     section_roc,
+    section_run,
     section_strips,
     section_training,
+    section_verdict,
 )
 from fingerprint.report.tasks import task_sections
 
@@ -100,22 +103,7 @@ def build_report(cfg: ReportConfig) -> tuple[Path, Path]:
             raise exists_error(cfg, p)
     check_writable(out_dir)
     run = read_inputs(run_dir, cfg.truth)
-    builders: list[tuple[str, str, Callable[[], Section]]] = [
-        ("overview", "Overview", lambda: section_overview(run)),
-        ("dataset", "Data set", lambda: section_dataset(run, per_group=cfg.samples_per_group, seed=cfg.seed)),
-        ("training", "Training", lambda: section_training(run)),
-        ("metrics", "Metrics", lambda: section_metrics(run)),
-        ("comparators", "Comparators (cross-validated on dev)", lambda: section_comparators(run)),
-        ("roc", "ROC curves", lambda: section_roc(run)),
-        ("histograms", "Score histograms", lambda: section_histograms(run)),
-        ("clustering", "Hierarchical clustering", lambda: section_clustering(run)),
-        (
-            "neighbours",
-            "Nearest generated neighbours",
-            lambda: section_strips(run, scorer=cfg.strip_scorer, top_n=cfg.top_n, k=cfg.strip_k),
-        ),
-    ]
-    builders += task_sections(run_dir)  # audit and attribution, when their outputs are in the folder
+    builders = section_builders(run, cfg)
     sections = [_guard(i, t, fn) for i, t, fn in builders]
     title = f"fingerprint report: {run_dir.resolve().name}"
     write_text(html_path, render_html(title, sections))
@@ -123,6 +111,39 @@ def build_report(cfg: ReportConfig) -> tuple[Path, Path]:
     n_notes = sum(len(s.notes) for s in sections)
     log.info("report: wrote %s and %s (%d notes)", html_path, md_path, n_notes)
     return html_path, md_path
+
+
+def section_builders(run: RunInputs, cfg: ReportConfig) -> list[tuple[str, str, Callable[[], Section]]]:
+    """(id, title, builder) of every section, answer first: the verdict, ROC curves and neighbour strips, then
+    the details, with the data-set inventory and the stage timings last.
+
+    A folder with audit or attribution outputs and no membership scores
+    (`fingerprint audit`, `fingerprint attribute`) opens with those sections
+    instead and leaves out the membership ones.
+    """
+    strips = dict(scorer=cfg.strip_scorer, top_n=cfg.top_n, k=cfg.strip_k)
+    answer = [
+        ("verdict", "Verdict", lambda: section_verdict(run, seed=cfg.seed)),
+        ("roc", "ROC curves", lambda: section_roc(run)),
+        ("neighbours", "Nearest generated neighbours", lambda: section_strips(run, **strips)),
+    ]
+    details = [
+        ("metrics", "Metrics of every scorer", lambda: section_metrics(run)),
+        ("histograms", "Score histograms", lambda: section_histograms(run)),
+        ("comparators", "Comparators (cross-validated on dev)", lambda: section_comparators(run)),
+        ("clustering", "Hierarchical clustering", lambda: section_clustering(run)),
+    ]
+    inventory = [
+        ("training", "Training", lambda: section_training(run)),
+        ("dataset", "Data set", lambda: section_dataset(run, per_group=cfg.samples_per_group, seed=cfg.seed)),
+        ("run", "Run folder and stage timings", lambda: section_run(run)),
+    ]
+    tasks = task_sections(run.run_dir)  # audit and attribution, when their outputs are in the folder
+    d = run.run_dir
+    membership = run.scores or run.score_problems or (d / "metrics.json").is_file() or (d / "run.csv").is_file()
+    if tasks and not membership:
+        return tasks + inventory
+    return answer + tasks + details + inventory
 
 
 def _guard(section_id: str, title: str, fn: Callable[[], Section]) -> Section:

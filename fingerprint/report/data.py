@@ -147,26 +147,57 @@ def group_name(role: str, label: str) -> str:
 
 
 def stage_timings(path: Path) -> list[list[str]]:
-    """Rows (stage, seconds, details) of every timing record in log.jsonl."""
+    """Rows (stage, seconds, details) of log.jsonl, one per stage run.
+
+    Under `fingerprint run` a stage logs twice: its own record (stage
+    "score", with its numbers), then the run's record of it (step
+    "score-fused-test", with the stage's whole time). The two become one
+    row: the run's name and seconds with the stage's numbers. A stage run on
+    its own keeps its own row, and the run's closing record is the total.
+    """
     if not path.is_file():
         return []
-    rows = []
+    rows, pending = [], []
+    for rec in _log_records(path):
+        if rec.get("stage") != "run":
+            if "seconds" in rec:
+                pending.append(rec)
+            continue
+        if not rec.get("step"):
+            rows += [_timing_row(str(r["stage"]), r) for r in pending]
+            pending = []
+            if "seconds" in rec:
+                rows.append(_timing_row("run (total)", rec))
+        elif "seconds" in rec:
+            step = str(rec["step"])
+            own = [r for r in pending if step == r["stage"] or step.startswith(f"{r['stage']}-")][-1:]
+            rows += [_timing_row(str(r["stage"]), r) for r in pending if r not in own]
+            rows.append(_timing_row(step, {**(own[0] if own else {}), "seconds": rec["seconds"]}))
+            pending = []
+    return rows + [_timing_row(str(r["stage"]), r) for r in pending]
+
+
+def _log_records(path: Path) -> list[dict]:
+    """The JSON object lines of a log (other lines skipped)."""
+    out = []
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(rec, dict) and "stage" in rec and "seconds" in rec:
-            extra = ", ".join(
-                f"{k} {fmt(v)}"
-                for k, v in rec.items()
-                if k not in ("stage", "step", "seconds", "time")
-                and isinstance(v, (int, float))
-                and not isinstance(v, bool)
-            )
-            label = f"run: {rec['step']}" if rec.get("step") else str(rec["stage"])
-            rows.append([label, f"{float(rec['seconds']):.1f}", extra])
-    return rows
+        if isinstance(rec, dict) and "stage" in rec:
+            out.append(rec)
+    return out
+
+
+def _timing_row(label: str, rec: dict) -> list[str]:
+    """(label, seconds, the record's other numbers)."""
+    extra = ", ".join(
+        f"{k} {fmt(v)}"
+        for k, v in rec.items()
+        if k not in ("stage", "step", "seconds", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+    return [label, f"{float(rec['seconds']):.1f}", extra]
 
 
 def training_records(path: Path) -> tuple[list[dict], list[dict], dict | None, list[str]]:

@@ -1,9 +1,11 @@
 """The report's sections: each reads its part of the run folder and becomes HTML + Markdown, or a note.
 
-Overview (parts found, stage timings), data set (counts, sample images),
-training curves, metrics (test split and dev), comparators (CV ranking),
-ROC curves, per-class score histograms, hierarchical clustering, and
-neighbour strips for the most confident hits and misses.
+The verdict (the run file's scorer, its test metrics, its margin over the
+best untrained baseline and any warning), ROC curves, neighbour strips for
+the most confident hits and misses, every scorer's metrics (test split and
+dev), per-class score histograms, comparators (CV ranking), hierarchical
+clustering, training curves, the data set (counts, sample images), and the
+run folder's parts and stage timings.
 """
 
 from __future__ import annotations
@@ -17,8 +19,16 @@ from fingerprint.analysis.cluster_outputs import COMPOSITION, SPLIT_METRICS
 from fingerprint.core.files import read_json
 from fingerprint.core.vocab import METRIC_TITLES, METRICS, SPLITS
 from fingerprint.data.shards import read_manifest
-from fingerprint.evaluation.metrics import auc_margin, roc_auc, roc_points
-from fingerprint.membership.scorers import untrained_scorers
+from fingerprint.evaluation.metrics import (
+    LABEL_SHARE_LIMIT,
+    auc_margin,
+    evaluate,
+    label_share_warning,
+    roc_auc,
+    roc_points,
+)
+from fingerprint.evaluation.scorefiles import read_scores
+from fingerprint.membership.scorers import SCORERS, get_scorer, untrained_scorers
 from fingerprint.report.data import (
     RunInputs,
     group_name,
@@ -35,10 +45,144 @@ from fingerprint.report.data import (
 from fingerprint.report.figures import histogram_figure, roc_figure, sample_grid, strip_figure, training_figure
 from fingerprint.report.html import Section, fmt, metric_cell
 
+#: a run-file scorer whose ROC-AUC on the labelled dev split is below this gets a near-chance warning
+NEAR_CHANCE_AUC = 0.6
+#: bootstrap resamples of the verdict's intervals when the run folder has no metrics.json
+VERDICT_BOOT = 200
 
-def section_overview(run: RunInputs) -> Section:
-    """Which parts the run folder holds, the truth, unreadable score files and stage timings."""
-    s = Section("overview", "Overview")
+
+def section_verdict(run: RunInputs, *, seed: int = 0) -> Section:
+    """The answer first: the run file's scorer, its test ROC-AUC with interval, kappa, balanced accuracy, the
+    share it labels used, its margin over the best untrained baseline, and warnings about its labels."""
+    s = Section("verdict", "Verdict")
+    name = run_file_scorer(run)
+    if name is None:
+        s.note("no score file names a run file (scores/<scorer>.json 'run_file'): no verdict; the sections below "
+               "compare every scorer")  # fmt: skip
+        _input_notes(run, s)
+        return s
+    results, source = verdict_metrics(run, name, seed)
+    r, table = results.get(name) or {}, run.scores[name]
+    n_used, n = int(table.labels.sum()), len(table.labels)
+    margin = auc_margin(results, name, untrained_scorers())
+    dev = dev_auc(run, name)
+    warnings = verdict_warnings(run, name, dev)
+    rows = [
+        ["run file (run.csv) written by", name],
+        ["test ROC-AUC [95% CI]", metric_cell(r.get("roc_auc"))],
+        ["kappa [95% CI]", metric_cell(r.get("kappa"))],
+        ["balanced accuracy [95% CI]", metric_cell(r.get("balanced_accuracy"))],
+        ["labelled used", f"{n_used / n:.1%} ({n_used} of {n} test reals)" if n else "n/a (no test reals)"],
+        ["margin over the best untrained baseline", _margin_text(margin)],
+        ["dev ROC-AUC", "n/a" if dev is None else f"{dev[0]:.3f} ({dev[1]})"],
+        ["warnings", "; ".join(warnings) if warnings else "none"],
+    ]
+    s.table(["", "value"], rows)
+    if source:
+        s.para(f"Test metrics from {source}.")
+    elif run.truth is None:
+        s.para("No truth for the test split: ROC-AUC, kappa and the margin need it (report.truth).")
+    for w in warnings:
+        s.note(f"Warning: {w}")
+    _input_notes(run, s)
+    return s
+
+
+def _margin_text(margin: dict | None) -> str:
+    if margin is None:
+        return "n/a"
+    return f"{margin['margin']:+.3f} ({margin['baseline']} {margin['baseline_auc']:.3f})"
+
+
+def _input_notes(run: RunInputs, s: Section) -> None:
+    """The truth that was found (or why none) and the score files that could not be read."""
+    if run.truth is not None:
+        s.para(f"Truth: {run.truth_source} ({len(run.truth)} images, {sum(run.truth.values())} used).")
+    elif run.truth_problem:
+        s.note(run.truth_problem)
+    for p in run.score_problems:
+        s.note(f"unreadable score file skipped: {p}")
+
+
+def run_file_scorer(run: RunInputs) -> str | None:
+    """The scorer whose sidecar names the run file (the first by name), or None."""
+    return next((n for n in sorted(run.score_meta) if run.score_meta[n].get("run_file")), None)
+
+
+def verdict_metrics(run: RunInputs, name: str, seed: int) -> tuple[dict[str, dict], str]:
+    """Every scorer's test metrics and their source: metrics.json, else evaluated here against the truth (with
+    bootstrap intervals for `name`, the run file's scorer, and point values for the others)."""
+    path = run.run_dir / "metrics.json"
+    if path.is_file():
+        return read_json(path).get("scorers") or {}, "metrics.json"
+    if run.truth is None:
+        return {}, ""
+    results = {}
+    for other in run.scores:
+        t = truth_for(run, other)
+        if t is not None and len(np.unique(t[0])) == 2:
+            n_boot = VERDICT_BOOT if other == name else 0
+            results[other] = evaluate(t[0], t[1], t[2], n_boot=n_boot, seed=seed)
+    return results, f"{run.truth_source} ({VERDICT_BOOT} bootstrap resamples, seed {seed})"
+
+
+def dev_auc(run: RunInputs, name: str) -> tuple[float, str] | None:
+    """`name`'s ROC-AUC on the labelled dev split and how it was measured, where the run folder holds it."""
+    fusion = run.run_dir / "model" / "fusion.json"
+    if name in SCORERS and "fusion" in get_scorer(name).needs and fusion.is_file():
+        value = (read_json(fusion).get("dev") or {}).get("oof_auc")
+        if value is not None:
+            return float(value), "out-of-fold, model/fusion.json"
+    metrics = run.run_dir / "metrics.json"
+    if metrics.is_file():
+        value = (((read_json(metrics).get("dev") or {}).get(name) or {}).get("roc_auc") or {}).get("value")
+        if value is not None:
+            return float(value), "cross-validated, metrics.json"
+    path, rows = run.run_dir / "scores_dev" / f"{name}.csv", split_rows(run.run_dir, "dev")
+    if not path.is_file() or rows is None:
+        return None
+    label = dict(zip(rows[0].tolist(), rows[2].tolist()))
+    table = read_scores(path)
+    known = [(label[k] == "used", v) for k, v in zip(table.keys, table.scores) if label.get(k) in ("used", "not_used")]
+    y = np.array([k for k, _ in known], dtype=int)
+    if len(np.unique(y)) < 2:
+        return None
+    return roc_auc(y, np.array([v for _, v in known])), f"scores_dev/{name}.csv, in-sample"
+
+
+def verdict_warnings(run: RunInputs, name: str, dev: tuple[float, str] | None) -> list[str]:
+    """The score file's own warnings, near-chance dev scores, and labels more than LABEL_SHARE_LIMIT one way."""
+    warnings = [str(w) for w in run.score_meta[name].get("warnings") or ()]
+    if dev is not None and dev[0] < NEAR_CHANCE_AUC:
+        warnings.append(
+            f"the dev ROC-AUC is {dev[0]:.3f} ({dev[1]}), near chance: the scorer found little signal on the "
+            "labelled split, so its threshold (and the labels in run.csv) are unreliable"
+        )
+    labels = run.scores[name].labels
+    share = float(labels.mean()) if len(labels) else 0.5
+    said = any("test reals are labelled" in w for w in warnings)  # the score stage's own label-share warning
+    if not said and max(share, 1 - share) > LABEL_SHARE_LIMIT:
+        warnings.append(_share_warning(run, share))
+    return warnings
+
+
+def _share_warning(run: RunInputs, share: float) -> str:
+    """Labels more than LABEL_SHARE_LIMIT one way: the score stage's warning where the dev set is balanced."""
+    counts = _split_counts(run, "dev") or {}
+    n_used, n_not = counts.get("real/used", 0), counts.get("real/not_used", 0)
+    found = label_share_warning(share, n_used + n_not, n_used)
+    if found is not None:
+        return found
+    side = "used" if share >= 0.5 else "not used"
+    return (
+        f"{max(share, 1 - share):.0%} of the test reals are labelled {side}: read the ROC-AUC, not the labels, "
+        "unless the test split is known to be this uneven"
+    )
+
+
+def section_run(run: RunInputs) -> Section:
+    """Which parts the run folder holds and how long each stage took (log.jsonl, one row per stage run)."""
+    s = Section("run", "Run folder and stage timings")
     d = run.run_dir
     parts = [
         ("shards", (d / "shards").is_dir() or (d / "shards.json").is_file()),
@@ -52,16 +196,12 @@ def section_overview(run: RunInputs) -> Section:
         ("run.csv", (d / "run.csv").is_file()),
     ]
     s.para(f"Run folder: {d.name}. Parts found: " + ", ".join(f"{n} {'yes' if ok else 'no'}" for n, ok in parts) + ".")
-    if run.truth is not None:
-        s.para(f"Truth: {run.truth_source} ({len(run.truth)} images, {sum(run.truth.values())} used).")
-    elif run.truth_problem:
-        s.note(run.truth_problem)
-    for p in run.score_problems:
-        s.note(f"unreadable score file skipped: {p}")
     timings = stage_timings(d / "log.jsonl")
     if timings:
         s.heading("Stage timings (log.jsonl)")
         s.table(["stage", "seconds", "details"], timings)
+    else:
+        s.para("No stage timings (no log.jsonl records).")
     return s
 
 
@@ -242,27 +382,9 @@ def _metrics_rows(results: dict[str, dict], thresholds: dict[str, Any] | None = 
     return header, rows, best
 
 
-def run_file_lines(run: RunInputs, results: dict[str, dict]) -> list[str]:
-    """Which scorer wrote run.csv, its margin over the best untrained baseline, and warnings about its labels."""
-    lines = []
-    for name, meta in run.score_meta.items():
-        if not meta.get("run_file"):
-            continue
-        margin = auc_margin(results, name, untrained_scorers())
-        text = f"The run file (run.csv) holds the labels of `{name}`"
-        if margin is not None:
-            text += (
-                f": test ROC-AUC {margin['auc']:.3f}, {margin['margin']:+.3f} over the best untrained baseline "
-                f"({margin['baseline']}, {margin['baseline_auc']:.3f})"
-            )
-        lines.append(text + ".")
-        lines += [f"Warning: {w}" for w in meta.get("warnings") or ()]
-    return lines
-
-
 def section_metrics(run: RunInputs) -> Section:
     """metrics.json: every scorer on the test split (and dev numbers where known), with 95% intervals."""
-    s = Section("metrics", "Metrics")
+    s = Section("metrics", "Metrics of every scorer")
     path = run.run_dir / "metrics.json"
     if not path.is_file():
         s.note("no metrics.json (written by 'fingerprint evaluate' / 'fingerprint run' when the truth is known)")
@@ -276,9 +398,6 @@ def section_metrics(run: RunInputs) -> Section:
         s.heading(title)
         sidecar = {n: m.get("threshold") for n, m in run.score_meta.items()} if key == "scorers" else {}
         header, rows, best = _metrics_rows(results, sidecar)
-        if key == "scorers":
-            for line in run_file_lines(run, results):
-                (s.note if line.startswith("Warning") else s.para)(line)
         s.table(header, rows, best_rows=best)
     if run.truth:
         p = sum(run.truth.values()) / len(run.truth)

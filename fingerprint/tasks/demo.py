@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: the demo's audit cases: (folder, case, fraction)
 CASES = (("used", "used", None), ("not_used", "not_used", None), ("partial", "partial", 0.5))
-#: candidate and reference sizes of the demo's audits per level (the issue's 50 / 100; smaller on tiny)
+#: candidate and reference sizes of the demo's audits per level (50 / 100 where a level is not listed)
 SIZES = {"tiny": (10, 20)}
 #: the comparison scorer every demo audit is also run with
 COMPARISON_SCORER = "ssim"

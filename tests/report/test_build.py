@@ -1,4 +1,5 @@
-"""Report: a self-contained HTML + Markdown from a tiny hand-built run folder; degrades to notes; reproducible."""
+"""Report: a self-contained HTML + Markdown from a tiny hand-built run folder; the verdict first; degrades to notes;
+reproducible; renders in headless Chromium."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import BrowserUnavailable, find_browser, inspect_page
 from PIL import Image
 
 from fingerprint.analysis import cluster, compare
@@ -20,10 +22,17 @@ from fingerprint.data.pack import pack
 from fingerprint.embedding.features import Features
 from fingerprint.evaluation.metrics import evaluate
 from fingerprint.evaluation.scorefiles import read_scores, write_scores
+from fingerprint.report import sections as report_sections
 from fingerprint.report.build import ReportConfig, build_report
 
 SIZE = 32
 K = 3
+#: the sections of a full run folder's report, in order: the answer, the details, the inventory
+ORDER = ["verdict", "roc", "neighbours", "metrics", "histograms", "comparators", "clustering", "training", "dataset",
+         "run"]  # fmt: skip
+TITLES = ["Verdict", "ROC curves", "Nearest generated neighbours", "Metrics of every scorer", "Score histograms",
+          "Comparators (cross-validated on dev)", "Hierarchical clustering", "Training", "Data set",
+          "Run folder and stage timings"]  # fmt: skip
 
 
 class Page(HTMLParser):
@@ -36,6 +45,8 @@ class Page(HTMLParser):
         self.links: list[str] = []
         self.notes = 0
         self.text: list[str] = []
+        self.sections: list[str] = []
+        self.first_table_in: str | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -47,6 +58,10 @@ class Page(HTMLParser):
                 self.links.append(a[name])
         if a.get("class") == "note":
             self.notes += 1
+        if tag == "section":
+            self.sections.append(a.get("id", ""))
+        if tag == "table" and self.first_table_in is None:
+            self.first_table_in = self.sections[-1] if self.sections else ""
 
     def handle_data(self, data):
         self.text.append(data)
@@ -210,18 +225,158 @@ def test_full_report_is_self_contained(run_dir, tmp_path):
         assert needed in body, needed
     md = md_path.read_text()
     assert md.startswith("# fingerprint report") and "| scorer | ROC-AUC |" in md and "base64" not in md
-    assert "The run file (run.csv) holds the labels of `relation`: test ROC-AUC" in md
-    assert "over the best untrained baseline (emb_nn" in md
+    assert "The run file" not in md  # the run file's numbers are the verdict's, not repeated under the metrics
 
 
-def test_report_shows_the_run_file_warning(run_dir, tmp_path):
+def _md_sections(md: str) -> list[str]:
+    return [line[3:] for line in md.splitlines() if line.startswith("## ")]
+
+
+def test_report_opens_with_the_verdict(run_dir, tmp_path):
+    """Sections answer first (verdict, ROC curves, strips), inventory last; the first table is the verdict's."""
+    html_path, md_path = build_report(ReportConfig(run_dir=run_dir, out_dir=tmp_path, samples_per_group=1, top_n=1))
+    page, md = _page(html_path), md_path.read_text()
+    assert page.sections == ORDER and page.first_table_in == "verdict"
+    assert [link[1:] for link in page.links] == ORDER  # the contents follow the same order
+    assert _md_sections(md) == TITLES
+    first_table = md[md.index("\n|") + 1 :].split("\n\n")[0]
+    assert md.index("## Verdict") < md.index(first_table) < md.index("## ROC curves")
+    metrics = json.loads((run_dir / "metrics.json").read_text())["scorers"]
+    rel, base = metrics["relation"], metrics["emb_nn"]
+    auc = rel["roc_auc"]
+    expected = [
+        "| run file (run.csv) written by | relation |",
+        f"| test ROC-AUC [95% CI] | {auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}] |",
+        f"| kappa [95% CI] | {rel['kappa']['value']:.3f} [",
+        f"| balanced accuracy [95% CI] | {rel['balanced_accuracy']['value']:.3f} [",
+        f"| labelled used | {np.mean(read_scores(run_dir / 'scores' / 'relation.csv').labels):.1%} (",
+        f"| margin over the best untrained baseline | {auc['value'] - base['roc_auc']['value']:+.3f} (emb_nn ",
+        "| warnings | none |",
+    ]
+    for line in expected:
+        assert line in first_table, (line, first_table)
+    timings = md[md.index("### Stage timings") :]
+    assert timings.count("| pack |") == 1
+
+
+def test_stage_timings_once_per_stage(run_dir, tmp_path):
+    """A stage run by `fingerprint run` logs its own record and the run's: the report shows one row for both."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    recs = [
+        {"stage": "score", "seconds": 1.25, "n": 8, "n_predicted_used": 4},
+        {"stage": "run", "step": "score-relation-test", "command": "score", "seconds": 1.5},
+        {"stage": "report", "seconds": 0.75, "html_bytes": 1000},
+        {"stage": "run", "step": "report", "command": "report", "seconds": 0.8},
+        {"stage": "run", "seconds": 3.0},
+    ]
+    with open(run / "log.jsonl", "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    _, md_path = build_report(ReportConfig(run_dir=run, out_dir=tmp_path / "r", samples_per_group=1, top_n=1))
+    rows = [line for line in md_path.read_text().split("### Stage timings")[1].splitlines() if line.startswith("| ")]
+    assert rows[1:] == [
+        "| pack | 0.5 | images 36 |",
+        "| score-relation-test | 1.5 | n 8, n_predicted_used 4 |",
+        "| report | 0.8 | html_bytes 1000 |",
+        "| run (total) | 3.0 |  |",
+    ]
+
+
+def _verdict(md: str) -> str:
+    return md[md.index("## Verdict") : md.index("## ROC curves")]
+
+
+def test_verdict_shows_the_run_file_warning(run_dir, tmp_path):
+    """The score stage's warning about the run file's labels is in the verdict's table and a note under it."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     side = run / "scores" / "relation.json"
     meta = json.loads(side.read_text())
     side.write_text(json.dumps({**meta, "warnings": ["95% of the test reals are labelled used although ..."]}))
     _, md_path = build_report(ReportConfig(run_dir=run, out_dir=tmp_path / "r", samples_per_group=1, top_n=1))
-    assert "Warning: 95% of the test reals are labelled used" in md_path.read_text()
+    verdict = _verdict(md_path.read_text())
+    assert "| warnings | 95% of the test reals are labelled used although ... |" in verdict
+    assert "> Note: Warning: 95% of the test reals are labelled used" in verdict
+
+
+def test_verdict_warns_on_near_chance_dev_scores_and_one_sided_labels(run_dir, tmp_path):
+    """Dev scores that do not separate the labelled dev reals, and a run file labelling every test real used,
+    each give a warning in the verdict."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    table = read_scores(run / "scores" / "relation.csv")
+    meta = json.loads((run / "scores" / "relation.json").read_text())
+    write_scores(run / "scores" / "relation.csv", table.keys, table.scores, np.ones(len(table.keys), int), meta=meta)
+    with np.load(run / "features" / "dev.npz") as z:
+        reals = [k for k, r in zip(z["keys"].astype(str), z["roles"].astype(str)) if r == "real"]
+    flat = np.full(len(reals), 0.5)  # every dev real the same score: ROC-AUC 0.5
+    write_scores(run / "scores_dev" / "relation.csv", reals, flat, np.zeros(len(reals), int), meta={})
+    _, md_path = build_report(ReportConfig(run_dir=run, out_dir=tmp_path / "r", samples_per_group=1, top_n=1))
+    verdict = _verdict(md_path.read_text())
+    assert "| dev ROC-AUC | 0.500 (scores_dev/relation.csv, in-sample) |" in verdict
+    assert "| labelled used | 100.0% (8 of 8 test reals) |" in verdict
+    assert "> Note: Warning: the dev ROC-AUC is 0.500" in verdict and "near chance" in verdict
+    assert "> Note: Warning: 100% of the test reals are labelled used although the labelled dev set is balanced" in (
+        verdict
+    )
+
+
+def test_verdict_without_metrics_or_run_file(run_dir, tmp_path, monkeypatch):
+    """Without metrics.json the verdict evaluates the score files against the truth; without a run-file scorer
+    it says so in a note."""
+    monkeypatch.setattr(report_sections, "VERDICT_BOOT", 20)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "metrics.json").unlink()
+    _, md_path = build_report(ReportConfig(run_dir=run, out_dir=tmp_path / "a", samples_per_group=1, top_n=1))
+    verdict = _verdict(md_path.read_text())
+    assert "Test metrics from test_truth.csv (20 bootstrap resamples, seed 0)." in verdict
+    assert "| test ROC-AUC [95% CI] | 1.000 [" in verdict
+    side = run / "scores" / "relation.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "run_file": None}))
+    _, md_path = build_report(ReportConfig(run_dir=run, out_dir=tmp_path / "b", samples_per_group=1, top_n=1))
+    verdict = _verdict(md_path.read_text())
+    assert "> Note: no score file names a run file" in verdict and "|" not in verdict
+
+
+def test_report_in_headless_chromium(run_dir, tmp_path):
+    """Rendered by a real browser: every image decodes, every contents link has its target, the console stays
+    clean, and the page opens with the verdict."""
+    browser = find_browser()
+    if browser is None:
+        pytest.skip("no headless Chromium on PATH (install Debian's 'chromium' package; .ci/run does when it can)")
+    html_path, _ = build_report(ReportConfig(run_dir=run_dir, out_dir=tmp_path, samples_per_group=2, top_n=2))
+    try:
+        seen = inspect_page(html_path, browser=browser)
+    except BrowserUnavailable as e:
+        pytest.skip(f"headless Chromium could not start here: {e}")
+    assert len(seen.images) == len(_page(html_path).imgs) >= 8
+    broken = [i["alt"] for i in seen.images if not (i["complete"] and i["width"] > 0 and i["height"] > 0)]
+    assert broken == []
+    assert seen.links == ORDER and seen.unresolved == []
+    assert seen.console_errors == []
+    assert seen.sections == ORDER and seen.first_table == "verdict"
+
+
+def test_browser_check_sees_broken_pages(tmp_path):
+    """The browser check itself: a broken image, a dangling contents link and a console error are all caught."""
+    browser = find_browser()
+    if browser is None:
+        pytest.skip("no headless Chromium on PATH (install Debian's 'chromium' package; .ci/run does when it can)")
+    page = tmp_path / "broken.html"
+    page.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>t</title></head><body>'
+        '<nav><a href="#a">a</a><a href="#gone">gone</a></nav><section id="a"><p>x</p></section>'
+        '<section id="b"><table><tr><td>1</td></tr></table>'
+        '<img src="data:image/png;base64,iVBORw0KGgo=" alt="truncated"></section>'
+        '<script>console.error("boom")</script></body></html>'
+    )
+    try:
+        seen = inspect_page(page, browser=browser)
+    except BrowserUnavailable as e:
+        pytest.skip(f"headless Chromium could not start here: {e}")
+    assert [i["width"] for i in seen.images] == [0] and seen.unresolved == ["gone"]
+    assert any("boom" in e for e in seen.console_errors) and seen.first_table == "b"
 
 
 def test_report_is_reproducible_and_refuses_to_overwrite(run_dir, tmp_path):

@@ -20,10 +20,25 @@ def test_inputs_truth_and_broken_score_files(tmp_path):
 
 
 def test_logs(tmp_path):
+    """One timing row per stage: a stage's own record and the run's record of it merge; a stand-alone stage and
+    the run's total keep their rows; lines that are not JSON are skipped."""
     log = tmp_path / "log.jsonl"
-    log.write_text(json.dumps({"stage": "pack", "seconds": 1.5, "images": 4}) + "\nnot json\n"
-                   + json.dumps({"stage": "run", "step": "train", "seconds": 2.0}) + "\n")  # fmt: skip
-    assert stage_timings(log) == [["pack", "1.5", "images 4"], ["run: train", "2.0", ""]]
+    recs = [
+        {"stage": "pack", "seconds": 1.5, "images": 4},
+        {"stage": "score", "seconds": 0.9, "n": 8, "threshold": 0.25},
+        {"stage": "run", "step": "score-fused-test", "command": "score", "seconds": 1.0},
+        {"stage": "run", "step": "train", "seconds": 2.0},
+        {"stage": "run", "step": "fuse", "skipped": True},
+        {"stage": "run", "seconds": 4.0},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs[:2]) + "not json\n"
+                   + "".join(json.dumps(r) + "\n" for r in recs[2:]))  # fmt: skip
+    assert stage_timings(log) == [
+        ["pack", "1.5", "images 4"],
+        ["score-fused-test", "1.0", "n 8, threshold 0.250"],
+        ["train", "2.0", ""],
+        ["run (total)", "4.0", ""],
+    ]
     train = tmp_path / "train_log.jsonl"
     recs = [{"step": 1, "loss": 0.5}, {"epoch": 1, "val_auc": 0.6}, {"epochs": 1, "seconds": 3}]
     train.write_text("".join(json.dumps(r) + "\n" for r in recs) + "{bad\n")

@@ -4,13 +4,16 @@ import numpy as np
 
 from fingerprint.core.files import write_json
 from fingerprint.embedding.features import Features
+from fingerprint.evaluation.scorefiles import ScoreTable
 from fingerprint.report.data import RunInputs
 from fingerprint.report.sections import (
     _metrics_rows,
+    dev_auc,
     section_clustering,
     section_comparators,
     section_metrics,
     skip_notes,
+    verdict_warnings,
 )
 
 
@@ -78,3 +81,19 @@ def test_dataset_section_shows_the_benchmarks_realism(tmp_path):
     sec = Section("dataset", "Data set")
     _realism_tables(RunInputs(tmp_path / "run"), sec)
     assert "Realism" not in "".join(sec.html)
+
+
+def test_dev_auc_sources_and_near_chance_warning(tmp_path):
+    """The fused scorer's dev ROC-AUC is its out-of-fold one (model/fusion.json), another scorer's the
+    cross-validated one in metrics.json; below 0.6 the verdict warns, and a balanced label share does not."""
+    run = RunInputs(tmp_path)
+    assert dev_auc(run, "fused") is None
+    write_json(tmp_path / "model" / "fusion.json", {"dev": {"oof_auc": 0.55}})
+    write_json(tmp_path / "metrics.json", {"scorers": {}, "dev": {"dcr": {"roc_auc": {"value": 0.71}}}})
+    assert dev_auc(run, "fused") == (0.55, "out-of-fold, model/fusion.json")
+    assert dev_auc(run, "dcr") == (0.71, "cross-validated, metrics.json")
+    run.scores["fused"] = ScoreTable(["a", "b"], np.array([0.2, 0.8]), np.array([0, 1]))
+    run.score_meta["fused"] = {"run_file": "run.csv"}
+    (warning,) = verdict_warnings(run, "fused", dev_auc(run, "fused"))
+    assert warning.startswith("the dev ROC-AUC is 0.550 (out-of-fold, model/fusion.json), near chance")
+    assert verdict_warnings(run, "fused", (0.8, "x")) == []

@@ -39,6 +39,9 @@ def test_audit_section(tmp_path):
     assert summary["verdict"] in audit and "fraction used" in audit and "power curve" in audit
     assert "candidate vs reference scores" in audit
     assert html_path.read_text().count('<section id="audit">') == 1
+    # an audit folder has no membership scores: its report opens with the audit and has no verdict
+    headings = [line[3:] for line in md.splitlines() if line.startswith("## ")]
+    assert headings == ["Dataset-level audit", "Training", "Data set", "Run folder and stage timings"]
 
 
 def test_attribution_section_notes_missing_images(tmp_path):

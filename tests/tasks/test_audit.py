@@ -456,9 +456,9 @@ def test_used_candidate_of_50_on_medium_gives_p_below_001():
     """A used candidate of 50 medium images against a reference of 100 not-used ones: p < 0.01.
 
     Cached fixture (building the medium case and auditing it takes minutes on 2 cores): the scores the audit
-    wrote for that case. It must hold the default scorer's scores, so a new default (issue 15) fails here until
-    the fixture is regenerated with it. Measured on this fixture: the default `relation` p = 0.0083 (its power
-    at n = 46 is only 0.51 by the audit's own power curve: another seed can miss), ssim 7e-10 and dcr 4e-10
+    wrote for that case. It must hold the default scorer's scores, so changing the default scorer fails here
+    until the fixture is regenerated with it. Measured on this fixture: the default `relation` p = 0.0083 (its
+    power at n = 46 is only 0.51 by the audit's own power curve: another seed can miss), ssim 7e-10 and dcr 4e-10
     (power 1.0 at n = 50).
     """
     by = _fixture_scores()
