@@ -549,7 +549,7 @@ CASES: list[Case] = [
     Case("id-collision-pack", "the same, packing the test split", id_collision, ["pack", "data/test", "{out}"], 2,
          "same name as the real image", (names_both_files,)),
     Case("comma-in-name", "a real test image renamed a,b.png (12.2)", comma_in_name, RUN, 2,
-         "cannot hold dots, commas or whitespace"),
+         "cannot hold dots, commas, quotes or whitespace"),
     Case("failed-stage-rerun", "score fails after its score file, before run.csv; run again (12.2)", None, None, 2,
          "run.csv", custom=failed_stage_then_rerun, output="any"),
     Case("run-file-checked", "a run.csv that misses a test id, its record forged to match", forged_run_file,

@@ -218,7 +218,7 @@ def _tiny_layout(root: Path) -> Path:
         (None, ["--k", "0"], "--k must be >= 1, got 0"),
         ("train.toml", ["--train-config", "{toml}"], "train.lr must be a finite number, got nan"),
         ("collision", [], "same name as the real image"),
-        ("comma", [], "cannot hold dots, commas or whitespace"),
+        ("comma", [], "cannot hold dots, commas, quotes or whitespace"),
     ],
 )
 def test_every_option_and_input_name_is_checked_before_the_first_stage(tmp_path, capsys, fault, flags, message):

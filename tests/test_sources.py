@@ -43,7 +43,7 @@ def test_real_images_keep_their_names_or_fail_naming_both_files():
     with pytest.raises(FingerprintError, match=r"/in/b/x.png: same name as /in/a/x.png"):
         sources.make_keys([_img("a/x.png", "real"), _img("b/x.png", "real")])
     for bad in ("a,b.png", "a.b.png", "a b.png"):
-        with pytest.raises(FingerprintError, match="cannot hold dots, commas or whitespace"):
+        with pytest.raises(FingerprintError, match="cannot hold dots, commas, quotes or whitespace"):
             sources.make_keys([_img(bad, "real")])
 
 
