@@ -120,10 +120,14 @@ def _check_manifest_fields(man: dict[str, Any], where: str) -> None:
     names = set()
     for i, entry in enumerate(man["shards"]):
         if not isinstance(entry, dict):
-            raise FingerprintError(f"{where}: shards[{i}] is {entry!r}, expected an object (name, count, bytes, sha256)")
+            raise FingerprintError(
+                f"{where}: shards[{i}] is {entry!r}, expected an object (name, count, bytes, sha256)"
+            )
         for key, kind in _SHARD_FIELDS.items():
             if key in entry and (not isinstance(entry[key], kind) or isinstance(entry[key], bool)):
-                raise FingerprintError(f"{where}: shards[{i}].{key} is {entry[key]!r}, expected a JSON {_json_kind(kind)}")
+                raise FingerprintError(
+                    f"{where}: shards[{i}].{key} is {entry[key]!r}, expected a JSON {_json_kind(kind)}"
+                )
         name = entry.get("name")
         if not isinstance(name, str) or not name.endswith(".tar") or not _plain_member_name(name):
             raise FingerprintError(f"{where}: shards[{i}].name is {name!r}, expected a shard file name (*.tar)")
@@ -326,6 +330,8 @@ def iter_shard(url: str, expect: dict[str, Any] | None = None, *, checksum: bool
                 tally.raw.close()
             except (OSError, ValueError) as closing:
                 reason = urls.reader_error(closing)
+        if reason.startswith("stalled"):
+            raise FingerprintError(f"{url}: {reason}") from None
         raise FingerprintError(f"{url}: corrupt or truncated shard ({reason})") from None
     finally:
         if tally is not None and not done:

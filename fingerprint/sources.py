@@ -279,8 +279,8 @@ def make_keys(images: list[SourceImage]) -> list[str]:
         stem = Path(s.rel).stem
         if not stem or _NOT_IN_KEYS.search(stem):
             raise FingerprintError(
-                f"{s.path}: a real image's file name is its figure id and cannot hold dots, commas, quotes or whitespace "
-                "(rename the file)"
+                f"{s.path}: a real image's file name is its figure id and cannot hold dots, commas, quotes or "
+                "whitespace (rename the file)"
             )
         if stem in owner:
             raise FingerprintError(f"{s.path}: same name as {owner[stem].path} (real images need unique file names)")
@@ -398,7 +398,10 @@ def _to_gray(img: Image.Image, intensity: Intensity, store_bits: int) -> tuple[n
         arr = np.asarray(img).astype(np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         if intensity.window is not None:
-            unit, how = np.clip((arr - intensity.window[0]) / (intensity.window[1] - intensity.window[0]), 0, 1), "window"
+            unit, how = (
+                np.clip((arr - intensity.window[0]) / (intensity.window[1] - intensity.window[0]), 0, 1),
+                "window",
+            )
         else:
             unit, how = ((arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)), f"min-max {lo:g}..{hi:g}"
         bits = 16 if store_bits == 16 else 8
@@ -450,7 +453,9 @@ def load_image(
         fmt, mode, (w, h) = img.format, img.mode, img.size
         need = decode_bytes(mode, (w, h))
         if max_bytes is not None and need > max_bytes:
-            raise TooLarge(f"{w}x{h} {mode} needs about {need >> 20} MiB to decode, over the {max_bytes >> 20} MiB limit")
+            raise TooLarge(
+                f"{w}x{h} {mode} needs about {need >> 20} MiB to decode, over the {max_bytes >> 20} MiB limit"
+            )
         img.load()
         pixels, depth, steps = _to_gray(img, intensity, store_bits)
     if pixels.ndim != 2:
