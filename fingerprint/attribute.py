@@ -76,7 +76,7 @@ from fingerprint.index import MIN_POINTS_PER_CENTROID, build_index, neighbours
 from fingerprint.inference import relation_logits
 from fingerprint.model_io import load_model
 from fingerprint.stream import StreamConfig, load_all
-from fingerprint.utils import FingerprintError, JsonlLogger, write_json, write_text
+from fingerprint.utils import FingerprintError, JsonlLogger, output_folder, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -420,28 +420,30 @@ def run_attribute(cfg: AttributeConfig) -> dict:
     out = Path(cfg.out)
     if (out / "attribution.json").exists() and not cfg.force:
         raise exists_error(cfg, out / "attribution.json")
-    seed_everything(cfg.seed)
-    set_threads(cfg.threads)
-    t0 = time.perf_counter()
-    data = _attribution_data(cfg, out)
-    pair, null_pair = _pair_functions(cfg, data)
-    result = attribute_embeddings(
-        data["gen"].embeddings, data["real"].embeddings, data["real_subset"],
-        null_emb=None if data["null"] is None else data["null"].embeddings, k=cfg.k, how=cfg.agg, m=cfg.m,
-        alpha=cfg.alpha, pair_score=pair, null_pair_score=null_pair, seed=cfg.seed, index_factory=cfg.index_factory,
-    )  # fmt: skip
-    ids = data["gen"].keys.tolist()
-    rows = attribution_rows(ids, result)
-    write_text(out / "attribution.csv", "figure_id,subset,score\n" + "".join(f"{i},{s},{v!r}\n" for i, s, v in rows))
-    summary = attribution_summary(cfg, data, result)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json(out / "attribution.json", summary)
-    JsonlLogger(out / "log.jsonl").log(stage="attribute", seconds=summary["seconds"], n=len(ids))
-    if cfg.report:
-        from fingerprint.report import ReportConfig, run_report
+    with output_folder(out):
+        seed_everything(cfg.seed)
+        set_threads(cfg.threads)
+        t0 = time.perf_counter()
+        data = _attribution_data(cfg, out)
+        pair, null_pair = _pair_functions(cfg, data)
+        result = attribute_embeddings(
+            data["gen"].embeddings, data["real"].embeddings, data["real_subset"],
+            null_emb=None if data["null"] is None else data["null"].embeddings, k=cfg.k, how=cfg.agg, m=cfg.m,
+            alpha=cfg.alpha, pair_score=pair, null_pair_score=null_pair, seed=cfg.seed, index_factory=cfg.index_factory,
+        )  # fmt: skip
+        ids = data["gen"].keys.tolist()
+        rows = attribution_rows(ids, result)
+        lines = "".join(f"{i},{s},{v!r}\n" for i, s, v in rows)
+        write_text(out / "attribution.csv", "figure_id,subset,score\n" + lines)
+        summary = attribution_summary(cfg, data, result)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(out / "attribution.json", summary)
+        JsonlLogger(out / "log.jsonl").log(stage="attribute", seconds=summary["seconds"], n=len(ids))
+        if cfg.report:
+            from fingerprint.report import ReportConfig, run_report
 
-        run_report(ReportConfig(run_dir=out, seed=cfg.seed, force=True))
-    return summary
+            run_report(ReportConfig(run_dir=out, seed=cfg.seed, force=True))
+        return summary
 
 
 def _attribution_data(cfg: AttributeConfig, out: Path) -> dict:

@@ -344,7 +344,7 @@ def _write_samples(
             if cfg.strict:
                 raise FingerprintError(f"{item.path}: unreadable image ({reason})") from None
             log.warning("skipping %s: unreadable image (%s)", item.path, reason)
-            skipped.append({"path": item.rel, "reason": reason})
+            skipped.append({"path": item.rel, "reason": reason, "role": item.role})
             continue
         stored = data if (unchanged and cfg.encoding == "png") else encode_pixels(pixels, cfg.encoding)
         n_converted += info["converted"] is not None

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -54,7 +55,7 @@ from fingerprint.feature_store import SET_FILE, FeatureStore
 from fingerprint.fuse import FuseConfig, run_fuse
 from fingerprint.index import IndexConfig, run_index
 from fingerprint.locks import folder_lock
-from fingerprint.metrics import LEAD_METRICS, auc_margin, format_table, label_share_warning
+from fingerprint.metrics import LEAD_METRICS, auc_margin, format_table, label_share_warning, read_truth
 from fingerprint.pack import PackConfig, run_pack
 from fingerprint.pretrain import BACKBONE_FILE, PretrainConfig, run_pretrain
 from fingerprint.profile import DEFAULT_SPACES, ProfileConfig, run_profile
@@ -326,6 +327,8 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     packed = [s for s in SPLITS if s not in given]
     truth = check_data_dir(data, packed, cfg.truth)
     test_ids = input_ids(data, packed)
+    if truth is not None:
+        check_truth(truth, test_ids)
     train = _train_config(paths, cfg)
     check_index_factory(cfg.index_factory, train.embed_dim)
     embed, index = {}, {}
@@ -361,11 +364,54 @@ def input_ids(data_dir: Path | None, splits: Sequence[str] = SPLITS) -> list[str
     """
     ids = None
     for split in splits:
-        _, images = find_sources(data_dir / split)
+        layout, images = find_sources(data_dir / split)
+        check_split_classes(data_dir / split, split, layout, images)
         keys = make_keys(images)  # raises on a real image's unusable or repeated name, naming the files
         if split == "test":
+            for image in images:
+                if image.role == "real" and image.problem is not None:
+                    raise FingerprintError(f"{image.path}: {image.problem}; {_EVERY_TEST_IMAGE}")
             ids = sorted(k for k, image in zip(keys, images) if image.role == "real")
     return ids
+
+
+_EVERY_TEST_IMAGE = "the run file must list every real test image (fix or remove it)"
+#: the folders each split of a run needs, per layout: (role, label or None for any, folder named in the error)
+_NEEDED = {
+    ("dev", "dev"): [("generated", None, "generated/"), ("real", "used", "used/"), ("real", "not_used", "not_used/")],
+    ("dev", "seed"): [("generated", None, "generated/"), ("real", "used", "real_used/"),
+                      ("real", "not_used", "real_unused/")],
+    ("test", "test"): [("generated", None, "generated_1/"), ("real", None, "real_unknown_1/")],
+}  # fmt: skip
+
+
+def check_split_classes(folder: Path, split: str, layout: str, images: Sequence) -> None:
+    """A run's dev split needs a generated pool and both real classes, the test split generated and real images:
+    one missing (or holding no usable image) is an error naming its folder, before any stage runs."""
+    needed = _NEEDED.get((split, layout)) or _NEEDED[(split, split)]
+    usable = Counter((i.role, i.label) for i in images if i.problem is None)
+    names = ", ".join(name for *_, name in needed)
+    for role, label, name in needed:
+        count = sum(c for (r, lab), c in usable.items() if r == role and (label is None or lab == label))
+        if count == 0:
+            where = folder if layout == "manifest" else folder / name.rstrip("/")
+            raise FingerprintError(f"{where}: missing or holds no usable image (the {split} split needs {names})")
+
+
+def check_truth(truth: Path, test_ids: list[str] | None) -> None:
+    """The truth file reads (`metrics.read_truth`) and labels exactly the real test images: an error naming the
+    truth file now, before any stage, rather than at evaluate."""
+    labels = read_truth(truth)
+    if test_ids is None:
+        return
+    missing = [i for i in test_ids if i not in labels]
+    extra = sorted(set(labels) - set(test_ids))
+    if missing:
+        raise FingerprintError(
+            f"{truth}: {len(missing)} real test image(s) have no label (first: {', '.join(missing[:3])})"
+        )
+    if extra:
+        raise FingerprintError(f"{truth}: {len(extra)} label(s) for no real test image (first: {', '.join(extra[:3])})")
 
 
 def check_index_factory(factory: str, dim: int) -> None:
@@ -401,6 +447,8 @@ def _run_stages(plan: RunPlan) -> dict:
     t0 = time.perf_counter()
     for s, pack in plan.pack.items():
         stage(f"pack-{s}", run_pack, pack, [paths.shards(s) / "manifest.json"], inputs=[pack.src])
+    if "test" in plan.pack:
+        check_test_pack(plan.pack["test"].src, paths.shards("test"))
     fusion = plan.fusion
     if fusion["adapt"] is not None:
         stage("adapt", run_adapt, fusion["adapt"], [paths.model / METRIC_META])
@@ -439,6 +487,15 @@ def _run_stages(plan: RunPlan) -> dict:
     write_json(out / "run.json", summary)
     stage.log.log(stage="run", seconds=round(total, 3))
     return summary
+
+
+def check_test_pack(src: Path, shards: Path) -> None:
+    """A real test image that pack skipped (unreadable, too large) is an error naming it: it has no score."""
+    for skip in read_manifest(shards).get("skipped", []):
+        if skip.get("role") == "real":
+            raise FingerprintError(
+                f"{src / skip['path']}: unreadable test image ({skip['reason']}); {_EVERY_TEST_IMAGE}"
+            )
 
 
 def check_run_file(paths: RunPaths, test_ids: list[str] | None) -> None:
