@@ -133,3 +133,16 @@ def test_non_finite_floats_are_refused_naming_the_field(value):
     for name in ("lr", "clip_grad", "warmup", "weight_decay", "val_fraction"):
         with pytest.raises(ConfigError, match=rf"train\.{name} must be a finite number"):
             TrainConfig(shards=Path("s"), out=Path("o"), **{name: value})
+
+
+def test_unknown_tables_are_refused_naming_them(tmp_path):
+    from fingerprint.config import SECTIONS
+
+    f = tmp_path / "c.toml"
+    f.write_text("k = 3\n[rnu]\nepochs = 2\n")
+    with pytest.raises(FingerprintError, match=r"c.toml: unknown table '\[rnu\]'"):
+        load_config_file(f, "score")
+    f.write_text("k = 3\n[train]\nepochs = 2\n[score]\nk = 5\n")  # another command's table is that command's
+    assert load_config_file(f, "score") == {"k": 5}
+    sections = {importlib.import_module(module).main.config.SECTION for module, _ in COMMANDS.values()}
+    assert sections <= set(SECTIONS), sections - set(SECTIONS)
