@@ -93,7 +93,7 @@ def test_coerce_values_from_text_and_files():
 
 def test_config_files(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('k = 7\n[demo]\nrule = "youden"\n[other]\nk = 9\n')
+    f.write_text('k = 7\n[demo]\nrule = "youden"\n[train]\nk = 9\n')
     assert load_config_file(f, "demo") == {"k": 7, "rule": "youden"}
     assert values_from_mapping(Demo, {"k": "3", "fast": "on"}, "f") == {"k": 3, "fast": True}
     with pytest.raises(FingerprintError, match=r"^f: unknown key 'nope' for 'fingerprint demo'$"):

@@ -118,14 +118,14 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 def widen(arr: np.ndarray, bits: int, seed: Sequence[int]) -> np.ndarray:
     """8-bit pixels as `bits`-bit values in a 16-bit container (uint16), as CT slices are stored.
 
-    v -> v * (2^bits - 1) / 255 plus seeded dither within half an 8-bit step,
+    v -> v * (2^bits - 1) / 255 plus seeded dither within 0.45 of an 8-bit step,
     so the image uses the fine levels of its depth and maps back (by its own
     depth, `value / (2^bits - 1)`) to the same 8-bit value. The extra levels
     are dither, not extra anatomy: this exercises the wide-input path.
     """
     top = (1 << bits) - 1
     step = top / 255.0
-    dither = np.random.default_rng(list(seed)).uniform(-0.5, 0.5, arr.shape) * step * 0.999
+    dither = np.random.default_rng(list(seed)).uniform(-0.45, 0.45, arr.shape) * step
     return np.clip(np.rint(arr.astype(np.float64) * step + dither), 0, top).astype(np.uint16)
 
 
