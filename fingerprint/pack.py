@@ -136,7 +136,7 @@ class PackConfig:
         DEFAULT_MAX_IMAGE_MEMORY,
         min=1,
         parse=parse_size,
-        help="an image that would take more memory than this to decode (width x height x (bytes per pixel + 8)) is "
+        help="an image that would take more memory than this to decode (width x height x (bytes per pixel + 12)) is "
         "a counted skip, e.g. 512M",
     )
     strict: bool = option(False, help="an unreadable image is an error instead of a counted skip")

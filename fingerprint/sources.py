@@ -363,26 +363,33 @@ def significant_depth(maximum: float) -> int:
 _WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def _wide_to_unit(arr: np.ndarray, mode: str, intensity: Intensity) -> tuple[np.ndarray, int | None, str]:
-    """A wide image's values (float64) mapped to [0, 1]; returns (values, detected depth or None, what was done)."""
+def _unit(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(arr - lo) / (hi - lo), clipped to [0, 1], in place (arr is a float64 working copy)."""
+    arr -= lo
+    arr *= 1.0 / (hi - lo) if hi > lo else 0.0
+    return np.clip(arr, 0.0, 1.0, out=arr)
+
+
+def _wide_to_unit(arr: np.ndarray, intensity: Intensity) -> tuple[np.ndarray, int | None, str]:
+    """A wide image's values (a float64 working copy, changed in place) mapped to [0, 1]; returns (values, the
+    detected depth or None, what was done)."""
     lo, hi = float(arr.min()), float(arr.max())
+    depth = significant_depth(hi) if 0 <= lo and hi <= 65535 else None
     if intensity.window is not None:
         wlo, whi = intensity.window
-        depth = significant_depth(hi) if lo >= 0 else None
-        return np.clip((arr - wlo) / (whi - wlo), 0.0, 1.0), depth, f"window {wlo:g}..{whi:g}"
-    if lo < 0 or hi > 65535:  # signed or 32-bit values: no bit depth to scale by
-        span = hi - lo
-        unit = (arr - lo) / span if span > 0 else np.zeros_like(arr)
-        return unit, None, f"min-max {lo:g}..{hi:g}"
+        return _unit(arr, wlo, whi), depth, f"window {wlo:g}..{whi:g}"
+    if depth is None:  # signed or 32-bit values: no bit depth to scale by
+        return _unit(arr, lo, hi), None, f"min-max {lo:g}..{hi:g}"
     if intensity.rule == "full":
-        return arr / 65535.0, significant_depth(hi), "value/65535"
-    depth = significant_depth(hi)
-    return arr / float((1 << depth) - 1), depth, f"{depth}-bit (value/{(1 << depth) - 1})"
+        return _unit(arr, 0.0, 65535.0), depth, "value/65535"
+    top = (1 << depth) - 1
+    return _unit(arr, 0.0, float(top)), depth, f"{depth}-bit (value/{top})"
 
 
 def _quantise(unit: np.ndarray, bits: int) -> np.ndarray:
-    top = (1 << bits) - 1
-    return np.rint(np.clip(unit, 0.0, 1.0) * top).astype(np.uint16 if bits == 16 else np.uint8)
+    """[0, 1] values (changed in place) as uint8 or uint16."""
+    unit *= (1 << bits) - 1
+    return np.rint(unit, out=unit).astype(np.uint16 if bits == 16 else np.uint8)
 
 
 def _to_gray(img: Image.Image, intensity: Intensity, store_bits: int) -> tuple[np.ndarray, int, list[str]]:
@@ -390,22 +397,15 @@ def _to_gray(img: Image.Image, intensity: Intensity, store_bits: int) -> tuple[n
     mode = img.mode
     if mode == "L":
         return np.asarray(img, dtype=np.uint8), 8, []
+    bits = 16 if store_bits == 16 else 8
     if mode in _WIDE:
-        unit, depth, how = _wide_to_unit(np.asarray(img).astype(np.float64), mode, intensity)
-        bits = 16 if store_bits == 16 else 8
+        unit, depth, how = _wide_to_unit(np.asarray(img).astype(np.float64), intensity)
         return _quantise(unit, bits), depth or 16, [f"{mode}->{bits}-bit ({how})"]
     if mode == "F":
         arr = np.asarray(img).astype(np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        if intensity.window is not None:
-            unit, how = (
-                np.clip((arr - intensity.window[0]) / (intensity.window[1] - intensity.window[0]), 0, 1),
-                "window",
-            )
-        else:
-            unit, how = ((arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)), f"min-max {lo:g}..{hi:g}"
-        bits = 16 if store_bits == 16 else 8
-        return _quantise(unit, bits), 32, [f"F->{bits}-bit ({how})"]
+        lo, hi = (float(arr.min()), float(arr.max())) if intensity.window is None else intensity.window
+        how = "window" if intensity.window is not None else f"min-max {lo:g}..{hi:g}"
+        return _quantise(_unit(arr, lo, hi), bits), 32, [f"F->{bits}-bit ({how})"]
     return np.asarray(img.convert("L"), dtype=np.uint8), 8, [f"{mode}->L"]
 
 
@@ -419,10 +419,11 @@ def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def decode_bytes(mode: str, size: tuple[int, int]) -> int:
-    """An estimate of the memory decoding and converting one image takes: the decoded pixels plus a float copy."""
+    """An estimate of the memory decoding and converting one image takes: width x height x (bytes per decoded
+    pixel + 12), the decoded pixels plus a float64 working copy and the converted pixels."""
     w, h = size
     per_pixel = {"1": 1, "L": 1, "P": 1, "LA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}.get(mode, 4)
-    return w * h * (per_pixel + 8)
+    return w * h * (per_pixel + 12)
 
 
 class TooLarge(ValueError):
