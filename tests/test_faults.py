@@ -564,7 +564,7 @@ def failing_collection_command(kind: str) -> Callable:
             argv = ["audit", "--candidate", dev / "used", "--reference", dev / "not_used", "--generated",
                     dev / "generated", "--model", sb.ctx["missing"], "--image-size", "32", "--no-report"]  # fmt: skip
         else:
-            argv = ["attribute", "--subsets", f"a={dev / 'used'}", f"b={dev / 'not_used'}", "--generated",
+            argv = ["attribute", "--subsets", f"a={dev / 'used'},b={dev / 'not_used'}", "--generated",
                     dev / "generated", "--model", sb.ctx["missing"], "--image-size", "32", "--no-report"]  # fmt: skip
         sb.ctx["argv"] = [str(a) for a in argv]
         return {"out": sb.root / kind}
@@ -586,13 +586,17 @@ def collection_command(server, sb, case):
     return r
 
 
-def truth_with(text: Callable[[str], str], *, run: bool = False) -> Callable:
-    """The reference truth file rewritten by `text` (a BOM, CRLF ...), for evaluate (or a copy of the run)."""
+def truth_with(text: Callable[[str], str], *, to: str = "evaluate") -> Callable:
+    """The reference truth file rewritten by `text` (a BOM, CRLF ...), for evaluate, a copy of the reference run
+    (`to="run"`), or a new run of a copy of the data (`to="data"`)."""
 
     def prepare(sb):
         truth = sb.root / "truth.csv"
         truth.write_bytes(text((sb.ref / "data" / "test_truth.csv").read_text()).encode())
-        ctx = fresh("evaluate")(sb) if not run else {"out": sb.run(), "data": sb.root / "data"}
+        if to == "evaluate":
+            ctx = fresh("evaluate")(sb)
+        else:
+            ctx = {"out": sb.run() if to == "run" else sb.root / "run", "data": sb.data()}
         return ctx | {"truth": truth}
 
     return prepare
@@ -825,6 +829,7 @@ PACK = ["pack", "{data}/dev", "{out}"]
 RESUME = ["train", "--shards", "{dev}", "--out", "{out}", *TRAIN_ARGS, "--epochs", "2", "--resume", "latest"]
 FULL = ("File too large", "{out}")  # RLIMIT_FSIZE: the write fails with EFBIG, naming the file being written
 VALIDATE = ["validate", "{file}", "--ids", "{ids}"]
+PACK_DATA = ["pack", "data/dev", "{out}"]  # the sandbox's own copy of the data
 
 CASES: list[Case] = [
     # --- cases that already ended well (kept so they stay so)
@@ -915,36 +920,36 @@ CASES: list[Case] = [
     Case("cut-at-member-boundary", "a shard cut at a member boundary, no manifest beside it (12.7)",
          cut_at_member_boundary, EMBED, 2, "no end-of-archive marker"),
     # --- real-world inputs: medical bit depths, links, stalled networks, nothing dropped or altered in silence
-    Case("twelve-bit-png", "a 12-bit CT slice (0..4080) in a 16-bit PNG", wide_image("ct12.png"), PACK, 0,
+    Case("twelve-bit-png", "a 12-bit CT slice (0..4080) in a 16-bit PNG", wide_image("ct12.png"), PACK_DATA, 0,
          "0 skipped", (stored_levels(256, exact=4081),)),
-    Case("twelve-bit-tiff", "the same slice as a 16-bit TIFF", wide_image("ct12.tif", "TIFF"), PACK, 0, "0 skipped",
-         (stored_levels(256, exact=4081),)),
+    Case("twelve-bit-tiff", "the same slice as a 16-bit TIFF", wide_image("ct12.tif", "TIFF"), PACK_DATA, 0,
+         "0 skipped", (stored_levels(256, exact=4081),)),
     Case("twelve-bit-8-bit-store", "the same, stored at 8 bits (--bits 8): its own depth scales it",
-         wide_image("ct12.png"), [*PACK, "--bits", "8"], 0, "0 skipped", (stored_levels(255),)),
+         wide_image("ct12.png"), [*PACK_DATA, "--bits", "8"], 0, "0 skipped", (stored_levels(255),)),
     Case("ten-bit-window", "a 10-bit slice mapped by a CT window (--window 0,1023)",
-         wide_image("ct10.png", bits=10, top=1023), [*PACK, "--window", "0,1023"], 0, "0 skipped",
+         wide_image("ct10.png", bits=10, top=1023), [*PACK_DATA, "--window", "0,1023"], 0, "0 skipped",
          (stored_levels(256, exact=1024, rule="window"),)),
-    Case("full-range-16-bit", "a full-range 16-bit slice", wide_image("ct16.png", bits=16, top=65535), PACK, 0,
+    Case("full-range-16-bit", "a full-range 16-bit slice", wide_image("ct16.png", bits=16, top=65535), PACK_DATA, 0,
          "0 skipped", (stored_levels(4096),)),
     Case("bad-window", "--window 100,100", fresh("pack"), [*PACK, "--window", "100,100"], 2,
          "--window: not a window LO,HI with LO < HI"),
     Case("twelve-bit-run", "synth --bit-depth 12, then run on it", None, None, 0, "run file:",
          custom=wide_benchmark_run),
-    Case("mixed-depths", "one 12-bit slice among 8-bit images: warned once", mixed_depths, PACK, 0, "0 skipped",
+    Case("mixed-depths", "one 12-bit slice among 8-bit images: warned once", mixed_depths, PACK_DATA, 0, "0 skipped",
          (warned_once_mixed,)),
-    Case("linked-file", "a dev image linked from outside the data folder", linked("file"), PACK, 0, "0 skipped",
+    Case("linked-file", "a dev image linked from outside the data folder", linked("file"), PACK_DATA, 0, "0 skipped",
          (count_packed(64),)),
-    Case("linked-folder", "dev/generated is a link to a folder outside the data", linked("folder"), PACK, 0,
+    Case("linked-folder", "dev/generated is a link to a folder outside the data", linked("folder"), PACK_DATA, 0,
          "0 skipped", (count_packed(64),)),
     Case("linked-folder-run", "the same, for run", linked("folder"), RUN, 0, "run file:",
          (same_as_reference("run.csv"),)),
     Case("linked-folder-inside", "the same with --links inside: refused, a counted skip", linked("folder"),
-         [*PACK, "--links", "inside"], 0, "1 skipped", (count_packed(24, 1), skip_listed("leads outside"))),
+         [*PACK_DATA, "--links", "inside"], 0, "1 skipped", (count_packed(24, 1), skip_listed("leads outside"))),
     Case("broken-link-test", "a broken link in test/real_unknown_1", broken_link("test/real_unknown_1"), RUN, 2,
          "broken link", (names_the_link,)),
     Case("broken-link-pack", "a broken link in dev/used: a counted, listed skip", broken_link("dev/used", "x.png"),
-         PACK, 0, "1 skipped", (count_packed(64, 1), skip_listed("broken link"))),
-    Case("link-loop", "a link to itself in dev/used: a counted skip", link_loop, PACK, 0, "1 skipped",
+         PACK_DATA, 0, "1 skipped", (count_packed(64, 1), skip_listed("broken link"))),
+    Case("link-loop", "a link to itself in dev/used: a counted skip", link_loop, PACK_DATA, 0, "1 skipped",
          (skip_listed("cannot be followed"),)),
     Case("corrupt-test-real", "a real test image that is not an image", corrupt_test_real, RUN, 2,
          "unreadable test image", output="any"),
@@ -963,18 +968,19 @@ CASES: list[Case] = [
     Case("number-shard-entry", "a shard entry that is a number", shard_entry(7), EMBED, 2, "is 7, expected an object"),
     Case("dotdot-shard-entry", "a shard entry named ../x.tar", shard_entry({"name": "../x.tar"}), EMBED, 2,
          "expected a shard file name"),
-    Case("huge-image", "a 13000 x 13000 PNG header: a counted skip naming it", huge_header, PACK, 0, "1 skipped",
+    Case("huge-image", "a 13000 x 13000 PNG header: a counted skip naming it", huge_header, PACK_DATA, 0, "1 skipped",
          (skip_listed("too large: 13000x13000"),)),
     Case("max-image-memory", "a 1200 x 1200 scan over --max-image-memory 1M", big_real,
-         [*PACK, "--max-image-memory", "1M"], 0, "1 skipped", (skip_listed("too large"),)),
+         [*PACK_DATA, "--max-image-memory", "1M"], 0, "1 skipped", (skip_listed("too large"),)),
     Case("truth-bom-evaluate", "test_truth.csv saved with a BOM (Excel's CSV UTF-8)", truth_with(bom),
          [*EVALUATE[:3], "{truth}", *EVALUATE[4:]], 0, "", (evaluated,)),
     Case("truth-crlf-evaluate", "the truth file with CRLF and spaces (also non-breaking) around fields",
          truth_with(crlf_spaces), [*EVALUATE[:3], "{truth}", *EVALUATE[4:]], 0, "", (evaluated,)),
-    Case("truth-bom-run", "a BOM truth file given to run", truth_with(bom, run=True),
+    Case("truth-bom-run", "a BOM truth file given to run", truth_with(bom, to="run"),
          ["run", "data", "--out", "run", *RUN_ARGS, "--truth", "{truth}"], 0, "run file:", (metrics_as_reference,)),
     Case("truth-missing-id-run", "a truth file that misses a test image: refused before the first stage",
-         truth_with(drop_last), [*RUN, "--truth", "{truth}"], 2, "{truth}: 1 real test image(s) have no label"),
+         truth_with(drop_last, to="data"), [*RUN, "--truth", "{truth}"], 2,
+         "{truth}: 1 real test image(s) have no label"),
     Case("validate-ids-bom", "an id file with a BOM", ids_file("\ufeffa_1\na_2\n"), VALIDATE, 0, "valid"),
     Case("validate-ids-crlf-nbsp", "an id file with CRLF and a non-breaking space",
          ids_file("a_1\u00a0\r\na_2\r\n"), VALIDATE, 0, "valid"),
