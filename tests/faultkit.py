@@ -190,16 +190,20 @@ def read_only(folder: Path) -> Iterator[str]:
 
 
 def snapshot(root: Path, exclude: tuple[Path, ...] = ()) -> dict[str, str]:
-    """{relative path: sha256 (files) or '<dir>'} of a tree, leaving out the `exclude`d subtrees."""
+    """{relative path: sha256 (files), '<dir>' or '-> target' (links)} of a tree, leaving out the `exclude`d
+    subtrees."""
     root = Path(root)
-    skip = [Path(e).resolve() for e in exclude]
+    skip = [Path(os.path.abspath(e)) for e in exclude]
     out = {}
     for p in sorted(root.rglob("*")):
-        rp = p.resolve()
+        rp = Path(os.path.abspath(p))
         if any(rp == s or s in rp.parents for s in skip):
             continue
         rel = p.relative_to(root).as_posix()
-        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+        if p.is_symlink():  # a link is recorded as where it points (it may be broken or a loop)
+            out[rel] = "-> " + os.readlink(p)
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
     return out
 
 

@@ -27,3 +27,37 @@ def serve(folder: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+class _Stalling(_Quiet):
+    """Serves files, but stops sending after `stall_after` bytes of any file whose name ends in `stall_suffix`
+    and keeps the connection open until the server shuts down (a file server that hangs mid-transfer)."""
+
+    stall_after = 0
+    stall_suffix = ".tar"
+    stop: threading.Event
+
+    def copyfile(self, source, outputfile) -> None:
+        if not self.path.endswith(self.stall_suffix):
+            return super().copyfile(source, outputfile)
+        outputfile.write(source.read(self.stall_after))
+        outputfile.flush()
+        self.stop.wait(120)  # hold the connection open, sending nothing
+
+
+@contextlib.contextmanager
+def serve_stalling(folder: Path, *, after: int = 1024, suffix: str = ".tar") -> Iterator[str]:
+    """Serve `folder` over HTTP; files ending in `suffix` stop after `after` bytes with the connection held open."""
+    stop = threading.Event()
+    handler = type("Handler", (_Stalling,), {"stall_after": after, "stall_suffix": suffix, "stop": stop})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -360,6 +360,319 @@ def cut_at_member_boundary(sb):
     return {"out": sb.root / "f.npz", "shards": folder, "model": sb.ref / "run" / "model"}
 
 
+# ----------------------------------------------------------------------------- real-world inputs
+
+
+def ct_slice(bits: int = 12, top: int = 4080, size: int = 64) -> np.ndarray:
+    """A 16-bit container holding a `bits`-bit slice that uses every value 0..top (a CT slice as stored)."""
+    values = np.arange(size * size) % (top + 1)
+    values[-1] = top
+    return np.random.default_rng(bits).permutation(values).reshape(size, size).astype(np.uint16)
+
+
+def wide_image(name: str, fmt: str = "PNG", bits: int = 12, top: int = 4080) -> Callable:
+    def prepare(sb):
+        data = sb.data()
+        Image.fromarray(ct_slice(bits, top)).save(data / "dev" / "generated" / name, format=fmt)
+        sb.ctx["key"] = Path(name).stem
+        return {"out": sb.root / "out"}
+
+    return prepare
+
+
+def stored_levels(minimum: int, *, exact: int | None = None, rule: str = "depth") -> Callable:
+    """The wide image's stored pixels keep at least `minimum` distinct grey levels (all `exact` when given)."""
+
+    def check(sb, r):
+        from fingerprint.data.shards import decode_sample, iter_shard
+
+        out = sb.ctx["out"]
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["intensity"]["rule"] == rule, man["intensity"]
+        for tar in sorted(out.glob("*.tar")):
+            for sample in iter_shard(str(tar)):
+                if sample["__key__"] == sb.ctx["key"]:
+                    _, px, rec = decode_sample(sample)
+                    levels = len(np.unique(px))
+                    assert levels >= minimum, (levels, rec)
+                    assert exact is None or levels == exact, (levels, rec)
+                    return
+        raise AssertionError("the wide image is not in the shards")
+
+    return check
+
+
+def mixed_depths(sb):
+    ctx = wide_image("ct12.png")(sb)
+    return ctx
+
+
+def warned_once_mixed(sb, r):
+    assert r.err.count("images arrive at different bit depths") == 1, r.err[-2000:]
+    man = json.loads((sb.ctx["out"] / "manifest.json").read_text())
+    assert man["intensity"]["mixed"] and man["intensity"]["depths"] == {"8": 64, "12": 1}
+
+
+def linked(kind: str) -> Callable:
+    """Data assembled from links: one dev image, or the whole dev/generated folder, linked from outside the data."""
+
+    def prepare(sb):
+        data = sb.data()
+        elsewhere = sb.root / "elsewhere"
+        elsewhere.mkdir()
+        if kind == "file":
+            target = one_png(data / "dev" / "used")
+            shutil.move(target, elsewhere / target.name)
+            (data / "dev" / "used" / target.name).symlink_to(elsewhere / target.name)
+        else:
+            shutil.move(data / "dev" / "generated", elsewhere / "generated")
+            (data / "dev" / "generated").symlink_to(elsewhere / "generated", target_is_directory=True)
+        return {"out": sb.root / "out"}
+
+    return prepare
+
+
+def count_packed(n: int, skipped: int = 0) -> Callable:
+    def check(sb, r):
+        man = json.loads((sb.ctx["out"] / "manifest.json").read_text())
+        assert man["count"] == n and man["n_skipped"] == skipped, (man["count"], man["n_skipped"])
+
+    return check
+
+
+def broken_link(folder: str, name: str = "real_unknown_0099.png", target: str = "gone/nothing.png") -> Callable:
+    def prepare(sb):
+        data = sb.data()
+        (data / folder / name).symlink_to(sb.root / target)
+        sb.ctx["link"] = data / folder / name
+        return {"out": sb.root / "out"}
+
+    return prepare
+
+
+def link_loop(sb):
+    data = sb.data()
+    (data / "dev" / "used" / "loop.png").symlink_to(data / "dev" / "used" / "loop.png")
+    return {"out": sb.root / "out"}
+
+
+def names_the_link(sb, r):
+    line = r.error_lines()[0]
+    assert str(sb.ctx["link"]) in line and "broken link" in line, line
+
+
+def skip_listed(reason: str) -> Callable:
+    def check(sb, r):
+        man = json.loads((sb.ctx["out"] / "manifest.json").read_text())
+        assert any(reason in s["reason"] for s in man["skipped"]), man["skipped"]
+
+    return check
+
+
+def corrupt_test_real(sb):
+    data = sb.data()
+    replace_bytes(one_png(data / "test" / "real_unknown_1"), b"not an image at all")
+    return {"out": sb.root / "run"}
+
+
+def huge_header(sb):
+    """A PNG whose header says 13000 x 13000 (just under Pillow's pixel limit), its pixel data cut short."""
+    import struct
+    import zlib
+
+    data = sb.data()
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, format="PNG")
+    png = bytearray(buf.getvalue())
+    ihdr = bytes(png[12:16]) + struct.pack(">II", 13000, 13000) + bytes(png[24:29])
+    png[16:24] = struct.pack(">II", 13000, 13000)
+    png[29:33] = struct.pack(">I", zlib.crc32(ihdr))
+    (data / "dev" / "generated" / "huge.png").write_bytes(bytes(png))
+    return {"out": sb.root / "out"}
+
+
+def big_real(sb):
+    data = sb.data()
+    Image.fromarray(np.full((1200, 1200), 90, np.uint8)).save(data / "dev" / "used" / "big_scan.png")
+    return {"out": sb.root / "out"}
+
+
+def null_shard_entry(sb):
+    shards = sb.shards("test")
+    man = json.loads((shards / "manifest.json").read_text())
+    man["shards"].append(None)
+    replace_bytes(shards / "manifest.json", json.dumps(man).encode())
+    return {"out": sb.root / "f.npz", "shards": shards, "model": sb.ref / "run" / "model"}
+
+
+def shard_entry(value: Any) -> Callable:
+    def prepare(sb):
+        ctx = null_shard_entry(sb)
+        man = json.loads((ctx["shards"] / "manifest.json").read_text())
+        man["shards"][-1] = value
+        replace_bytes(ctx["shards"] / "manifest.json", json.dumps(man).encode())
+        return ctx
+
+    return prepare
+
+
+def stalled(server, sb, case):
+    """A shard server that stops sending mid-transfer (and holds the connection): embed ends, naming the URL."""
+    from serve import serve_stalling
+
+    shards = sb.shards("test")
+    argv = ["embed", "--model", sb.ref / "run" / "model", "--out", sb.root / "f.npz", "--threads", "1",
+            "--stall-timeout", "1", "--retries", "1"]  # fmt: skip
+    suffix = ".json" if case.id == "stalled-manifest" else ".tar"
+    with serve_stalling(shards, after=0 if suffix == ".json" else 2048, suffix=suffix) as base:
+        sb.ctx["url"] = f"{base}/" + ("manifest.json" if suffix == ".json" else "shard-000000.tar")
+        t0 = time.monotonic()
+        r = server.run([*argv, "--shards", f"{base}/"], cwd=sb.root / "cwd", timeout=120)
+        sb.ctx["seconds"] = time.monotonic() - t0
+    assert not (sb.root / "f.npz").exists()
+    return r
+
+
+def wide_benchmark_run(server, sb, case):
+    """`synth --bit-depth 12` writes 12-bit values in 16-bit PNGs; `run` takes them end to end on 16-bit shards."""
+    r = server.run(["synth", "data12", "--level", "tiny", "--seed", "3", "--bit-depth", "12"], cwd=sb.root)
+    assert r.rc == 0, r.err[-2000:]
+    with Image.open(one_png(sb.root / "data12" / "dev" / "used")) as im:
+        assert im.mode == "I;16" and np.asarray(im).max() < 4096
+    r = server.run(["run", "data12", "--out", "run12", *RUN_ARGS], cwd=sb.root)
+    for split in ("dev", "test"):
+        man = json.loads((sb.root / "run12" / "shards" / split / "manifest.json").read_text())
+        assert man["intensity"]["stored_bits"] == 16 and set(man["intensity"]["depths"]) == {"12"}, man["intensity"]
+    assert len((sb.root / "run12" / "run.csv").read_text().splitlines()) == 20
+    return r
+
+
+def names_the_url(sb, r):
+    line = r.error_lines()[0]
+    assert sb.ctx["url"] in line and "stalled after 1 s" in line, line
+    assert sb.ctx["seconds"] < 60, sb.ctx["seconds"]
+
+
+def failing_collection_command(kind: str) -> Callable:
+    """audit / attribute that pack their inputs, then fail (the model folder does not exist)."""
+
+    def prepare(sb):
+        data = sb.data()
+        dev = data / "dev"
+        sb.ctx["missing"] = sb.root / "no-model"
+        if kind == "audit":
+            argv = ["audit", "--candidate", dev / "used", "--reference", dev / "not_used", "--generated",
+                    dev / "generated", "--model", sb.ctx["missing"], "--image-size", "32", "--no-report"]  # fmt: skip
+        else:
+            argv = ["attribute", "--subsets", f"a={dev / 'used'},b={dev / 'not_used'}", "--generated",
+                    dev / "generated", "--model", sb.ctx["missing"], "--image-size", "32", "--no-report"]  # fmt: skip
+        sb.ctx["argv"] = [str(a) for a in argv]
+        return {"out": sb.root / kind}
+
+    return prepare
+
+
+def collection_command(server, sb, case):
+    sb.ctx.update(failing_collection_command(case.id.split("-")[0])(sb))
+    before = snapshot(sb.root, exclude=(sb.ctx["out"],))
+    r = server.run([*sb.ctx["argv"], "--out", sb.ctx["out"]], cwd=sb.root / "cwd")
+    assert snapshot(sb.root, exclude=(sb.ctx["out"],)) == before
+    assert r.rc == 2 and not sb.ctx["out"].exists(), files_under(sb.ctx["out"])
+    if case.id.endswith("-existing"):  # into a folder that holds the user's file: only that file is left
+        sb.ctx["out"].mkdir()
+        (sb.ctx["out"] / "notes.txt").write_text("mine")
+        r = server.run([*sb.ctx["argv"], "--out", sb.ctx["out"]], cwd=sb.root / "cwd")
+        assert r.rc == 2 and files_under(sb.ctx["out"]) == ["notes.txt"], files_under(sb.ctx["out"])
+    return r
+
+
+def truth_with(text: Callable[[str], str], *, to: str = "evaluate") -> Callable:
+    """The reference truth file rewritten by `text` (a BOM, CRLF ...), for evaluate, a copy of the reference run
+    (`to="run"`), or a new run of a copy of the data (`to="data"`)."""
+
+    def prepare(sb):
+        truth = sb.root / "truth.csv"
+        truth.write_bytes(text((sb.ref / "data" / "test_truth.csv").read_text()).encode())
+        if to == "evaluate":
+            ctx = fresh("evaluate")(sb)
+        else:
+            ctx = {"out": sb.run() if to == "run" else sb.root / "run", "data": sb.data()}
+        return ctx | {"truth": truth}
+
+    return prepare
+
+
+def bom(text: str) -> str:
+    return "\ufeff" + text
+
+
+def crlf_spaces(text: str) -> str:
+    return "\r\n".join(f" {line.replace(',', ' ,')}\u00a0" for line in text.splitlines()) + "\r\n"
+
+
+def drop_last(text: str) -> str:
+    return "\n".join(text.splitlines()[:-1]) + "\n"
+
+
+def metrics_as_reference(sb, r):
+    """The run's metrics equal the reference run's (the truth file was read as the same labels)."""
+    got = json.loads((sb.ctx["out"] / "metrics.json").read_text())
+    ref = json.loads((sb.ref / "run" / "metrics.json").read_text())
+    assert got["scorers"] == ref["scorers"]
+
+
+def evaluated(sb, r):
+    assert Path(sb.ctx["out"]).exists(), "evaluate wrote nothing"
+
+
+def ids_file(text: str, run: str = "a_1,0\na_2,1\n") -> Callable:
+    def prepare(sb):
+        (sb.root / "ids.txt").write_bytes(text.encode())
+        (sb.root / "run.csv").write_bytes(run.encode())
+        return {"out": sb.root / "nothing", "file": sb.root / "run.csv", "ids": sb.root / "ids.txt"}
+
+    return prepare
+
+
+def config_table(text: str) -> Callable:
+    def prepare(sb):
+        ctx = bad_config_file(sb)
+        ctx["toml"].write_text(text)
+        return ctx
+
+    return prepare
+
+
+def dev_without(what: str) -> Callable:
+    def prepare(sb):
+        data = sb.data()
+        if what == "not_used":
+            shutil.rmtree(data / "dev" / "not_used")
+        else:
+            for f in (data / "dev" / what).iterdir():
+                f.unlink()
+        return {"out": sb.root / "run"}
+
+    return prepare
+
+
+def test_without_generated(sb):
+    data = sb.data()
+    for f in (data / "test" / "generated_1").iterdir():
+        f.unlink()
+    return {"out": sb.root / "run"}
+
+
+def renamed_real(name: str) -> Callable:
+    def prepare(sb):
+        data = sb.data()
+        real = one_png(data / "test" / "real_unknown_1")
+        real.rename(real.with_name(name))
+        return {"out": sb.root / "out"}
+
+    return prepare
+
+
 # ----------------------------------------------------------------------------- cases with more than one command
 
 
@@ -516,6 +829,8 @@ REPORT = ["report", "{run}", "--out-dir", "{out}"]
 PACK = ["pack", "{data}/dev", "{out}"]
 RESUME = ["train", "--shards", "{dev}", "--out", "{out}", *TRAIN_ARGS, "--epochs", "2", "--resume", "latest"]
 FULL = ("File too large", "{out}")  # RLIMIT_FSIZE: the write fails with EFBIG, naming the file being written
+VALIDATE = ["validate", "{file}", "--ids", "{ids}"]
+PACK_DATA = ["pack", "data/dev", "{out}"]  # the sandbox's own copy of the data
 
 CASES: list[Case] = [
     # --- cases that already ended well (kept so they stay so)
@@ -551,7 +866,7 @@ CASES: list[Case] = [
     Case("id-collision-pack", "the same, packing the test split", id_collision, ["pack", "data/test", "{out}"], 2,
          "same name as the real image", (names_both_files,)),
     Case("comma-in-name", "a real test image renamed a,b.png", comma_in_name, RUN, 2,
-         "cannot hold dots, commas or whitespace"),
+         "cannot hold dots, commas, quotes or whitespace"),
     Case("failed-stage-rerun", "score fails after its score file, before run.csv; run again", None, None, 2,
          "run.csv", custom=failed_stage_then_rerun, output="any"),
     Case("run-file-checked", "a run.csv that misses a test id, its record forged to match", forged_run_file,
@@ -606,6 +921,88 @@ CASES: list[Case] = [
          [*TRAIN, "--k", "64"], 2, "larger than the generated pool"),
     Case("cut-at-member-boundary", "a shard cut at a member boundary, no manifest beside it",
          cut_at_member_boundary, EMBED, 2, "no end-of-archive marker"),
+    # --- real-world inputs: medical bit depths, links, stalled networks, nothing dropped or altered in silence
+    Case("twelve-bit-png", "a 12-bit CT slice (0..4080) in a 16-bit PNG", wide_image("ct12.png"), PACK_DATA, 0,
+         "0 skipped", (stored_levels(256, exact=4081),)),
+    Case("twelve-bit-tiff", "the same slice as a 16-bit TIFF", wide_image("ct12.tif", "TIFF"), PACK_DATA, 0,
+         "0 skipped", (stored_levels(256, exact=4081),)),
+    Case("twelve-bit-8-bit-store", "the same, stored at 8 bits (--bits 8): its own depth scales it",
+         wide_image("ct12.png"), [*PACK_DATA, "--bits", "8"], 0, "0 skipped", (stored_levels(255),)),
+    Case("ten-bit-window", "a 10-bit slice mapped by a CT window (--window 0,1023)",
+         wide_image("ct10.png", bits=10, top=1023), [*PACK_DATA, "--window", "0,1023"], 0, "0 skipped",
+         (stored_levels(256, exact=1024, rule="window"),)),
+    Case("full-range-16-bit", "a full-range 16-bit slice", wide_image("ct16.png", bits=16, top=65535), PACK_DATA, 0,
+         "0 skipped", (stored_levels(4096),)),
+    Case("bad-window", "--window 100,100", fresh("pack"), [*PACK, "--window", "100,100"], 2,
+         "--window: not a window LO,HI with LO < HI"),
+    Case("twelve-bit-run", "synth --bit-depth 12, then run on it", None, None, 0, "run file:",
+         custom=wide_benchmark_run),
+    Case("mixed-depths", "one 12-bit slice among 8-bit images: warned once", mixed_depths, PACK_DATA, 0, "0 skipped",
+         (warned_once_mixed,)),
+    Case("linked-file", "a dev image linked from outside the data folder", linked("file"), PACK_DATA, 0, "0 skipped",
+         (count_packed(64),)),
+    Case("linked-folder", "dev/generated is a link to a folder outside the data", linked("folder"), PACK_DATA, 0,
+         "0 skipped", (count_packed(64),)),
+    Case("linked-folder-run", "the same, for run", linked("folder"), RUN, 0, "run file:",
+         (same_as_reference("run.csv"),)),
+    Case("linked-folder-inside", "the same with --links inside: refused, a counted skip", linked("folder"),
+         [*PACK_DATA, "--links", "inside"], 0, "1 skipped", (count_packed(24, 1), skip_listed("leads outside"))),
+    Case("broken-link-test", "a broken link in test/real_unknown_1", broken_link("test/real_unknown_1"), RUN, 2,
+         "broken link", (names_the_link,)),
+    Case("broken-link-pack", "a broken link in dev/used: a counted, listed skip", broken_link("dev/used", "x.png"),
+         PACK_DATA, 0, "1 skipped", (count_packed(64, 1), skip_listed("broken link"))),
+    Case("link-loop", "a link to itself in dev/used: a counted skip", link_loop, PACK_DATA, 0, "1 skipped",
+         (skip_listed("cannot be followed"),)),
+    Case("corrupt-test-real", "a real test image that is not an image", corrupt_test_real, RUN, 2,
+         "unreadable test image", output="any"),
+    Case("stalled-shard", "a shard server that stops sending mid-transfer", None, None, 2, "stalled after 1 s",
+         (names_the_url,), custom=stalled),
+    Case("stalled-manifest", "the same server stalling on manifest.json", None, None, 2, "stalled after 1 s",
+         (names_the_url,), custom=stalled),
+    Case("audit-no-partial-output", "audit packs its inputs, then fails", None, None, 2, "no-model",
+         custom=collection_command),
+    Case("audit-no-partial-output-existing", "the same into a folder with a file of the user's", None, None, 2,
+         "no-model", custom=collection_command),
+    Case("attribute-no-partial-output", "attribute packs its inputs, then fails", None, None, 2, "no-model",
+         custom=collection_command),
+    Case("null-shard-entry", "a manifest with a null shard entry", null_shard_entry, EMBED, 2,
+         "shards[2] is None, expected an object"),
+    Case("number-shard-entry", "a shard entry that is a number", shard_entry(7), EMBED, 2, "is 7, expected an object"),
+    Case("dotdot-shard-entry", "a shard entry named ../x.tar", shard_entry({"name": "../x.tar"}), EMBED, 2,
+         "expected a shard file name"),
+    Case("huge-image", "a 13000 x 13000 PNG header: a counted skip naming it", huge_header, PACK_DATA, 0, "1 skipped",
+         (skip_listed("too large: 13000x13000"),)),
+    Case("max-image-memory", "a 1200 x 1200 scan over --max-image-memory 1M", big_real,
+         [*PACK_DATA, "--max-image-memory", "1M"], 0, "1 skipped", (skip_listed("too large"),)),
+    Case("truth-bom-evaluate", "test_truth.csv saved with a BOM (Excel's CSV UTF-8)", truth_with(bom),
+         [*EVALUATE[:3], "{truth}", *EVALUATE[4:]], 0, "", (evaluated,)),
+    Case("truth-crlf-evaluate", "the truth file with CRLF and spaces (also non-breaking) around fields",
+         truth_with(crlf_spaces), [*EVALUATE[:3], "{truth}", *EVALUATE[4:]], 0, "", (evaluated,)),
+    Case("truth-bom-run", "a BOM truth file given to run", truth_with(bom, to="run"),
+         ["run", "data", "--out", "run", *RUN_ARGS, "--truth", "{truth}"], 0, "run file:", (metrics_as_reference,)),
+    Case("truth-missing-id-run", "a truth file that misses a test image: refused before the first stage",
+         truth_with(drop_last, to="data"), [*RUN, "--truth", "{truth}"], 2,
+         "{truth}: 1 real test image(s) have no label"),
+    Case("validate-ids-bom", "an id file with a BOM", ids_file("\ufeffa_1\na_2\n"), VALIDATE, 0, "valid"),
+    Case("validate-ids-crlf-nbsp", "an id file with CRLF and a non-breaking space",
+         ids_file("a_1\u00a0\r\na_2\r\n"), VALIDATE, 0, "valid"),
+    Case("validate-run-bom-ids-bom", "both with a BOM and CRLF",
+         ids_file("\ufeffa_1\r\na_2\r\n", "\ufeffa_1,0\r\na_2,1\r\n"), VALIDATE, 0, "valid"),
+    Case("config-unknown-table", "a misspelled table [rnu] in --config", config_table("[rnu]\nk = 3\n"),
+         ["index", "--features", "{features}", "--out", "{out}", "--config", "{toml}"], 2, "unknown table '[rnu]'"),
+    Case("config-unknown-key-in-table", "an unknown key in the command's own table",
+         config_table("[index]\nfactory = 1\n"), ["index", "--features", "{features}", "--out", "{out}", "--config",
+         "{toml}"], 2, "unknown key 'factory'"),
+    Case("dev-without-not-used", "dev/ without not_used/: refused before the first stage", dev_without("not_used"),
+         RUN, 2, "dev/not_used: missing or holds no usable image"),
+    Case("dev-empty-generated", "an empty dev/generated/", dev_without("generated"), RUN, 2,
+         "dev/generated: missing or holds no usable image"),
+    Case("test-empty-generated", "an empty test/generated_1/", test_without_generated, RUN, 2,
+         "test/generated_1: missing or holds no usable image"),
+    Case("quote-in-id", 'a real test image named a"b.png', renamed_real('a"b.png'), RUN, 2,
+         "cannot hold dots, commas, quotes or whitespace"),
+    Case("quote-in-id-pack", "the same, packing the test split", renamed_real('a"b.png'),
+         ["pack", "data/test", "{out}"], 2, "cannot hold dots, commas, quotes or whitespace"),
     Case("forged-comparator", "a skops file needing an untrusted type, or a pickle, vouched by its sidecar",
          None, None, None, "", custom=forged_comparator),
 ]  # fmt: skip

@@ -63,6 +63,7 @@ def build_benchmark(
     force: bool = False,
     progress: bool = True,
     accelerator=None,
+    bit_depth: int = 8,
     **overrides: Any,
 ) -> dict:
     """Build a membership benchmark in `out_dir`; return the content of its synth.json.
@@ -107,7 +108,7 @@ def build_benchmark(
             )
             timings["calibration"] = time.perf_counter() - t0
         if main:
-            sample_and_write(out_dir, params, real, split, gen, history, timings, t_all)
+            sample_and_write(out_dir, params, real, split, gen, history, timings, t_all, bit_depth)
         accelerator.wait_for_everyone()
     finally:
         torch.set_num_threads(prev_threads)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fingerprint.core.errors import FingerprintError
+from fingerprint.core.intensity import significant_depth
 from fingerprint.evaluation.metrics import read_truth, roc_auc
 
 
@@ -37,6 +38,15 @@ def pixel_nn_auc(real: np.ndarray, labels: np.ndarray, generated: np.ndarray) ->
     return roc_auc(np.asarray(labels), -nearest_distances(real, generated))
 
 
+def _gray8(im: Image.Image) -> np.ndarray:
+    """8-bit gray pixels; a wide image (16-bit PNG) is scaled by its own bit depth, as `pack` does by default."""
+    if not im.mode.startswith("I"):
+        return np.asarray(im.convert("L"), np.uint8)
+    a = np.asarray(im).astype(np.float64)
+    top = (1 << significant_depth(float(a.max()))) - 1
+    return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
 def _read_folder(folder: Path, prefix: str) -> tuple[list[str], np.ndarray]:
     files = sorted(folder.glob(f"{prefix}_*.png"))
     if not files:
@@ -45,7 +55,7 @@ def _read_folder(folder: Path, prefix: str) -> tuple[list[str], np.ndarray]:
     for f in files:
         try:
             with Image.open(f) as im:
-                arrs.append(np.asarray(im.convert("L"), np.uint8))
+                arrs.append(_gray8(im))
         except (OSError, UnidentifiedImageError) as e:
             raise FingerprintError(f"{f}: cannot read image ({e})") from None
     shapes = {a.shape for a in arrs}

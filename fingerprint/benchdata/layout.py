@@ -16,9 +16,11 @@ import io
 import logging
 import os
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -103,26 +105,55 @@ def traceability(sources: dict[str, np.ndarray | None], used_rows: dict[str, np.
     return out
 
 
+BIT_DEPTHS = (8, 12, 16)
+
+
 def _png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(arr, "L").save(buf, format="PNG", compress_level=3)
+    Image.fromarray(arr, "L" if arr.dtype == np.uint8 else None).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
 
 
-def _write_pngs(folder: Path, prefix: str, images: np.ndarray, digits: int, pool: ThreadPoolExecutor) -> list[str]:
+def widen(arr: np.ndarray, bits: int, seed: Sequence[int]) -> np.ndarray:
+    """8-bit pixels as `bits`-bit values in a 16-bit container (uint16), as CT slices are stored.
+
+    v -> v * (2^bits - 1) / 255 plus seeded dither within 0.45 of an 8-bit step,
+    so the image uses the fine levels of its depth and maps back (by its own
+    depth, `value / (2^bits - 1)`) to the same 8-bit value. The extra levels
+    are dither, not extra anatomy: this exercises the wide-input path.
+    """
+    top = (1 << bits) - 1
+    step = top / 255.0
+    dither = np.random.default_rng(list(seed)).uniform(-0.45, 0.45, arr.shape) * step
+    return np.clip(np.rint(arr.astype(np.float64) * step + dither), 0, top).astype(np.uint16)
+
+
+def _write_pngs(
+    folder: Path, prefix: str, images: np.ndarray, digits: int, pool: ThreadPoolExecutor, bits: int = 8, seed: int = 0
+) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     width = max(digits, len(str(len(images))))
     keys = [f"{prefix}_{i + 1:0{width}d}" for i in range(len(images))]
+    tag = zlib.crc32(f"{folder.parent.name}/{folder.name}".encode())
 
     def write(k: int) -> None:
-        (folder / f"{keys[k]}.png").write_bytes(_png_bytes(images[k]))
+        arr = images[k] if bits == 8 else widen(images[k], bits, (seed & 0xFFFFFFFF, tag, k))
+        (folder / f"{keys[k]}.png").write_bytes(_png_bytes(arr))
 
     list(pool.map(write, range(len(images))))
     return keys
 
 
 def sample_and_write(
-    out_dir: Path, p: SynthParams, real: RealImages, split: dict, gen, history: dict, timings: dict, t_all: float
+    out_dir: Path,
+    p: SynthParams,
+    real: RealImages,
+    split: dict,
+    gen,
+    history: dict,
+    timings: dict,
+    t_all: float,
+    bits: int = 8,
 ) -> None:
     """Sample, write the layout and synth.json into `out_dir` (atomically); see the module docstring."""
     t0 = time.perf_counter()
@@ -163,10 +194,10 @@ def sample_and_write(
                 ("dev/not_used", "not_used", split["dev_not_used"], 4),
                 ("test/real_unknown_1", "real_unknown", test_idx, 4),
             ):
-                keys = _write_pngs(tmp / folder, prefix, real.images[idx], digits, pool)
+                keys = _write_pngs(tmp / folder, prefix, real.images[idx], digits, pool, bits, p.seed)
                 sources += [(k, folder, real.sources[i]) for k, i in zip(keys, idx)]
-            _write_pngs(tmp / "dev" / "generated", "generated", dev_gen, 4, pool)
-            _write_pngs(tmp / "test" / "generated_1", "generated", test_gen, 5, pool)
+            _write_pngs(tmp / "dev" / "generated", "generated", dev_gen, 4, pool, bits, p.seed)
+            _write_pngs(tmp / "test" / "generated_1", "generated", test_gen, 5, pool, bits, p.seed)
         unknown_keys = [s[0] for s in sources if s[1] == "test/real_unknown_1"]
         truth = "figure_id,label\n" + "".join(f"{k},{int(y)}\n" for k, y in zip(unknown_keys, test_lab))
         (tmp / "test_truth.csv").write_text(truth)
@@ -184,6 +215,7 @@ def sample_and_write(
         info = _info(p, real, history, dev_rej, test_rej, difficulty, timings, siblings)
         info["realism"] = realism
         info["generator"]["traceability"] = traced
+        info["bit_depth"] = bits
         write_json(tmp / "synth.json", info)
     log.info(
         "wrote %s: pixel-NN AUC dev %.3f, test %.3f (%.0f s)",

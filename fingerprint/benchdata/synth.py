@@ -14,6 +14,7 @@ from typing import Any
 from fingerprint.benchdata.benchmark import build_benchmark
 from fingerprint.benchdata.cases import AUDIT_CASES, build_audit_case, build_subsets
 from fingerprint.benchdata.generators import families
+from fingerprint.benchdata.layout import BIT_DEPTHS
 from fingerprint.benchdata.params import LEVELS
 from fingerprint.core.config import check_fields, fail, option
 from fingerprint.core.files import check_writable
@@ -98,6 +99,12 @@ class SynthConfig:
     )
     cpu: bool | None = _opt("train on the CPU even if a GPU is present")
     progress: bool = option(True, help="progress bars")
+    bit_depth: int = option(
+        8,
+        choices=BIT_DEPTHS,
+        help="write the images at this depth: 12 (12-bit values in 16-bit PNGs, as CT slices are stored) or 16; "
+        "the 8-bit images widened with seeded dither (the benchmark only, not audit cases or subsets)",
+    )
     # collection-level benchmarks (fingerprint.benchdata.cases)
     audit_case: str | None = _opt(
         "also write an audit case in OUT/audit/ (candidate + reference drawn from the test split)",
@@ -120,12 +127,14 @@ class SynthConfig:
         check_fields(self)
         if self.generator is not None and self.generator not in families():
             raise fail(self, "generator", f"must be one of {', '.join(families())}, got {self.generator!r}")
+        if self.bit_depth != 8 and (self.audit_case is not None or self.subsets is not None):
+            raise fail(self, "bit_depth", "applies to the benchmark layout only, not to audit cases or subsets")
         if self.audit_case is not None and self.subsets is not None:
             raise fail(self, "audit_case", "and synth.subsets build different benchmarks: give one")
 
     def overrides(self) -> dict[str, Any]:
         """The SynthParams / generator-config overrides (None = not given)."""
-        fixed = {"out", "level", "seed", "real_dir", "force", "progress", "generator", *_CASE_FIELDS}
+        fixed = {"out", "level", "seed", "real_dir", "force", "progress", "generator", "bit_depth", *_CASE_FIELDS}
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in fixed}
         return values | {"family": self.generator}
 
@@ -148,4 +157,4 @@ def run_synth(cfg: SynthConfig) -> dict:
             cfg.out, case=cfg.audit_case, fraction=cfg.audit_fraction, n_candidate=cfg.candidate or 50,
             n_reference=cfg.reference or 100, progress=cfg.progress, **common, **cfg.overrides(),
         )  # fmt: skip
-    return build_benchmark(cfg.out, progress=cfg.progress, **common, **cfg.overrides())
+    return build_benchmark(cfg.out, progress=cfg.progress, bit_depth=cfg.bit_depth, **common, **cfg.overrides())

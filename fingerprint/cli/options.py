@@ -35,6 +35,7 @@ from tqdm import tqdm
 from fingerprint.core.config import FieldSpec, coerce, fields_of, load_config_file, values_from_mapping
 from fingerprint.core.errors import FingerprintError, os_error_text
 from fingerprint.core.logs import setup_logging
+from fingerprint.data import urls
 
 #: set to 1 to show tracebacks of every command (what --debug does)
 DEBUG_ENV = "FINGERPRINT_DEBUG"
@@ -91,6 +92,16 @@ def build_parser(command: str, cls: type, description: str | None = None) -> arg
     parser = argparse.ArgumentParser(prog=f"fingerprint {command}", description=description)
     parser.add_argument("--config", help="TOML or YAML file holding any of these flags (flags override it)")
     parser.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
+    network = parser.add_argument_group("network reads (http(s) shards and manifests)")
+    network.add_argument(
+        "--stall-timeout", type=int, metavar="SECONDS",
+        help=f"abandon a transfer that sends nothing for this long (default {urls.DEFAULT_STALL_SECONDS}, or "
+        f"${urls.STALL_ENV})",
+    )  # fmt: skip
+    network.add_argument(
+        "--retries", type=int, metavar="N",
+        help=f"retries of a stalled or failed transfer (default {urls.DEFAULT_RETRIES}, or ${urls.RETRIES_ENV})",
+    )  # fmt: skip
     add_config_arguments(parser, cls, command)
     return parser
 
@@ -113,6 +124,11 @@ def parse_config(command: str, cls: type, argv: Sequence[str], description: str 
     if known.config:
         apply_config_file(parser, cls, known.config)
     ns = vars(parser.parse_args(argv))
+    if ns.get("stall_timeout") is not None and ns["stall_timeout"] < 1:
+        raise FingerprintError(f"--stall-timeout must be >= 1, got {ns['stall_timeout']}")
+    if ns.get("retries") is not None and ns["retries"] < 0:
+        raise FingerprintError(f"--retries must be >= 0, got {ns['retries']}")
+    urls.set_network_limits(ns.get("stall_timeout"), ns.get("retries"))
     values = {}
     for spec in fields_of(cls):
         value = ns[spec.name]

@@ -15,6 +15,11 @@ def run(cfg: PackConfig) -> int:
         f"{cfg.out}: {man['count']} images in {len(man['shards'])} shards ({groups}); "
         f"{man['converted']} converted, {man['n_skipped']} skipped; {man['seconds']:.1f} s"
     )
+    depths, rule = man["intensity"]["depths"], man["intensity"]
+    wide = ", ".join(f"{n} at {d} bits" for d, n in depths.items() if d != "8")
+    if wide:
+        how = f"window {rule['window'][0]:g},{rule['window'][1]:g}" if rule["rule"] == "window" else rule["rule"]
+        print(f"  wider than 8 bits: {wide}; mapped by the {how} rule, stored at {rule['stored_bits']} bits")
     return 0
 
 

@@ -254,8 +254,16 @@ def _coerce_one(spec: FieldSpec, value: Any, bad: FingerprintError) -> Any:
         raise bad from None
 
 
+#: the tables a config file may hold: one per command (each command reads its own and ignores the others)
+SECTIONS = ("synth", "pack", "inspect", "adapt", "pretrain", "train", "embed", "index", "profile", "fuse", "score",
+            "compare", "cluster", "evaluate", "validate", "report", "run", "audit", "attribute", "demo")  # fmt: skip
+
+
 def load_config_file(path: str | Path, section: str) -> dict[str, Any]:
-    """Read a TOML or YAML config file into a flat {key: value}: top-level keys, then the `[section]` table."""
+    """Read a TOML or YAML config file into a flat {key: value}: top-level keys, then the `[section]` table.
+
+    A table not named after a command (a misspelled `[rnu]`) is an error naming it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FingerprintError(f"{path}: config file not found")
@@ -269,6 +277,11 @@ def load_config_file(path: str | Path, section: str) -> dict[str, Any]:
         raise FingerprintError(f"{path}: cannot parse config ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise FingerprintError(f"{path}: config must be a table of flag = value")
+    unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in SECTIONS]
+    if unknown:
+        raise FingerprintError(
+            f"{path}: unknown table '[{unknown[0]}]' (tables are named after commands: {', '.join(SECTIONS)})"
+        )
     flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
     if isinstance(data.get(section), dict):
         flat.update(data[section])

@@ -162,6 +162,32 @@ def remove_if_empty(folders: list[Path]) -> None:
                 shutil.rmtree(folder)
 
 
+@contextlib.contextmanager
+def output_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """A command's output folder: when the block fails, everything it created there is removed again.
+
+    For commands whose outputs are many files and folders written in turn
+    (audit, attribute): each file is still written atomically, and on any
+    error or interrupt the files and folders that did not exist before the
+    block are removed, then `out` itself (and the parents made for it) when
+    the block created it, so a failed command leaves its output absent or as
+    it was (files it replaced with force are the new, complete versions).
+    """
+    out = Path(out)
+    new = created_folders(out)
+    before = set(out.rglob("*")) if out.is_dir() else set()
+    try:
+        yield out
+    except BaseException:
+        if out.is_dir():
+            for p in sorted(out.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+                if p not in before:
+                    with contextlib.suppress(OSError):
+                        _remove(p)
+        remove_if_empty(new)
+        raise
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
@@ -185,6 +211,29 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FingerprintError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise FingerprintError(f"{path}: not valid JSON ({e})") from None
+
+
+def text_lines(path: str | os.PathLike, what: str = "file") -> list[str]:
+    """The lines of a small text table (truth, id and run files), read alike everywhere.
+
+    UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"), LF or
+    CRLF line ends; a final line end does not make a blank line. Fields are
+    for the caller to strip (str.strip also removes non-breaking spaces). A
+    missing or undecodable file is a FingerprintError naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FingerprintError(f"{path}: {what} not found")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise FingerprintError(f"{path}: {what} is not UTF-8 text (undecodable byte at offset {e.start})") from None
+    except OSError as e:
+        raise os_error(e, path) from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def _json_default(o: Any) -> Any:

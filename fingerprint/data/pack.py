@@ -28,9 +28,12 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from fingerprint import __version__
-
+from fingerprint.core.config import ConfigError, check_fields, exists_error, option
+from fingerprint.core.errors import FingerprintError
+from fingerprint.core.files import atomic_path, check_writable, sha256_bytes, sha256_file, write_json
+from fingerprint.core.logs import JsonlLogger, is_main_process
+from fingerprint.core.vocab import LABELS, ROLES
 from fingerprint.data import urls
-from fingerprint.core.config import check_fields, exists_error, option
 from fingerprint.data.shards import (
     DEFAULT_ENCODING,
     DEFAULT_MAX_COUNT,
@@ -40,20 +43,21 @@ from fingerprint.data.shards import (
     SHARD_PATTERN,
 )
 from fingerprint.data.sources import (
+    DEFAULT_MAX_IMAGE_MEMORY,
     ENCODINGS,
+    INTENSITY_RULES,
     LAYOUTS,
+    LINKS,
+    Intensity,
     SourceImage,
     encode_pixels,
     find_sources,
     load_image,
     make_keys,
+    parse_window,
     pixel_sha256,
     unreadable_reason,
 )
-from fingerprint.core.errors import FingerprintError
-from fingerprint.core.logs import JsonlLogger, is_main_process
-from fingerprint.core.files import atomic_path, check_writable, sha256_bytes, sha256_file, write_json
-from fingerprint.core.vocab import LABELS, ROLES
 
 log = logging.getLogger(__name__)
 _TAR_USER = "fingerprint"
@@ -101,6 +105,34 @@ class PackConfig:
         parse=parse_size,
         help="payload bytes per shard at most, e.g. 256M (a shard may exceed it by one sample)",
     )
+    intensity: str = option(
+        "depth",
+        choices=INTENSITY_RULES,
+        help="how images of more than 8 bits map to the model's range: depth (by the image's own bit depth: 12-bit "
+        "values in a 16-bit file are value/4095) or full (value/65535); see --window",
+    )
+    window: str | None = option(
+        None, help="LO,HI: map stored values LO..HI to black..white, clipped (a CT window); overrides --intensity"
+    )
+    bits: int = option(
+        16,
+        choices=(8, 16),
+        help="stored depth of images of more than 8 bits: 16 keeps every grey level, 8 quantises them "
+        "(8-bit images are always stored at 8 bits)",
+    )
+    links: str = option(
+        "follow",
+        choices=LINKS,
+        help="links to files and folders: follow them, or only those that stay inside the input folder "
+        "(inside); a link that cannot be followed is a counted skip",
+    )
+    max_image_memory: int = option(
+        DEFAULT_MAX_IMAGE_MEMORY,
+        min=1,
+        parse=parse_size,
+        help="an image that would take more memory than this to decode (width x height x (bytes per pixel + 12)) is "
+        "a counted skip, e.g. 512M",
+    )
     strict: bool = option(False, help="an unreadable image is an error instead of a counted skip")
     force: bool = option(False, help="replace an existing output folder")
     seed: int = option(0, help="seed of the sample order")
@@ -108,6 +140,13 @@ class PackConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        try:
+            parse_window(self.window)
+        except ValueError as e:
+            raise ConfigError(f"pack.window: {e}") from None
+
+    def intensity_rule(self) -> Intensity:
+        return Intensity(self.intensity, parse_window(self.window))
 
 
 def run_pack(cfg: PackConfig) -> dict[str, Any]:
@@ -125,6 +164,11 @@ def run_pack(cfg: PackConfig) -> dict[str, Any]:
         strict=cfg.strict,
         force=cfg.force,
         manifest=cfg.manifest,
+        intensity=cfg.intensity,
+        window=cfg.window,
+        bits=cfg.bits,
+        links=cfg.links,
+        max_image_memory=cfg.max_image_memory,
     )
     seconds = time.perf_counter() - t0
     JsonlLogger(cfg.log).log(
@@ -197,6 +241,11 @@ def pack(
     strict: bool = False,
     force: bool = False,
     manifest: str | os.PathLike | None = None,
+    intensity: str = "depth",
+    window: str | None = None,
+    bits: int = 16,
+    links: str = "follow",
+    max_image_memory: int = DEFAULT_MAX_IMAGE_MEMORY,
 ) -> dict[str, Any]:
     """Pack the images of `src` into shards in `out`; returns the manifest written to out/manifest.json.
 
@@ -211,13 +260,14 @@ def pack(
     src, out = Path(src), Path(out)
     cfg = PackConfig(
         src=src, out=out, layout=layout, manifest=manifest, image_size=image_size, encoding=encoding,
-        max_count=max_count, max_size=max_size, strict=strict, force=force, seed=seed,
+        max_count=max_count, max_size=max_size, strict=strict, force=force, seed=seed, intensity=intensity,
+        window=window, bits=bits, links=links, max_image_memory=max_image_memory,
     )  # fmt: skip
     if out.exists() and not force:
         raise exists_error(cfg, out)
     if out.resolve() == src.resolve() or out.resolve() in src.resolve().parents:
         raise FingerprintError(f"{out}: output folder must not be the input folder or hold it")
-    layout, images = find_sources(src, layout, manifest)
+    layout, images = find_sources(src, layout, manifest, links)
     keys = make_keys(images)
     renamed = [{"path": s.rel, "key": k} for s, k in zip(images, keys) if k != Path(s.rel).stem]
     if renamed:
@@ -235,12 +285,13 @@ def pack(
         tmp.mkdir(parents=True)
         sink = _ShardSink(tmp, max_count, max_size)
         try:
-            counts, skipped, n_converted = _write_samples(sink, images, keys, order, cfg)
+            counts, skipped, n_converted, depths = _write_samples(sink, images, keys, order, cfg)
         finally:
             sink.close()
         if not sink.shards:
             raise FingerprintError(f"{src}: no readable images ({len(skipped)} skipped)")
         man = _manifest(cfg, layout, sink, tmp, counts, skipped, n_converted) | {"renamed": renamed}
+        man["intensity"] = _intensity_record(cfg, depths)
         write_json(tmp / "manifest.json", man)
     log.info(
         "packed %d images into %d shards in %s (%d converted, %d skipped)",
@@ -265,25 +316,33 @@ def _pack_to_url(src: str | os.PathLike, out: str, *, force: bool, **options: An
 
 def _write_samples(
     sink: _ShardSink, images: list[SourceImage], keys: list[str], order: list[int], cfg: PackConfig
-) -> tuple[Counter, list[dict[str, str]], int]:
-    """Read, convert and write every image in `order`; returns (role/label counts, skipped, converted)."""
+) -> tuple[Counter, list[dict[str, str]], int, Counter]:
+    """Read, convert and write every image in `order`; returns (role/label counts, skipped, converted, bit depths)."""
     skipped: list[dict[str, str]] = []
     counts: Counter = Counter()
+    depths: Counter = Counter()
     n_converted = 0
+    rule = cfg.intensity_rule()
     for i in tqdm(order, desc=f"pack {cfg.src.name}", unit="img", disable=not is_main_process()):
         item, key = images[i], keys[i]
         try:
+            if item.problem is not None:
+                raise _Unusable(item.problem)
             data = item.path.read_bytes()
-            pixels, info, unchanged = load_image(data, cfg.image_size)
-        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as e:
-            reason = unreadable_reason(e)
+            pixels, info, unchanged = load_image(
+                data, cfg.image_size, intensity=rule, store_bits=cfg.bits, max_bytes=cfg.max_image_memory
+            )
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError,
+                MemoryError, _Unusable) as e:  # fmt: skip
+            reason = str(e) if isinstance(e, _Unusable) else unreadable_reason(e)
             if cfg.strict:
                 raise FingerprintError(f"{item.path}: unreadable image ({reason})") from None
             log.warning("skipping %s: unreadable image (%s)", item.path, reason)
-            skipped.append({"path": item.rel, "reason": reason})
+            skipped.append({"path": item.rel, "reason": reason, "role": item.role})
             continue
         stored = data if (unchanged and cfg.encoding == "png") else encode_pixels(pixels, cfg.encoding)
         n_converted += info["converted"] is not None
+        depths[info.get("bit_depth", 8)] += 1
         record = {
             "key": key,
             "role": item.role,
@@ -297,7 +356,27 @@ def _write_samples(
         files = {"json": json.dumps(record, sort_keys=True).encode(), cfg.encoding: stored}
         sink.write(key, files, f"{item.role}/{item.label}")
         counts[(item.role, item.label)] += 1
-    return counts, skipped, n_converted
+    if len(depths) > 1:
+        log.warning(
+            "%s: images arrive at different bit depths (%s); each is mapped by the %s rule (manifest.json 'intensity')",
+            cfg.src, ", ".join(f"{n} at {d} bits" for d, n in sorted(depths.items())), rule.describe()["rule"],
+        )  # fmt: skip
+    return counts, skipped, n_converted, depths
+
+
+class _Unusable(Exception):
+    """An input listed with a problem (a broken or refused link): skipped without reading."""
+
+
+def _intensity_record(cfg: PackConfig, depths: Counter) -> dict[str, Any]:
+    """The manifest's record of how intensities were mapped, and the bit depths the images arrived at."""
+    wide = sum(n for d, n in depths.items() if d != 8)
+    return {
+        **cfg.intensity_rule().describe(),
+        "stored_bits": cfg.bits if wide else 8,
+        "depths": {str(d): n for d, n in sorted(depths.items())},
+        "mixed": len(depths) > 1,
+    }
 
 
 def _manifest(

@@ -26,12 +26,12 @@ import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from fingerprint.data import urls
 from fingerprint.core.config import check_fields, option
-from fingerprint.data.sources import pixel_sha256, unreadable_reason
 from fingerprint.core.errors import FingerprintError
-from fingerprint.core.logs import is_main_process
 from fingerprint.core.files import read_json, sha256_bytes
+from fingerprint.core.logs import is_main_process
+from fingerprint.data import urls
+from fingerprint.data.sources import pixel_sha256, unreadable_reason
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,47 @@ class ShardSet:
 def _check_manifest(man: Any, where: str) -> dict[str, Any]:
     if not isinstance(man, dict) or man.get("format") != FORMAT:
         raise FingerprintError(f"{where}: not a fingerprint shard manifest")
-    if man.get("format_version", 0) > FORMAT_VERSION:
+    version = man.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FingerprintError(f"{where}: format_version is {version!r}, not a number")
+    if version > FORMAT_VERSION:
         raise FingerprintError(f"{where}: format version {man.get('format_version')} is newer than this tool reads")
+    _check_manifest_fields(man, where)
     return man
+
+
+#: the manifest fields every reader relies on, and their JSON types
+_MANIFEST_FIELDS = {"count": int, "encoding": str, "image_size": int, "shards": list, "counts": dict}
+_SHARD_FIELDS = {"name": str, "count": int, "bytes": int, "sha256": str}
+
+
+def _check_manifest_fields(man: dict[str, Any], where: str) -> None:
+    """The fields readers use have their types (`shards` must be there), each shard entry names a plain .tar file."""
+    for key, kind in _MANIFEST_FIELDS.items():
+        value = man.get(key)
+        if (key in man or key == "shards") and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise FingerprintError(f"{where}: '{key}' is {man.get(key)!r}, expected a JSON {_json_kind(kind)}")
+    names = set()
+    for i, entry in enumerate(man["shards"]):
+        if not isinstance(entry, dict):
+            raise FingerprintError(
+                f"{where}: shards[{i}] is {entry!r}, expected an object (name, count, bytes, sha256)"
+            )
+        for key, kind in _SHARD_FIELDS.items():
+            if key in entry and (not isinstance(entry[key], kind) or isinstance(entry[key], bool)):
+                raise FingerprintError(
+                    f"{where}: shards[{i}].{key} is {entry[key]!r}, expected a JSON {_json_kind(kind)}"
+                )
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.endswith(".tar") or not _plain_member_name(name):
+            raise FingerprintError(f"{where}: shards[{i}].name is {name!r}, expected a shard file name (*.tar)")
+        if name in names:
+            raise FingerprintError(f"{where}: shards[{i}].name {name!r} is listed twice")
+        names.add(name)
+
+
+def _json_kind(kind: type) -> str:
+    return {int: "number", str: "string", list: "list", dict: "object"}[kind]
 
 
 def read_manifest(shards_dir: str | os.PathLike) -> dict[str, Any]:
@@ -294,6 +332,8 @@ def iter_shard(url: str, expect: dict[str, Any] | None = None, *, checksum: bool
                 tally.raw.close()
             except (OSError, ValueError) as closing:
                 reason = urls.reader_error(closing)
+        if reason.startswith("stalled"):
+            raise FingerprintError(f"{url}: {reason}") from None
         raise FingerprintError(f"{url}: corrupt or truncated shard ({reason})") from None
     finally:
         if tally is not None and not done:
@@ -328,13 +368,14 @@ def decode_sample(sample: dict[str, Any]) -> tuple[str, np.ndarray, dict[str, An
     try:
         if "npy" in sample:
             pixels = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
-            if pixels.dtype != np.uint8 or pixels.ndim != 2:
-                raise ValueError(f"npy array is {pixels.dtype} {pixels.shape}, expected uint8 HxW")
+            if pixels.dtype not in (np.uint8, np.uint16) or pixels.ndim != 2:
+                raise ValueError(f"npy array is {pixels.dtype} {pixels.shape}, expected uint8 or uint16 HxW")
+            pixels = pixels.astype(pixels.dtype.newbyteorder("="), copy=False)
         elif "png" in sample:
             with Image.open(io.BytesIO(sample["png"])) as img:
-                if img.mode != "L":
-                    raise ValueError(f"png mode is {img.mode}, expected L")
-                pixels = np.asarray(img, dtype=np.uint8)
+                if img.mode not in ("L", "I;16"):
+                    raise ValueError(f"png mode is {img.mode}, expected L (8-bit) or I;16 (16-bit)")
+                pixels = np.asarray(img, dtype=np.uint8 if img.mode == "L" else np.uint16)
         else:
             raise FingerprintError(f"{where}: no png or npy image")
     except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
-from fingerprint.data import urls
-from fingerprint.data.shards import ShardSet, decode_sample, iter_shard, resolve
 from fingerprint.core.errors import FingerprintError
 from fingerprint.core.vocab import LABELS, ROLES
+from fingerprint.data import urls
+from fingerprint.data.shards import ShardSet, decode_sample, iter_shard, resolve
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,10 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
         raise FingerprintError(
             f"images of different sizes in one batch {sorted(shapes)}: read shards packed with one pack.image_size"
         )
-    image = torch.from_numpy(np.stack([s["pixels"] for s in samples]))[:, None]
+    pixels = [s["pixels"] for s in samples]
+    if any(p.dtype != np.uint8 for p in pixels):  # 16-bit images (alone or mixed with 8-bit): float [0,1] now
+        pixels = [unit_float(p) for p in pixels]
+    image = torch.from_numpy(np.stack(pixels))[:, None]
     return {
         "key": [s["key"] for s in samples],
         "image": image,
@@ -225,8 +228,16 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
     }
 
 
+def unit_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 or uint16 pixels -> float32 in [0, 1] (by the dtype's range)."""
+    top = np.float32(np.iinfo(pixels.dtype).max)
+    a = pixels.astype(np.float32)
+    return np.divide(a, top, out=a)
+
+
 def to_float(batch: Batch, image_size: int | None = None) -> Batch:
-    """uint8 image -> float32 [0,1], resized (bilinear, antialiased) if `image_size` differs."""
+    """uint8 image -> float32 [0,1] (float images, from 16-bit shards, as they are), resized (bilinear,
+    antialiased) if `image_size` differs."""
     x = batch["image"]
     if x.dtype == torch.uint8:
         if x.device.type == "cpu":  # numpy's conversion is ~10x faster than Tensor.float() on CPU here

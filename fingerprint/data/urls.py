@@ -15,15 +15,19 @@ a packed folder to an fsspec URL, the manifest last.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from webdataset.gopen import gopen, gopen_schemes
+from webdataset.gopen import Pipe, gopen, gopen_curl, gopen_schemes
 from webdataset.shardlists import expand_urls
 
 from fingerprint.core.errors import FingerprintError
+
+log = logging.getLogger(__name__)
 
 #: URL schemes opened through fsspec (registered in webdataset.gopen.gopen_schemes)
 FSSPEC_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "hdfs", "webhdfs", "memory")
@@ -114,10 +118,127 @@ def gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
     return fs.open(path, mode)
 
 
+#: environment variables holding the network read limits (set by every command's --stall-timeout and --retries)
+STALL_ENV, RETRIES_ENV = "FINGERPRINT_STALL_TIMEOUT", "FINGERPRINT_RETRIES"
+DEFAULT_STALL_SECONDS, DEFAULT_RETRIES = 60, 3
+#: curl's exit status when a transfer ran below --speed-limit for --speed-time seconds (or timed out connecting)
+CURL_TIMED_OUT = 28
+
+
+def network_limits() -> tuple[int, int]:
+    """(stall seconds, retries) of http(s) reads: $FINGERPRINT_STALL_TIMEOUT, $FINGERPRINT_RETRIES, else 60 and 3."""
+
+    def read(name: str, default: int, low: int) -> int:
+        text = os.environ.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise FingerprintError(f"{name}={text!r}: not a whole number") from None
+        if value < low:
+            raise FingerprintError(f"{name}={text!r}: must be >= {low}")
+        return value
+
+    return read(STALL_ENV, DEFAULT_STALL_SECONDS, 1), read(RETRIES_ENV, DEFAULT_RETRIES, 0)
+
+
+def set_network_limits(stall: int | None = None, retries: int | None = None) -> None:
+    """Set the http(s) read limits for this process and the processes it starts (worker processes, launches)."""
+    if stall is not None:
+        os.environ[STALL_ENV] = str(int(stall))
+    if retries is not None:
+        os.environ[RETRIES_ENV] = str(int(retries))
+    network_limits()  # refuse bad values now
+
+
+#: curl exit statuses worth another try: could not connect, partial file, empty reply, send/receive failure, stall
+_TRANSIENT = {7, 18, 52, 55, 56, CURL_TIMED_OUT}
+
+
+def curl_command(url: str) -> list[str]:
+    """The curl command that reads `url`: a transfer that delivers under 1 byte/s for the stall time is abandoned
+    (curl's --speed-limit/--speed-time, exit 28), and connecting may take no longer than that either."""
+    stall, _ = network_limits()
+    return ["curl", "--connect-timeout", str(min(30, stall)), "--speed-limit", "1", "--speed-time", str(stall),
+            "-f", "-s", "-L", url]  # fmt: skip
+
+
+def curl_status(e: BaseException) -> int | None:
+    """The exit status of a failed curl reader in a gopen error, else None."""
+    text = str(e.args[0]) if getattr(e, "args", None) else ""
+    m = re.search(r": exit (\d+) \(read\)", text)
+    return int(m.group(1)) if m and "'curl'" in text else None
+
+
+class RetryingCurl:
+    """A curl reader that starts again after a stall or a dropped connection, up to `retries` times.
+
+    The new transfer starts from the beginning and the bytes already handed
+    out are read and dropped, so the reader sees one unbroken stream (no
+    Range support needed from the server). A failure that persists raises
+    the last curl error (exit 28: stalled).
+    """
+
+    def __init__(self, url: str, bufsize: int = 8192):
+        self.url, self.bufsize, self.offset = url, bufsize, 0
+        self.left = network_limits()[1]
+        self.pipe = self._open()
+        self.closed = False
+
+    def _open(self) -> Pipe:
+        return Pipe(curl_command(self.url), mode="rb", bufsize=self.bufsize, ignore_status=[141])
+
+    def _retry(self, e: OSError) -> None:
+        if curl_status(e) not in _TRANSIENT or self.left <= 0:
+            raise e
+        self.left -= 1
+        log.warning("%s: %s; trying again (%d retries left)", self.url, reader_error(e), self.left)
+        with contextlib.suppress(OSError, ValueError):
+            self.pipe.close()
+        self.pipe = self._open()
+        skip = self.offset
+        while skip > 0:
+            got = self.pipe.read(min(skip, 1 << 20))
+            if not got:
+                self.pipe.close()  # raises the reason the transfer ended early
+                raise OSError(f"{self.url}: shorter on a second read ({self.offset - skip} of {self.offset} bytes)")
+            skip -= len(got)
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:  # to the end, in chunks: the end of each transfer is checked inside read(n)
+            return b"".join(iter(lambda: self.read(1 << 20), b""))
+        while True:
+            try:
+                data = self.pipe.read(n)
+                if not data and not self.closed:
+                    self.pipe.close()  # a failed transfer raises here
+                    self.closed = True
+                self.offset += len(data)
+                return data
+            except OSError as e:
+                self._retry(e)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pipe.close()
+
+
+def gopen_http(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
+    """gopen handler for http(s): a curl reader with a stall timeout and retries (`curl_command`, `RetryingCurl`)."""
+    if mode[0] != "r":
+        return gopen_curl(url, mode, bufsize)
+    return RetryingCurl(url, bufsize)
+
+
 def register_schemes() -> None:
-    """Send the object-store schemes to fsspec in WebDataset's gopen table (idempotent)."""
+    """Send the object-store schemes to fsspec, and http(s) to the curl reader with a stall timeout, in WebDataset's
+    gopen table (idempotent)."""
     for s in FSSPEC_SCHEMES:
         gopen_schemes[s] = gopen_fsspec
+    for s in ("http", "https"):
+        gopen_schemes[s] = gopen_http
 
 
 register_schemes()
@@ -150,16 +271,26 @@ def read_bytes(url: str) -> bytes:
     except FileNotFoundError:
         raise FingerprintError(f"{url}: not found") from None
     except (OSError, ValueError) as e:
-        raise FingerprintError(f"{url}: cannot read ({reader_error(e)})") from None
+        reason = reader_error(e)
+        text = reason if reason.startswith("stalled") else f"cannot read ({reason})"
+        raise FingerprintError(f"{url}: {text}") from None
 
 
 def reader_error(e: BaseException) -> str:
     """A short reason from a gopen error (a failed curl/pipe command says only its exit status)."""
     text = str(e.args[0]) if getattr(e, "args", None) else type(e).__name__
     m = re.search(r": exit (\d+) \(read\)", text)
+    if curl_status(e) == CURL_TIMED_OUT:
+        return stalled_text()
     if m:
         return f"reader command exited with status {m.group(1)}"
     return text.split(" @ ")[0]
+
+
+def stalled_text() -> str:
+    """`stalled after N s (...)`: the cause of a read curl abandoned for want of data."""
+    stall, retries = network_limits()
+    return f"stalled after {stall} s (no data for {stall} s, {retries + 1} tries; see --stall-timeout, --retries)"
 
 
 def exists(url: str) -> bool:

@@ -47,6 +47,7 @@ from sklearn.metrics import (
 )
 
 from fingerprint.core.errors import FingerprintError
+from fingerprint.core.files import text_lines
 from fingerprint.core.vocab import METRICS, SCORE_METRICS, SCORE_SCALES, THRESHOLD_RULES
 
 log = logging.getLogger(__name__)
@@ -349,27 +350,29 @@ def label_share_warning(
 
 
 def read_truth(path: str | Path) -> dict[str, int]:
-    """Read a truth file (`figure_id,label` header, 1 = used) into {key: 0|1}."""
+    """Read a truth file (`figure_id,label` header, 1 = used) into {key: 0|1}.
+
+    Read like id and run files (`utils.text_lines`: a byte-order mark, CRLF
+    line ends and spaces around fields are accepted); blank lines are skipped.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FingerprintError(f"{path}: truth file not found")
+    rows = list(csv.reader(text_lines(path, "truth file")))
+    header = rows[0] if rows else None
+    if header is None or [h.strip() for h in header[:2]] != ["figure_id", "label"] or len(header) != 2:
+        found = ",".join(header) if header else "nothing"
+        raise FingerprintError(f"{path}: line 1: expected the header 'figure_id,label', found {found!r}")
     truth: dict[str, int] = {}
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["figure_id", "label"]:
-            raise FingerprintError(f"{path}: line 1: expected header 'figure_id,label'")
-        for lineno, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != 2:
-                raise FingerprintError(f"{path}: line {lineno}: expected 2 fields, got {len(row)}")
-            key, label = row[0].strip(), row[1].strip()
-            if label not in ("0", "1"):
-                raise FingerprintError(f"{path}: line {lineno}: label must be 0 or 1, got {label!r}")
-            if key in truth:
-                raise FingerprintError(f"{path}: line {lineno}: figure_id {key!r} appears twice")
-            truth[key] = int(label)
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != 2:
+            raise FingerprintError(f"{path}: line {lineno}: expected 2 fields, got {len(row)}")
+        key, label = row[0].strip(), row[1].strip()
+        if label not in ("0", "1"):
+            raise FingerprintError(f"{path}: line {lineno}: label must be 0 or 1, got {label!r}")
+        if key in truth:
+            raise FingerprintError(f"{path}: line {lineno}: figure_id {key!r} appears twice")
+        truth[key] = int(label)
     if not truth:
         raise FingerprintError(f"{path}: truth file has no rows")
     return truth

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from fingerprint.core.config import check_fields, option
 from fingerprint.core.errors import FingerprintError
-from fingerprint.core.files import atomic_path
+from fingerprint.core.files import atomic_path, text_lines
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,7 @@ def load_ids(path: str | Path | None = None) -> list[str]:
         text = resources.files("fingerprint").joinpath("data", DEFAULT_IDS).read_text()
         source = f"fingerprint/data/{DEFAULT_IDS}"
     else:
-        path = Path(path)
-        if not path.is_file():
-            raise FingerprintError(f"{path}: id file not found")
-        try:
-            text = path.read_text()
-        except UnicodeDecodeError:
-            raise FingerprintError(f"{path}: id file is not UTF-8 text") from None
+        text = "\n".join(text_lines(path, "id file"))
         source = str(path)
     ids = [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
@@ -104,7 +98,7 @@ def read_run_file(path: str | Path) -> dict[str, int]:
     if problems:
         raise FingerprintError(f"{path}: {problems[0]}")
     out = {}
-    for line in path.read_text().splitlines():
+    for line in text_lines(path, "run file"):
         key, label = (f.strip() for f in line.split(","))
         out[key] = int(label)
     return out
@@ -120,17 +114,14 @@ def validate(path: str | Path, ids: Sequence[str] | None = None) -> list[str]:
 
 
 def _check(path: Path, ids: list[str] | None) -> list[str]:
-    if not path.is_file():
-        raise FingerprintError(f"{path}: run file not found")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        return [f"encoding: {RULES['encoding']} (undecodable byte at offset {e.start})"]
-    if text.strip() == "":
+        lines = text_lines(path, "run file")
+    except FingerprintError as e:
+        if "not UTF-8" not in str(e):
+            raise
+        return [f"encoding: {RULES['encoding']} ({str(e).rsplit('(', 1)[-1]}"]
+    if "".join(lines).strip() == "":
         return [f"empty-file: {RULES['empty-file']}"]
-    lines = text.split("\n")
-    if lines[-1] == "":  # a final newline ends the last row; it is not a blank line
-        lines.pop()
     known = set(ids) if ids is not None else None
     seen: dict[str, int] = {}
     problems: list[str] = []

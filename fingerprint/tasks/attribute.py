@@ -27,7 +27,7 @@ import numpy as np
 from fingerprint.core.config import check_fields, command_line, exists_error, fail, option
 from fingerprint.core.distributed import seed_everything, set_threads
 from fingerprint.core.errors import FingerprintError
-from fingerprint.core.files import write_json, write_text
+from fingerprint.core.files import output_folder, write_json, write_text
 from fingerprint.core.logs import JsonlLogger
 from fingerprint.data.stream import StreamConfig, load_all
 from fingerprint.embedding.features import Features
@@ -134,26 +134,28 @@ def run_attribute(cfg: AttributeConfig) -> dict:
     out = Path(cfg.out)
     if (out / "attribution.json").exists() and not cfg.force:
         raise exists_error(cfg, out / "attribution.json")
-    seed_everything(cfg.seed)
-    set_threads(cfg.threads)
-    t0 = time.perf_counter()
-    data = _attribution_data(cfg, out)
-    pair, null_pair = _pair_functions(cfg, data)
-    result = attribute_embeddings(
-        data["gen"].embeddings, data["real"].embeddings, data["real_subset"],
-        null_emb=None if data["null"] is None else data["null"].embeddings, k=cfg.k, how=cfg.agg, m=cfg.m,
-        alpha=cfg.alpha, pair_score=pair, null_pair_score=null_pair, seed=cfg.seed, index_factory=cfg.index_factory,
-    )  # fmt: skip
-    ids = data["gen"].keys.tolist()
-    rows = attribution_rows(ids, result)
-    write_text(out / "attribution.csv", "figure_id,subset,score\n" + "".join(f"{i},{s},{v!r}\n" for i, s, v in rows))
-    summary = attribution_summary(cfg, data, result)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json(out / "attribution.json", summary)
-    JsonlLogger(out / "log.jsonl").log(stage="attribute", seconds=summary["seconds"], n=len(ids))
-    if cfg.report:
-        run_report(ReportConfig(run_dir=out, seed=cfg.seed, force=True))
-    return summary
+    with output_folder(out):
+        seed_everything(cfg.seed)
+        set_threads(cfg.threads)
+        t0 = time.perf_counter()
+        data = _attribution_data(cfg, out)
+        pair, null_pair = _pair_functions(cfg, data)
+        result = attribute_embeddings(
+            data["gen"].embeddings, data["real"].embeddings, data["real_subset"],
+            null_emb=None if data["null"] is None else data["null"].embeddings, k=cfg.k, how=cfg.agg, m=cfg.m,
+            alpha=cfg.alpha, pair_score=pair, null_pair_score=null_pair, seed=cfg.seed, index_factory=cfg.index_factory,
+        )  # fmt: skip
+        ids = data["gen"].keys.tolist()
+        rows = attribution_rows(ids, result)
+        lines = "".join(f"{i},{s},{v!r}\n" for i, s, v in rows)
+        write_text(out / "attribution.csv", "figure_id,subset,score\n" + lines)
+        summary = attribution_summary(cfg, data, result)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(out / "attribution.json", summary)
+        JsonlLogger(out / "log.jsonl").log(stage="attribute", seconds=summary["seconds"], n=len(ids))
+        if cfg.report:
+            run_report(ReportConfig(run_dir=out, seed=cfg.seed, force=True))
+        return summary
 
 
 def _attribution_data(cfg: AttributeConfig, out: Path) -> dict:

@@ -35,7 +35,7 @@ import numpy as np
 from fingerprint.core.config import check_fields, command_line, exists_error, fail, option
 from fingerprint.core.distributed import seed_everything, set_threads
 from fingerprint.core.errors import FingerprintError
-from fingerprint.core.files import sha256_bytes, write_json, write_text
+from fingerprint.core.files import output_folder, sha256_bytes, write_json, write_text
 from fingerprint.core.logs import JsonlLogger
 from fingerprint.membership.scorers import get_scorer, scorer_names
 from fingerprint.report.build import ReportConfig, run_report
@@ -163,30 +163,31 @@ def run_audit(cfg: AuditConfig) -> dict:
     out = Path(cfg.out)
     if (out / "audit.json").exists() and not cfg.force:
         raise exists_error(cfg, out / "audit.json")
-    seed_everything(cfg.seed)
-    set_threads(cfg.threads)
-    t0 = time.perf_counter()
-    name = cfg.scorer or default_scorer()
-    scorer = get_scorer(name)
-    shards = _pack_inputs(cfg, out)
-    model = _audit_model(cfg, scorer, out)
-    groups, provenance = audit_groups(cfg, shards, model)
-    params = {"k": cfg.k, "batch_size": cfg.batch_size, "pixel_size": cfg.pixel_size,
-              "ssim_candidates": cfg.ssim_candidates}  # fmt: skip
-    scores = score_together(
-        name, groups, shards["generated"], out, model=model, params=params, index_factory=cfg.index_factory,
-        seed=cfg.seed, threads=cfg.threads,
-    )  # fmt: skip
-    summary = audit_summary(cfg, name, scores, provenance)
-    rows = "".join(f"{k},{g},{s!r}\n" for k, g, s in zip(scores.keys, scores.groups, scores.scores.tolist()))
-    write_text(out / "audit_scores.csv", "key,group,score\n" + rows)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
-    write_json(out / "audit.json", summary)
-    JsonlLogger(out / "log.jsonl").log(stage="audit", seconds=summary["seconds"], pvalue=summary["test"]["pvalue"])
-    log.info("audit: %s", summary["verdict"])
-    if cfg.report:
-        run_report(ReportConfig(run_dir=out, seed=cfg.seed, force=True))
-    return summary
+    with output_folder(out):
+        seed_everything(cfg.seed)
+        set_threads(cfg.threads)
+        t0 = time.perf_counter()
+        name = cfg.scorer or default_scorer()
+        scorer = get_scorer(name)
+        shards = _pack_inputs(cfg, out)
+        model = _audit_model(cfg, scorer, out)
+        groups, provenance = audit_groups(cfg, shards, model)
+        params = {"k": cfg.k, "batch_size": cfg.batch_size, "pixel_size": cfg.pixel_size,
+                  "ssim_candidates": cfg.ssim_candidates}  # fmt: skip
+        scores = score_together(
+            name, groups, shards["generated"], out, model=model, params=params, index_factory=cfg.index_factory,
+            seed=cfg.seed, threads=cfg.threads,
+        )  # fmt: skip
+        summary = audit_summary(cfg, name, scores, provenance)
+        rows = "".join(f"{k},{g},{s!r}\n" for k, g, s in zip(scores.keys, scores.groups, scores.scores.tolist()))
+        write_text(out / "audit_scores.csv", "key,group,score\n" + rows)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json(out / "audit.json", summary)
+        JsonlLogger(out / "log.jsonl").log(stage="audit", seconds=summary["seconds"], pvalue=summary["test"]["pvalue"])
+        log.info("audit: %s", summary["verdict"])
+        if cfg.report:
+            run_report(ReportConfig(run_dir=out, seed=cfg.seed, force=True))
+        return summary
 
 
 def _pack_inputs(cfg: AuditConfig, out: Path) -> dict[str, Path]:

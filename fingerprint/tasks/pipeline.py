@@ -58,6 +58,7 @@ from fingerprint.membership.scorers import get_scorer, untrained_scorers
 from fingerprint.report.build import run_report
 from fingerprint.tasks.configs import RUN_FILE_SCORER, RunConfig, RunPaths
 from fingerprint.tasks.plan import (
+    EVERY_TEST_IMAGE,
     RunPlan,
     plan_run,
     score_config,
@@ -144,6 +145,8 @@ def _run_stages(plan: RunPlan) -> dict:
     t0 = time.perf_counter()
     for s, pack in plan.pack.items():
         stage(f"pack-{s}", run_pack, pack, [paths.shards(s) / "manifest.json"], inputs=[pack.src])
+    if "test" in plan.pack:
+        check_test_pack(plan.pack["test"].src, paths.shards("test"))
     fusion = plan.fusion
     if fusion["adapt"] is not None:
         stage("adapt", run_adapt, fusion["adapt"], [paths.model / METRIC_META])
@@ -182,6 +185,15 @@ def _run_stages(plan: RunPlan) -> dict:
     write_json(out / "run.json", summary)
     stage.log.log(stage="run", seconds=round(total, 3))
     return summary
+
+
+def check_test_pack(src: Path, shards: Path) -> None:
+    """A real test image that pack skipped (unreadable, too large) is an error naming it: it has no score."""
+    for skip in read_manifest(shards).get("skipped", []):
+        if skip.get("role") == "real":
+            raise FingerprintError(
+                f"{src / skip['path']}: unreadable test image ({skip['reason']}); {EVERY_TEST_IMAGE}"
+            )
 
 
 def check_run_file(paths: RunPaths, test_ids: list[str] | None) -> None:

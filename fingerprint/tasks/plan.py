@@ -8,6 +8,7 @@ error before packing and training, not after.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +30,7 @@ from fingerprint.data.sources import find_sources, make_keys
 from fingerprint.embedding.embed import EmbedConfig
 from fingerprint.embedding.index import IndexConfig
 from fingerprint.evaluation.evaluate import EvaluateConfig
+from fingerprint.evaluation.metrics import read_truth
 from fingerprint.evaluation.scorefiles import read_score_meta
 from fingerprint.membership.fuse import FuseConfig
 from fingerprint.membership.profile import ProfileConfig
@@ -89,6 +91,8 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     packed = [s for s in SPLITS if s not in given]
     truth = check_data_dir(data, packed, cfg.truth)
     test_ids = input_ids(data, packed)
+    if truth is not None:
+        check_truth(truth, test_ids)
     train = _train_config(paths, cfg)
     check_index_factory(cfg.index_factory, train.embed_dim)
     embed, index = {}, {}
@@ -124,11 +128,54 @@ def input_ids(data_dir: Path | None, splits: Sequence[str] = SPLITS) -> list[str
     """
     ids = None
     for split in splits:
-        _, images = find_sources(data_dir / split)
+        layout, images = find_sources(data_dir / split)
+        check_split_classes(data_dir / split, split, layout, images)
         keys = make_keys(images)  # raises on a real image's unusable or repeated name, naming the files
         if split == "test":
+            for image in images:
+                if image.role == "real" and image.problem is not None:
+                    raise FingerprintError(f"{image.path}: {image.problem}; {EVERY_TEST_IMAGE}")
             ids = sorted(k for k, image in zip(keys, images) if image.role == "real")
     return ids
+
+
+EVERY_TEST_IMAGE = "the run file must list every real test image (fix or remove it)"
+#: the folders each split of a run needs, per layout: (role, label or None for any, folder named in the error)
+_NEEDED = {
+    ("dev", "dev"): [("generated", None, "generated/"), ("real", "used", "used/"), ("real", "not_used", "not_used/")],
+    ("dev", "seed"): [("generated", None, "generated/"), ("real", "used", "real_used/"),
+                      ("real", "not_used", "real_unused/")],
+    ("test", "test"): [("generated", None, "generated_1/"), ("real", None, "real_unknown_1/")],
+}  # fmt: skip
+
+
+def check_split_classes(folder: Path, split: str, layout: str, images: Sequence) -> None:
+    """A run's dev split needs a generated pool and both real classes, the test split generated and real images:
+    one missing (or holding no usable image) is an error naming its folder, before any stage runs."""
+    needed = _NEEDED.get((split, layout)) or _NEEDED[(split, split)]
+    usable = Counter((i.role, i.label) for i in images if i.problem is None)
+    names = ", ".join(name for *_, name in needed)
+    for role, label, name in needed:
+        count = sum(c for (r, lab), c in usable.items() if r == role and (label is None or lab == label))
+        if count == 0:
+            where = folder if layout == "manifest" else folder / name.rstrip("/")
+            raise FingerprintError(f"{where}: missing or holds no usable image (the {split} split needs {names})")
+
+
+def check_truth(truth: Path, test_ids: list[str] | None) -> None:
+    """The truth file reads (`metrics.read_truth`) and labels exactly the real test images: an error naming the
+    truth file now, before any stage, rather than at evaluate."""
+    labels = read_truth(truth)
+    if test_ids is None:
+        return
+    missing = [i for i in test_ids if i not in labels]
+    extra = sorted(set(labels) - set(test_ids))
+    if missing:
+        raise FingerprintError(
+            f"{truth}: {len(missing)} real test image(s) have no label (first: {', '.join(missing[:3])})"
+        )
+    if extra:
+        raise FingerprintError(f"{truth}: {len(extra)} label(s) for no real test image (first: {', '.join(extra[:3])})")
 
 
 def check_index_factory(factory: str, dim: int) -> None:

@@ -334,3 +334,16 @@ def test_two_process_launch(tmp_path):
     assert info["generator"]["world_size"] == 2
     assert len(_pngs(out / "test" / "real_unknown_1")) == 20
     assert res.stdout.count("pixel-NN AUC dev") == 1  # one report, from rank 0
+
+
+def test_widen_writes_wide_values_that_map_back_to_the_8_bit_image():
+    from fingerprint.benchdata.layout import widen
+
+    img = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)
+    img[0, 0], img[0, 1] = 0, 255
+    for bits in (12, 16):
+        wide = widen(img, bits, (1, 2, 3))
+        top = (1 << bits) - 1
+        assert wide.dtype == np.uint16 and wide.max() <= top and len(np.unique(wide)) > 256
+        np.testing.assert_array_equal(np.rint(wide / top * 255).astype(np.uint8), img)
+        np.testing.assert_array_equal(wide, widen(img, bits, (1, 2, 3)))  # seeded

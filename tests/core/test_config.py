@@ -93,7 +93,7 @@ def test_coerce_values_from_text_and_files():
 
 def test_config_files(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('k = 7\n[demo]\nrule = "youden"\n[other]\nk = 9\n')
+    f.write_text('k = 7\n[demo]\nrule = "youden"\n[train]\nk = 9\n')
     assert load_config_file(f, "demo") == {"k": 7, "rule": "youden"}
     assert values_from_mapping(Demo, {"k": "3", "fast": "on"}, "f") == {"k": 3, "fast": True}
     with pytest.raises(FingerprintError, match=r"^f: unknown key 'nope' for 'fingerprint demo'$"):
@@ -133,3 +133,16 @@ def test_non_finite_floats_are_refused_naming_the_field(value):
     for name in ("lr", "clip_grad", "warmup", "weight_decay", "val_fraction"):
         with pytest.raises(ConfigError, match=rf"train\.{name} must be a finite number"):
             TrainConfig(shards=Path("s"), out=Path("o"), **{name: value})
+
+
+def test_unknown_tables_are_refused_naming_them(tmp_path):
+    from fingerprint.core.config import SECTIONS
+
+    f = tmp_path / "c.toml"
+    f.write_text("k = 3\n[rnu]\nepochs = 2\n")
+    with pytest.raises(FingerprintError, match=r"c.toml: unknown table '\[rnu\]'"):
+        load_config_file(f, "score")
+    f.write_text("k = 3\n[train]\nepochs = 2\n[score]\nk = 5\n")  # another command's table is that command's
+    assert load_config_file(f, "score") == {"k": 5}
+    sections = {importlib.import_module(module).main.config.SECTION for module, _ in COMMANDS.values()}
+    assert sections <= set(SECTIONS), sections - set(SECTIONS)

@@ -64,3 +64,43 @@ def test_check_writable_fails_early_and_leaves_nothing(tmp_path):
     with pytest.raises(FingerprintError, match="not a folder"):
         check_writable(tmp_path / "file" / "sub")
     assert Path(tmp_path / "ro").is_dir()
+
+
+def test_text_lines_reads_bom_crlf_alike(tmp_path):
+    from fingerprint.core.files import text_lines
+
+    f = tmp_path / "t.csv"
+    for raw in (b"\xef\xbb\xbfa,1\r\nb,0\r\n", b"a,1\nb,0\n", b"a,1\rb,0", b"\xef\xbb\xbfa,1\nb,0"):
+        f.write_bytes(raw)
+        assert text_lines(f, "truth file") == ["a,1", "b,0"]
+    f.write_bytes(b"a,1\n\nb,0\n")
+    assert text_lines(f) == ["a,1", "", "b,0"]
+    f.write_bytes(b"\xff\xfe")
+    with pytest.raises(FingerprintError, match="t.csv: id file is not UTF-8 text"):
+        text_lines(f, "id file")
+    with pytest.raises(FingerprintError, match="none.csv: truth file not found"):
+        text_lines(tmp_path / "none.csv", "truth file")
+
+
+def test_output_folder_removes_what_a_failed_block_created(tmp_path):
+    from fingerprint.core.files import output_folder
+
+    out = tmp_path / "a" / "out"
+    with pytest.raises(FingerprintError):
+        with output_folder(out):
+            (out / "shards" / "x").mkdir(parents=True)
+            (out / "shards" / "x" / "s.tar").write_text("partial")
+            raise FingerprintError("failed")
+    assert not (tmp_path / "a").exists()
+    out.mkdir(parents=True)
+    (out / "mine.txt").write_text("kept")
+    (out / "old").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with output_folder(out):
+            (out / "old" / "new.json").write_text("{}")
+            (out / "new").mkdir()
+            raise KeyboardInterrupt
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["mine.txt", "old"]
+    with output_folder(out):
+        (out / "done.json").write_text("{}")
+    assert (out / "done.json").exists()

@@ -155,8 +155,12 @@ def test_conversion_rgb_16bit_and_size(tmp_path):
     assert px.shape == (SIZE, SIZE) and rec["orig_size"] == [24, 24] and rec["orig_mode"] == "RGB"
     assert "RGB->L" in rec["converted"] and "24x24->16x16" in rec["converted"]
     px, rec = got["deep"]
-    np.testing.assert_array_equal(px, gray(4))  # v*257/257 is exact
-    assert rec["orig_mode"].startswith("I;16") and "value/257" in rec["converted"]
+    np.testing.assert_array_equal(px, g16)  # a full-range 16-bit image is stored at 16 bits, unchanged
+    assert rec["orig_mode"].startswith("I;16") and "16-bit (value/65535)" in rec["converted"]
+    assert rec["bit_depth"] == 16 and rec["stored_bits"] == 16
+    assert man["intensity"] == {"rule": "depth", "stored_bits": 16, "depths": {"8": 6, "16": 1}, "mixed": True}
+    pack(src, tmp_path / "out8", image_size=SIZE, encoding="png", bits=8)
+    np.testing.assert_array_equal(read_back(tmp_path / "out8")["deep"][0], gray(4))  # v*257/257 is exact
     px, rec = got["big"]
     assert rec["orig_size"] == [32, 32] and "TIFF" in rec["converted"]
     assert rec["pixel_sha256"] == sources.pixel_sha256(px)
@@ -215,11 +219,11 @@ def test_interrupted_pack_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = packing.load_image
 
-    def flaky(data, size):
+    def flaky(data, size, **kw):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
-        return real(data, size)
+        return real(data, size, **kw)
 
     monkeypatch.setattr(packing, "load_image", flaky)
     with pytest.raises(KeyboardInterrupt):

@@ -332,3 +332,15 @@ def test_truncated_and_changed_shards_over_http_are_named(tmp_path):
             load_all(f"{base}/dev", StreamConfig())
         with pytest.raises(FingerprintError, match=rf"^{base}/nothing/manifest.json: cannot read"):
             load_all(f"{base}/nothing", StreamConfig())
+
+
+def test_collate_mixes_8_and_16_bit_images_on_one_scale():
+    from fingerprint.data.stream import collate, to_float
+
+    a = np.full((4, 4), 255, np.uint8)
+    b = np.full((4, 4), 65535 // 2, np.uint16)
+    batch = to_float(collate([{"key": k, "pixels": p, "role": "real", "label": "used", "shard": "s"}
+                              for k, p in (("a", a), ("b", b))]))  # fmt: skip
+    x = batch["image"]
+    assert x.dtype == torch.float32 and x.shape == (2, 1, 4, 4)
+    assert float(x[0].max()) == 1.0 and abs(float(x[1].max()) - 0.5) < 1e-4

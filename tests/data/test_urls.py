@@ -54,3 +54,28 @@ def test_object_store_without_its_extra_is_one_clear_line():
     with pytest.raises(FingerprintError, match=r"^s3://bucket/dev/manifest.json: s3:// needs an optional package "
                        r"\(pip install 'fingerprint\[s3\]'"):  # fmt: skip
         resolve("s3://bucket/dev")
+
+
+def test_http_reads_have_a_stall_timeout_and_retries(tmp_path, monkeypatch):
+    """curl gives up on a server that sends nothing for the stall time, tries again, then one line names the URL."""
+    import time
+
+    from serve import serve, serve_stalling
+
+    monkeypatch.setenv(urls.STALL_ENV, "1")
+    monkeypatch.setenv(urls.RETRIES_ENV, "1")
+    cmd = urls.curl_command("http://h/x.tar")
+    assert cmd[cmd.index("--speed-time") + 1] == "1" and cmd[cmd.index("--speed-limit") + 1] == "1"
+    (tmp_path / "a.tar").write_bytes(b"x" * 5000)
+    with serve_stalling(tmp_path, after=0) as base:
+        t0 = time.monotonic()
+        with pytest.raises(FingerprintError, match=r"/a.tar: stalled after 1 s \(no data for 1 s, 2 tries"):
+            urls.read_bytes(f"{base}/a.tar")
+        assert time.monotonic() - t0 < 30
+    with serve(tmp_path) as base:
+        assert urls.read_bytes(f"{base}/a.tar") == b"x" * 5000
+        with pytest.raises(FingerprintError, match=r"/b.tar: cannot read \(reader command exited with status 22\)"):
+            urls.read_bytes(f"{base}/b.tar")
+    monkeypatch.setenv(urls.STALL_ENV, "0")
+    with pytest.raises(FingerprintError, match="FINGERPRINT_STALL_TIMEOUT='0': must be >= 1"):
+        urls.network_limits()

@@ -213,7 +213,7 @@ def _tiny_layout(root: Path) -> Path:
         (None, ["--k", "0"], "--k must be >= 1, got 0"),
         ("train.toml", ["--train-config", "{toml}"], "train.lr must be a finite number, got nan"),
         ("collision", [], "same name as the real image"),
-        ("comma", [], "cannot hold dots, commas or whitespace"),
+        ("comma", [], "cannot hold dots, commas, quotes or whitespace"),
     ],
 )
 def test_every_option_and_input_name_is_checked_before_the_first_stage(tmp_path, capsys, fault, flags, message):
@@ -331,3 +331,23 @@ def test_quality_table_reads_a_finished_run(demo_run, tmp_path):
     assert again["auc"]["value"] == pytest.approx(row["auc"]["value"]) and again["kappa"] == pytest.approx(
         row["kappa"]["value"]
     )
+
+
+def test_splits_need_their_classes_and_the_truth_its_ids(tmp_path):
+    from fingerprint.data.sources import find_sources
+    from fingerprint.tasks.plan import check_split_classes, check_truth
+
+    make_layout(tmp_path / "dev", "dev", n_gen=2, n_real=1)
+    layout, images = find_sources(tmp_path / "dev")
+    check_split_classes(tmp_path / "dev", "dev", layout, images)
+    for name in ("not_used", "generated"):
+        kept = [i for i in images if not i.rel.startswith(name + "/")]
+        with pytest.raises(FingerprintError, match=rf"dev/{name}: missing or holds no usable image"):
+            check_split_classes(tmp_path / "dev", "dev", layout, kept)
+    truth = tmp_path / "truth.csv"
+    truth.write_bytes(b"\xef\xbb\xbffigure_id,label\r\na,1\r\nb,0\r\n")
+    check_truth(truth, ["a", "b"])
+    with pytest.raises(FingerprintError, match=r"truth.csv: 1 real test image\(s\) have no label \(first: c\)"):
+        check_truth(truth, ["a", "b", "c"])
+    with pytest.raises(FingerprintError, match=r"truth.csv: 1 label\(s\) for no real test image \(first: b\)"):
+        check_truth(truth, ["a"])
