@@ -3,14 +3,15 @@
 Not a speed benchmark: it measures what `fingerprint audit` and `fingerprint attribute` conclude on
 builds of known truth, with the commands' own library entry points.
 
-    python benchmarks/audit_quality.py audit --level medium --seed 0 --work runs/audq
-    python benchmarks/audit_quality.py attribute --level medium --seed 0 --work runs/audq
-    python benchmarks/audit_quality.py fixture --level medium --seed 0 --work runs/audq --scorers relation,ssim,dcr
+    python benchmarks/audit_quality.py audit --level medium --seed 0 --work benchmarks/work/aq
+    python benchmarks/audit_quality.py attribute --level medium --seed 0 --work benchmarks/work/aq
+    python benchmarks/audit_quality.py fixture --level medium --seed 0 --work benchmarks/work/aq \
+        --scorers relation,ssim,dcr
 
 audit: an audit-case build (candidate 50, reference 100; cached in WORK), its used / not-used /
 half-used cases, each audited with every scorer in --scorers (the relation model is trained once, on
 the dev split with half of it held out, and reused), plus the not-used candidate against the held-out
-dev not-used images (a false-positive check: held-out not-used images scored against the audited pool).
+dev not-used images (a false-positive check, scored against the audited pool).
 Calibration: the not-used case's 150 fresh images (candidate + reference, scored in one call) are
 re-split 1,000 times into 50 vs 100 (seeded), giving null p-values; their histogram and FPR go to
 docs/images/audit_null_<level>.png. Power: each used case's power curve, docs/images/audit_power_<level>.png.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +41,9 @@ from fingerprint.core.logs import setup_logging
 from fingerprint.tasks.attribute import PAIR_SCORES, AttributeConfig, run_attribute  # noqa: E402
 from fingerprint.tasks.audit import AuditConfig, run_audit
 from fingerprint.tasks.audit_stats import calibration_summary, null_pvalues, split_null
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line, machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 CASES = (("used", "used", None), ("not_used", "not_used", None), ("partial", "partial", 0.5))
@@ -230,7 +235,7 @@ def main() -> None:
     ap.add_argument("what", choices=("audit", "attribute", "fixture", "figures"))
     ap.add_argument("--level", default="medium")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default="runs/audit-quality", help="builds and outputs (default runs/audit-quality)")
+    ap.add_argument("--work", default="benchmarks/work/audit-quality", help="where the builds and runs go")
     ap.add_argument("--scorers", default="relation,ssim,dcr,emb_nn")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
@@ -244,6 +249,8 @@ def main() -> None:
     t0 = time.perf_counter()
     results = audit_quality(args) if args.what == "audit" else attribute_quality(args)
     results["seconds"] = round(time.perf_counter() - t0, 1)
+    results["command"] = command_line()
+    results["machine"] = machine_info("cpu")
     name = f"{args.what}_{args.level}_seed{args.seed}"
     write_json(ROOT / "results" / f"quality_{name}.json", results)
     if args.what == "audit":

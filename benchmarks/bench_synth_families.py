@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS_DIR, load_average, machine_info, ratio
+from common import RESULTS_DIR, command_line, load_average, machine_info, ratio
 
 from fingerprint.core.files import read_json, write_json
 
@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{fam:6s} {level:7s} seed {seed}: {b['wall_s']:.0f} s wall, {b['cpu_s']:.0f} s CPU, "
                           f"HF {b['hf_ratio']:.3f}, FD ratio {b['frechet']['ratio']:.2f}", flush=True)  # fmt: skip
                     builds.append(b)
-    result = {"benchmark": "synth_families", "machine": machine_info("cpu"), "budget_s": BUDGET_S,
-              "summary": summarize(builds), "builds": builds}  # fmt: skip
+    result = {"benchmark": "synth_families", "command": command_line(), "machine": machine_info("cpu"),
+              "budget_s": BUDGET_S, "summary": summarize(builds), "builds": builds}  # fmt: skip
     write_json(ns.out, result)
     print(f"wrote {ns.out}")
     return 0

@@ -5,8 +5,8 @@ Each generated image copies one used image (of either split; Zipf weights over a
 grid, N(0, amp) displacements smoothed once; `fingerprint.imaging.register.warp`), rotates it by N(0, 0.05) rad and
 scales it by N(1, 0.03), blurs it (sigma 0.8 px) and adds N(0, 0.02) noise. The real images, their roles
 and test_truth.csv are copied from the source build, so the only change is the generator. With `amp` 0.15
-the plain pixel-NN test ROC-AUC is about 0.68: the bends hide the copies from pixel distance. It stands
-for held-out generators that bend their training images rather than reproduce them.
+the plain pixel-NN test ROC-AUC is about 0.68: the bends hide the copies from pixel distance, which a
+membership scorer must see through (docs/quality.md).
 
     python benchmarks/bend_set.py SOURCE_BUILD OUT [--amp 0.15] [--seed 0]
 """

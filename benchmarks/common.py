@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -107,6 +108,25 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def source_commit() -> str | None:
+    """The repository's commit (with "-dirty" when tracked files differ from it), or None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        diff = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                              text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if diff.stdout.strip() else "")
+
+
+def command_line() -> str:
+    """This process's command line, as typed from the repository root."""
+    return " ".join(["python", *sys.argv])
+
+
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """CPU model, cores, memory, library versions and (for cuda) the GPU."""
     import faiss
@@ -134,6 +154,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "fingerprint": __version__,
         "torch_threads": torch.get_num_threads(),
         "device": device,
+        "commit": source_commit(),
     }
     if device == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -340,6 +361,7 @@ def finish(
     """Add the common fields (machine, load, size, seed, wall time) and write the JSON atomically."""
     full = {
         "benchmark": name,
+        "command": command_line(),
         "size": args.size,
         "device": args.device,
         "seed": args.seed,

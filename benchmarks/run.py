@@ -125,8 +125,7 @@ def render(results_dir: Path) -> str:
         lines += [f"### {title}", ""]
         if not group:
             lines += [
-                "Not run: no GPU was lent to the task that produced these results; `benchmarks/gpu.sh` "
-                "writes `results/gpu_*.json` on one.",
+                "Not run: no GPU results are recorded; `benchmarks/gpu.sh` writes `results/gpu_*.json` on one.",
                 "",
             ]
             continue
