@@ -99,6 +99,12 @@ def _image_files(folder: Path, root: Path, links: str = "follow") -> list[tuple[
     return sorted(out, key=lambda fp: fp[0].as_posix())
 
 
+def list_images(folder: str | os.PathLike, links: str = "follow") -> list[tuple[Path, str | None]]:
+    """(file, problem) for the image files under `folder`, links followed (see `_image_files`), sorted by path."""
+    base = Path(os.path.abspath(folder))
+    return _image_files(base, base.resolve(), links)
+
+
 def _layout_folders(src: Path, layout: str) -> list[tuple[Path, str, str]]:
     """(folder, role, label) for the folder layouts; empty when `src` does not match."""
 
