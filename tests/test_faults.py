@@ -363,7 +363,7 @@ def cut_at_member_boundary(sb):
 # ----------------------------------------------------------------------------- real-world inputs
 
 
-def ct_slice(bits: int = 12, top: int = 4080, size: int = 64) -> np.ndarray:
+def ct_slice(bits: int = 12, top: int = 4080, size: int = 256) -> np.ndarray:
     """A 16-bit container holding a `bits`-bit slice that uses every value 0..top (a CT slice as stored)."""
     values = np.arange(size * size) % (top + 1)
     values[-1] = top

@@ -22,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 
 from fingerprint.core.errors import FingerprintError
 from fingerprint.core.files import sha256_bytes
+from fingerprint.core.intensity import significant_depth
 from fingerprint.core.vocab import LABELS, ROLES
-from fingerprint.core.intensity import DEPTHS, significant_depth
 
 ENCODINGS = ("png", "npy")
 LAYOUTS = ("auto", "dev", "test", "seed", "manifest")
@@ -99,6 +99,12 @@ def _image_files(folder: Path, root: Path, links: str = "follow") -> list[tuple[
                 continue
             out.append((p, problem))
     return sorted(out, key=lambda fp: fp[0].as_posix())
+
+
+def list_images(folder: str | os.PathLike, links: str = "follow") -> list[tuple[Path, str | None]]:
+    """(file, problem) for the image files under `folder`, links followed (see `_image_files`), sorted by path."""
+    base = Path(os.path.abspath(folder))
+    return _image_files(base, base.resolve(), links)
 
 
 def _layout_folders(src: Path, layout: str) -> list[tuple[Path, str, str]]:
@@ -353,8 +359,6 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"not a window LO,HI with LO < HI: {text!r}")
     return lo, hi
-
-
 
 
 _WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I")

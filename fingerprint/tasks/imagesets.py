@@ -38,7 +38,7 @@ from fingerprint.core.files import read_json, write_json
 from fingerprint.core.vocab import LABEL_CODES
 from fingerprint.data.pack import pack
 from fingerprint.data.shards import iter_shard, shard_urls
-from fingerprint.data.sources import IMAGE_EXTS
+from fingerprint.data.sources import IMAGE_EXTS, list_images
 from fingerprint.data.stream import StreamConfig, load_all
 from fingerprint.embedding.embed import EmbedConfig, run_embed
 from fingerprint.embedding.features import Features
@@ -59,23 +59,24 @@ def is_shard_folder(path: str | os.PathLike) -> bool:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder` (recursive, hidden entries skipped), sorted by path."""
+    """Image files under `folder` (recursive, hidden entries skipped, links followed), sorted by path.
+
+    A link that cannot be followed is kept in the list: packing counts and lists it as skipped.
+    """
     if not folder.is_dir():
         raise FingerprintError(f"{folder}: image folder not found")
-    files = [
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_EXTS
-        and not any(s.startswith(".") for s in p.relative_to(folder).parts)
-    ]
+    base = Path(os.path.abspath(folder))
+    files = [folder / p.relative_to(base) for p, _ in list_images(folder)]
     if not files:
         raise FingerprintError(f"{folder}: no image files ({', '.join(IMAGE_EXTS)})")
-    return sorted(files, key=lambda p: p.as_posix())
+    return files
 
 
 def _link(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_symlink() and not src.exists():  # broken or a loop: staged as a link to the same place, for pack to skip
+        os.symlink(os.path.join(src.parent, os.readlink(src)), dst)
+        return
     try:
         os.link(src, dst)
     except OSError:  # another file system, or links not allowed: copy

@@ -12,6 +12,7 @@ from fingerprint.membership.score import ScoreConfig, run_score
 from fingerprint.tasks.imagesets import (
     check_unique_keys,
     content_ids,
+    image_files,
     is_shard_folder,
     members,
     pack_collection,
@@ -79,3 +80,21 @@ def test_score_together_is_the_score_stage_on_every_group_at_once(tiny_audit_bui
     assert together.conditions["one_scoring_call"] and together.conditions["pixel_size"] == 64
     # equal up to float32 rounding (FAISS's L2 in float32 depends on which queries share a batch)
     np.testing.assert_allclose(together.scores, [expected[k] for k in together.keys], rtol=1e-5, atol=0)
+
+
+def test_collections_follow_links_and_count_broken_ones(tmp_path):
+    """A collection assembled from links: a linked folder is followed, a broken link is a counted, listed skip."""
+    from PIL import Image
+
+    elsewhere, coll = tmp_path / "elsewhere", tmp_path / "coll"
+    elsewhere.mkdir()
+    coll.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(elsewhere / f"x{i}.png")
+    (coll / "part").symlink_to(elsewhere, target_is_directory=True)
+    (coll / "gone.png").symlink_to(tmp_path / "missing.png")
+    assert [p.relative_to(coll).as_posix() for p in image_files(coll)] == [
+        "gone.png", "part/x0.png", "part/x1.png", "part/x2.png"]  # fmt: skip
+    out = pack_collection(coll, tmp_path / "out", role="real", label="unknown", image_size=16)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["count"] == 3 and man["n_skipped"] == 1 and "broken link" in man["skipped"][0]["reason"]
