@@ -15,7 +15,7 @@ Calibration: the not-used case's 150 fresh images (candidate + reference, scored
 re-split 1,000 times into 50 vs 100 (seeded), giving null p-values; their histogram and FPR go to
 docs/images/audit_null_<level>.png. Power: each used case's power curve, docs/images/audit_power_<level>.png.
 attribute: a 3-subset build, attributed with each pair score. Results: benchmarks/results/quality_*.json.
-fixture: after `audit`, writes the used case's scores to tests/data/ (the cached fixture of the medium test).
+fixture: after `audit`, writes the used case's scores to tests/fixtures/ (the cached fixture of the medium test).
 figures: redraws every figure from the saved results.
 """
 
@@ -57,9 +57,9 @@ def audit_quality(args) -> dict:
     if not (data / "synth.json").is_file():
         build_audit_case(data, case="used", n_candidate=50, n_reference=100, level=args.level, seed=args.seed)
     results: dict = {"level": args.level, "seed": args.seed, "data": str(data), "scorers": {}}
-    model = None
     for scorer in args.scorers.split(","):
-        row = results["scorers"].setdefault(scorer, {})
+        model = None  # each scorer's model (relation network, fusion) is fitted by its first audit, then reused
+        row = results["scorers"].setdefault(scorer, {"measured": time.strftime("%Y-%m-%d", time.gmtime())})
         for folder, case, fraction in CASES:
             where = data / f"audit-{folder}"
             if not (where / "case.json").is_file():
@@ -209,7 +209,7 @@ def _forced_accuracy(summary: dict, data: Path) -> float:
 
 
 def write_fixture(args) -> Path:
-    """tests/data/audit_<level>_seed<seed>_used.csv: the used case's candidate and reference scores per scorer.
+    """tests/fixtures/audit_<level>_seed<seed>_used.csv: the used case's candidate and reference scores per scorer.
 
     The cached fixture of tests/test_audit.py's medium test (a medium build and its audits take minutes).
     """
@@ -219,7 +219,7 @@ def write_fixture(args) -> Path:
         with open(out_root / f"used-{scorer}" / "audit_scores.csv", newline="") as f:
             rows += [f"{scorer},{r['key']},{r['group']},{r['score']}" for r in csv.DictReader(f)
                      if r["group"] in ("candidate", "reference")]  # fmt: skip
-    path = ROOT.parent / "tests" / "data" / f"audit_{args.level}_seed{args.seed}_used.csv"
+    path = ROOT.parent / "tests" / "fixtures" / f"audit_{args.level}_seed{args.seed}_used.csv"
     path.parent.mkdir(exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -231,8 +231,9 @@ def main() -> None:
     ap.add_argument("--level", default="medium")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/audit-quality")
-    ap.add_argument("--scorers", default="relation,ssim,dcr,emb_nn")
+    ap.add_argument("--scorers", default="fused,relation,ssim,dcr,emb_nn")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the saved rows of scorers not re-run")
     args = ap.parse_args()
     setup_logging()
     if args.what == "fixture":
@@ -245,7 +246,12 @@ def main() -> None:
     results = audit_quality(args) if args.what == "audit" else attribute_quality(args)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     name = f"{args.what}_{args.level}_seed{args.seed}"
-    write_json(ROOT / "results" / f"quality_{name}.json", results)
+    path = ROOT / "results" / f"quality_{name}.json"
+    if args.keep and path.is_file():  # scorers / pair scores not re-run keep their saved rows
+        key = "scorers" if args.what == "audit" else "pair_scores"
+        saved = json.loads(path.read_text())
+        results[key] = {**saved.get(key, {}), **results[key]}
+    write_json(path, results)
     if args.what == "audit":
         null_figure(results, ROOT.parent / "docs" / "images" / f"audit_null_{args.level}.png")
         power_figure(results, ROOT.parent / "docs" / "images" / f"audit_power_{args.level}.png")
