@@ -187,7 +187,7 @@ def attribute_quality(args) -> dict:
             seed=args.seed, force=True, report=args.report,
         )  # fmt: skip
         s = run_attribute(cfg)
-        model = model or Path(s["model"])
+        model = model or (Path(s["model"]) if s["model"] else None)
         results["pair_scores"][pair] = {"metrics": s["metrics"], "counts": s["counts"], "threshold": s["threshold"],
                                         "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
         forced = AttributeConfig(
@@ -214,12 +214,15 @@ def write_fixture(args) -> Path:
     The cached fixture of tests/test_audit.py's medium test (a medium build and its audits take minutes).
     """
     out_root = Path(args.work) / f"out-{args.level}-seed{args.seed}"
+    path = ROOT.parent / "tests" / "fixtures" / f"audit_{args.level}_seed{args.seed}_used.csv"
+    scorers = args.scorers.split(",")
     rows = ["scorer,key,group,score"]
-    for scorer in args.scorers.split(","):
+    if args.keep and path.is_file():  # the saved rows of scorers not re-run
+        rows += [line for line in path.read_text().splitlines()[1:] if line.split(",")[0] not in scorers]
+    for scorer in scorers:
         with open(out_root / f"used-{scorer}" / "audit_scores.csv", newline="") as f:
             rows += [f"{scorer},{r['key']},{r['group']},{r['score']}" for r in csv.DictReader(f)
                      if r["group"] in ("candidate", "reference")]  # fmt: skip
-    path = ROOT.parent / "tests" / "fixtures" / f"audit_{args.level}_seed{args.seed}_used.csv"
     path.parent.mkdir(exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
     return path
