@@ -55,15 +55,18 @@ def _scores(folder: Path) -> dict[str, np.ndarray]:
 def audit_quality(args) -> dict:
     data = Path(args.work) / f"audit-{args.level}-seed{args.seed}"
     if not (data / "synth.json").is_file():
-        build_audit_case(data, case="used", n_candidate=50, n_reference=100, level=args.level, seed=args.seed)
-    results: dict = {"level": args.level, "seed": args.seed, "data": str(data), "scorers": {}}
+        build_audit_case(data, case="used", n_candidate=args.candidate, n_reference=args.reference, level=args.level,
+                         seed=args.seed)  # fmt: skip
+    results: dict = {"level": args.level, "seed": args.seed, "data": str(data), "scorers": {},
+                     "candidate": args.candidate, "reference": args.reference}  # fmt: skip
     for scorer in args.scorers.split(","):
         model = None  # each scorer's model (relation network, fusion) is fitted by its first audit, then reused
         row = results["scorers"].setdefault(scorer, {"measured": time.strftime("%Y-%m-%d", time.gmtime())})
         for folder, case, fraction in CASES:
             where = data / f"audit-{folder}"
             if not (where / "case.json").is_file():
-                select_audit_case(data, where, case=case, fraction=fraction, seed=args.seed)
+                select_audit_case(data, where, case=case, fraction=fraction, n_candidate=args.candidate,
+                                  n_reference=args.reference, seed=args.seed)  # fmt: skip
             out = Path(args.work) / f"out-{args.level}-seed{args.seed}" / f"{folder}-{scorer}"
             t0 = time.perf_counter()
             cfg = AuditConfig(
@@ -78,7 +81,7 @@ def audit_quality(args) -> dict:
             if folder == "not_used":
                 sc = _scores(out)
                 pool = np.concatenate([sc["candidate"], sc["reference"]])
-                p = null_pvalues(split_null(pool, 50, 100), 1000, seed=args.seed)
+                p = null_pvalues(split_null(pool, args.candidate, args.reference), 1000, seed=args.seed)
                 row["null_resplit"] = calibration_summary(p, alpha=0.05) | {"pvalues": p.tolist()}
             if folder == "used":
                 row["power"] = s["power"]
@@ -236,6 +239,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/audit-quality")
     ap.add_argument("--scorers", default="fused,relation,ssim,dcr,emb_nn")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--candidate", type=int, default=50, help="audit: candidate size of each case")
+    ap.add_argument("--reference", type=int, default=100, help="audit: reference size of each case")
     ap.add_argument("--keep", action="store_true", help="keep the saved rows of scorers not re-run")
     args = ap.parse_args()
     setup_logging()
