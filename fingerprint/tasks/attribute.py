@@ -6,11 +6,14 @@ images. How the evidence is retrieved, scored, aggregated and decided (and the
 metrics) is `fingerprint.tasks.attribute_stats`.
 
 The stage (`run_attribute(AttributeConfig)`, `fingerprint attribute`) uses
-membership scoring's own parts: the trained model's unit-norm embeddings,
-`fingerprint.embedding.index` FAISS indexes (one per subset), and, by default, the
-model's relation head as the pair score (`relation_pair_score`: the real
-image is the query and the generated image its support, the orientation the
-head was trained in).
+membership scoring's own parts. By default the evidence is the calibrated
+profile's pixel spaces (`profile_pair_score`: each generated image's nearest
+reals per subset by normalised pixels at 32 px, each pair scored by -log L2
+distance summed over px64, pn32 and px16; no model). Otherwise a trained
+model's unit-norm embeddings retrieve (`fingerprint.embedding.index` FAISS
+indexes, one per subset) and the pair score is the model's relation head
+(`relation_pair_score`: the real image is the query and the generated image
+its support, the orientation the head was trained in), the cosine, or pixels.
 """
 
 from __future__ import annotations
