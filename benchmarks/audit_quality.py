@@ -6,6 +6,9 @@ builds of known truth, with the commands' own library entry points.
     python benchmarks/audit_quality.py audit --level medium --seed 0 --work /tmp/audq
     python benchmarks/audit_quality.py attribute --level medium --seed 0 --work /tmp/audq
     python benchmarks/audit_quality.py fixture --level medium --seed 0 --work /tmp/audq --scorers relation,ssim,dcr
+    python benchmarks/audit_quality.py audit --level tiny --candidate 20 --reference 100 --scorers fused,ssim,relation
+
+--keep keeps the saved rows of scorers not re-run; --collect rebuilds the results from the audits already in WORK.
 
 audit: an audit-case build (candidate 50, reference 100; cached in WORK), its used / not-used /
 half-used cases, each audited with every scorer in --scorers (the relation model is trained once, on
@@ -74,10 +77,12 @@ def audit_quality(args) -> dict:
                 generated=data / "test" / "generated_1", dev=data / "dev", out=out, scorer=scorer, model=model,
                 seed=args.seed, force=True, report=args.report,
             )  # fmt: skip
-            s = run_audit(cfg)
+            s = json.loads((out / "audit.json").read_text()) if args.collect else run_audit(cfg)
             if s["conditions"].get("model") and model is None:
                 model = Path(s["conditions"]["model"])
-            row[folder] = _digest(s) | {"seconds": round(time.perf_counter() - t0, 1)}
+            row[folder] = _digest(s) | {
+                "seconds": s.get("seconds") if args.collect else round(time.perf_counter() - t0, 1)
+            }
             if folder == "not_used":
                 sc = _scores(out)
                 pool = np.concatenate([sc["candidate"], sc["reference"]])
@@ -92,7 +97,8 @@ def audit_quality(args) -> dict:
                 candidate=where / "candidate", reference="dev-not-used", generated=data / "test" / "generated_1",
                 dev=data / "dev", out=out, scorer=scorer, model=model, seed=args.seed, force=True, report=False,
             )  # fmt: skip
-            row["not_used_vs_dev_not_used"] = _digest(run_audit(cfg))
+            s = json.loads((out / "audit.json").read_text()) if args.collect else run_audit(cfg)
+            row["not_used_vs_dev_not_used"] = _digest(s)
     return results
 
 
@@ -242,6 +248,7 @@ def main() -> None:
     ap.add_argument("--candidate", type=int, default=50, help="audit: candidate size of each case")
     ap.add_argument("--reference", type=int, default=100, help="audit: reference size of each case")
     ap.add_argument("--keep", action="store_true", help="keep the saved rows of scorers not re-run")
+    ap.add_argument("--collect", action="store_true", help="audit: read the audits already in WORK, run none")
     args = ap.parse_args()
     setup_logging()
     if args.what == "fixture":
