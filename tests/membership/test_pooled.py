@@ -10,6 +10,7 @@ from fingerprint.evaluation.metrics import standardise
 from fingerprint.membership import pooled as P
 from fingerprint.membership.spaces import EPS
 from fingerprint.tasks import audit_stats as S
+from fingerprint.training.adapt import Metric
 
 #: a fusion over one raw-pixel space: distance to the pool and the calibrated term, rank-standardised
 MODEL = {"columns": ["px16:ngen_1", "px16:cal_1", "px16:cal_3"], "weights": [0.5, 1.0, 0.5], "intercept": 0.1,
@@ -123,3 +124,19 @@ def test_bad_pool_is_refused():
         P.pooled_profile({16: _images(rng, 4)}, {16: _images(rng, 4)}, 1, ["px16"])
     with pytest.raises(FingerprintError, match="not computed on a pooled set"):
         P.pooled_profile({16: _images(rng, 4)}, {16: _images(rng, 4)}, 4, ["emb"])
+
+
+def test_metric_space_measures_each_image_in_its_own_fold_metric():
+    """k32x: with an identity metric the columns are the normalised-pixel ones; a row whose fold metric is a
+    different projection is measured in that one (pool and generated images transformed alike)."""
+    rng = np.random.default_rng(6)
+    real, gen = _images(rng, 10, 8), _images(rng, 12, 8)
+    eye = np.eye(64)
+    metric = Metric(np.zeros(64), np.stack([2.0 * eye, eye]), {}, {"size": 8})  # fold 0: doubled distances
+    full = P.pooled_profile({8: real}, {8: gen}, 10, ["k32x", "pn8"], metric=metric)
+    np.testing.assert_allclose(full["k32x:cal_3"], full["pn8:cal_3"], atol=1e-5)
+    folds = np.array([0] * 5 + [1] * 5)
+    mixed = P.pooled_profile({8: real}, {8: gen}, 10, ["k32x"], metric=metric, folds=folds)
+    np.testing.assert_allclose(mixed["k32x:ngen_1"][:5], full["k32x:ngen_1"][:5] - np.log(2.0), atol=1e-4)
+    np.testing.assert_allclose(mixed["k32x:ngen_1"][5:], full["k32x:ngen_1"][5:], atol=1e-6)
+    np.testing.assert_allclose(mixed["k32x:cal_1"], full["k32x:cal_1"], atol=1e-4)  # a scale cancels in cal
