@@ -180,6 +180,9 @@ class AuditConfig:
                 raise fail(self, name, f"must be between 0 and 1, got {getattr(self, name)}")
         if self.holdout >= 1:
             raise fail(self, "holdout", f"must be below 1, got {self.holdout}")
+        unfit = [s for s in self.fit_spaces if s in ("k32x", "emb")]
+        if unfit or not self.fit_spaces:
+            raise fail(self, "fit_spaces", f"must be pixel or aligned spaces (no metric or model here), got {unfit}")
         if self.reference == REFERENCE_FROM_DEV and self.dev is None and self.run is None:
             raise fail(self, "reference", f"{REFERENCE_FROM_DEV} needs audit.dev (or audit.run)")
 
