@@ -7,6 +7,9 @@ builds of known truth, with the commands' own library entry points.
     python benchmarks/audit_quality.py attribute --level medium --seed 0 --work benchmarks/work/aq
     python benchmarks/audit_quality.py fixture --level medium --seed 0 --work benchmarks/work/aq \
         --scorers relation,ssim,dcr
+    python benchmarks/audit_quality.py audit --level tiny --candidate 20 --reference 100 --scorers fused,ssim,relation
+
+--keep keeps the saved rows of scorers not re-run; --collect rebuilds the results from the audits already in WORK.
 
 audit: an audit-case build (candidate 50, reference 100; cached in WORK), its used / not-used /
 half-used cases, each audited with every scorer in --scorers (the relation model is trained once, on
@@ -16,7 +19,7 @@ Calibration: the not-used case's 150 fresh images (candidate + reference, scored
 re-split 1,000 times into 50 vs 100 (seeded), giving null p-values; their histogram and FPR go to
 docs/images/audit_null_<level>.png. Power: each used case's power curve, docs/images/audit_power_<level>.png.
 attribute: a 3-subset build, attributed with each pair score. Results: benchmarks/results/quality_*.json.
-fixture: after `audit`, writes the used case's scores to tests/data/ (the cached fixture of the medium test).
+fixture: after `audit`, writes the used case's scores to tests/fixtures/ (the cached fixture of the medium test).
 figures: redraws every figure from the saved results.
 """
 
@@ -60,15 +63,18 @@ def _scores(folder: Path) -> dict[str, np.ndarray]:
 def audit_quality(args) -> dict:
     data = Path(args.work) / f"audit-{args.level}-seed{args.seed}"
     if not (data / "synth.json").is_file():
-        build_audit_case(data, case="used", n_candidate=50, n_reference=100, level=args.level, seed=args.seed)
-    results: dict = {"level": args.level, "seed": args.seed, "data": data.name, "scorers": {}}
-    model = None
+        build_audit_case(data, case="used", n_candidate=args.candidate, n_reference=args.reference, level=args.level,
+                         seed=args.seed)  # fmt: skip
+    results: dict = {"level": args.level, "seed": args.seed, "data": data.name, "scorers": {},
+                     "candidate": args.candidate, "reference": args.reference}  # fmt: skip
     for scorer in args.scorers.split(","):
-        row = results["scorers"].setdefault(scorer, {})
+        model = None  # each scorer's model (relation network, fusion) is fitted by its first audit, then reused
+        row = results["scorers"].setdefault(scorer, {"measured": time.strftime("%Y-%m-%d", time.gmtime())})
         for folder, case, fraction in CASES:
             where = data / f"audit-{folder}"
             if not (where / "case.json").is_file():
-                select_audit_case(data, where, case=case, fraction=fraction, seed=args.seed)
+                select_audit_case(data, where, case=case, fraction=fraction, n_candidate=args.candidate,
+                                  n_reference=args.reference, seed=args.seed)  # fmt: skip
             out = Path(args.work) / f"out-{args.level}-seed{args.seed}" / f"{folder}-{scorer}"
             t0 = time.perf_counter()
             cfg = AuditConfig(
@@ -76,14 +82,16 @@ def audit_quality(args) -> dict:
                 generated=data / "test" / "generated_1", dev=data / "dev", out=out, scorer=scorer, model=model,
                 seed=args.seed, force=True, report=args.report,
             )  # fmt: skip
-            s = run_audit(cfg)
+            s = json.loads((out / "audit.json").read_text()) if args.collect else run_audit(cfg)
             if s["conditions"].get("model") and model is None:
                 model = Path(s["conditions"]["model"])
-            row[folder] = _digest(s) | {"seconds": round(time.perf_counter() - t0, 1)}
+            row[folder] = _digest(s) | {
+                "seconds": s.get("seconds") if args.collect else round(time.perf_counter() - t0, 1)
+            }
             if folder == "not_used":
                 sc = _scores(out)
                 pool = np.concatenate([sc["candidate"], sc["reference"]])
-                p = null_pvalues(split_null(pool, 50, 100), 1000, seed=args.seed)
+                p = null_pvalues(split_null(pool, args.candidate, args.reference), 1000, seed=args.seed)
                 row["null_resplit"] = calibration_summary(p, alpha=0.05) | {"pvalues": p.tolist()}
             if folder == "used":
                 row["power"] = s["power"]
@@ -94,7 +102,8 @@ def audit_quality(args) -> dict:
                 candidate=where / "candidate", reference="dev-not-used", generated=data / "test" / "generated_1",
                 dev=data / "dev", out=out, scorer=scorer, model=model, seed=args.seed, force=True, report=False,
             )  # fmt: skip
-            row["not_used_vs_dev_not_used"] = _digest(run_audit(cfg))
+            s = json.loads((out / "audit.json").read_text()) if args.collect else run_audit(cfg)
+            row["not_used_vs_dev_not_used"] = _digest(s)
     return results
 
 
@@ -192,7 +201,7 @@ def attribute_quality(args) -> dict:
             seed=args.seed, force=True, report=args.report,
         )  # fmt: skip
         s = run_attribute(cfg)
-        model = model or Path(s["model"])
+        model = model or (Path(s["model"]) if s["model"] else None)
         results["pair_scores"][pair] = {"metrics": s["metrics"], "counts": s["counts"], "threshold": s["threshold"],
                                         "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
         forced = AttributeConfig(
@@ -214,17 +223,20 @@ def _forced_accuracy(summary: dict, data: Path) -> float:
 
 
 def write_fixture(args) -> Path:
-    """tests/data/audit_<level>_seed<seed>_used.csv: the used case's candidate and reference scores per scorer.
+    """tests/fixtures/audit_<level>_seed<seed>_used.csv: the used case's candidate and reference scores per scorer.
 
     The cached fixture of tests/test_audit.py's medium test (a medium build and its audits take minutes).
     """
     out_root = Path(args.work) / f"out-{args.level}-seed{args.seed}"
+    path = ROOT.parent / "tests" / "fixtures" / f"audit_{args.level}_seed{args.seed}_used.csv"
+    scorers = args.scorers.split(",")
     rows = ["scorer,key,group,score"]
-    for scorer in args.scorers.split(","):
+    if args.keep and path.is_file():  # the saved rows of scorers not re-run
+        rows += [line for line in path.read_text().splitlines()[1:] if line.split(",")[0] not in scorers]
+    for scorer in scorers:
         with open(out_root / f"used-{scorer}" / "audit_scores.csv", newline="") as f:
             rows += [f"{scorer},{r['key']},{r['group']},{r['score']}" for r in csv.DictReader(f)
                      if r["group"] in ("candidate", "reference")]  # fmt: skip
-    path = ROOT.parent / "tests" / "data" / f"audit_{args.level}_seed{args.seed}_used.csv"
     path.parent.mkdir(exist_ok=True)
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -236,8 +248,12 @@ def main() -> None:
     ap.add_argument("--level", default="medium")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="benchmarks/work/audit-quality", help="where the builds and runs go")
-    ap.add_argument("--scorers", default="relation,ssim,dcr,emb_nn")
+    ap.add_argument("--scorers", default="fused,relation,ssim,dcr,emb_nn")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--candidate", type=int, default=50, help="audit: candidate size of each case")
+    ap.add_argument("--reference", type=int, default=100, help="audit: reference size of each case")
+    ap.add_argument("--keep", action="store_true", help="keep the saved rows of scorers not re-run")
+    ap.add_argument("--collect", action="store_true", help="audit: read the audits already in WORK, run none")
     args = ap.parse_args()
     setup_logging()
     if args.what == "fixture":
@@ -252,7 +268,12 @@ def main() -> None:
     results["command"] = command_line()
     results["machine"] = machine_info("cpu")
     name = f"{args.what}_{args.level}_seed{args.seed}"
-    write_json(ROOT / "results" / f"quality_{name}.json", results)
+    path = ROOT / "results" / f"quality_{name}.json"
+    if args.keep and path.is_file():  # scorers / pair scores not re-run keep their saved rows
+        key = "scorers" if args.what == "audit" else "pair_scores"
+        saved = json.loads(path.read_text())
+        results[key] = {**saved.get(key, {}), **results[key]}
+    write_json(path, results)
     if args.what == "audit":
         null_figure(results, ROOT.parent / "docs" / "images" / f"audit_null_{args.level}.png")
         power_figure(results, ROOT.parent / "docs" / "images" / f"audit_power_{args.level}.png")

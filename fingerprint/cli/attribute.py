@@ -1,12 +1,14 @@
 """Attribution: for each generated image, the real subset it most likely came from, or "none".
 
 Retrieves each generated image's nearest real images in every subset (one
-FAISS index per subset over the model's embeddings), scores the pairs with the
-learned difference function (the relation head, as membership scoring does),
-and names the best subset when its score beats a threshold calibrated on null
-reals. Writes OUT/attribution.csv (figure_id,subset,score: the challenge's
-subtask-2 style), OUT/attribution.json (with the confusion matrix and
-accuracy when --truth is given) and OUT/report.html. Details: docs/audit.md.
+FAISS index per subset; by default over normalised 32 px pixels, with
+--pair-score relation/cosine/pixel over a model's embeddings), scores the
+pairs (by default the profile evidence: -log pixel L2 distance summed over
+the calibrated profile's pixel spaces, no model needed), and names the best
+subset when its score beats a threshold calibrated on null reals. Writes
+OUT/attribution.csv (figure_id,subset,score: the challenge's subtask-2
+style), OUT/attribution.json (with the confusion matrix and accuracy when
+--truth is given) and OUT/report.html. Details: docs/audit.md.
 """
 
 from __future__ import annotations

@@ -6,11 +6,14 @@ images. How the evidence is retrieved, scored, aggregated and decided (and the
 metrics) is `fingerprint.tasks.attribute_stats`.
 
 The stage (`run_attribute(AttributeConfig)`, `fingerprint attribute`) uses
-membership scoring's own parts: the trained model's unit-norm embeddings,
-`fingerprint.embedding.index` FAISS indexes (one per subset), and, by default, the
-model's relation head as the pair score (`relation_pair_score`: the real
-image is the query and the generated image its support, the orientation the
-head was trained in).
+membership scoring's own parts. By default the evidence is the calibrated
+profile's pixel spaces (`profile_pair_score`: each generated image's nearest
+reals per subset by normalised pixels at 32 px, each pair scored by -log L2
+distance summed over px64, pn32 and px16; no model). Otherwise a trained
+model's unit-norm embeddings retrieve (`fingerprint.embedding.index` FAISS
+indexes, one per subset) and the pair score is the model's relation head
+(`relation_pair_score`: the real image is the query and the generated image
+its support, the orientation the head was trained in), the cosine, or pixels.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from fingerprint.data.stream import StreamConfig, load_all
 from fingerprint.embedding.features import Features
 from fingerprint.embedding.inference import relation_logits
 from fingerprint.embedding.model_io import load_model
+from fingerprint.membership.spaces import flat
 from fingerprint.report.build import ReportConfig, run_report
 from fingerprint.tasks.attribute_stats import (
     AGGREGATIONS,
@@ -50,7 +54,13 @@ log = logging.getLogger(__name__)
 # -- the attribute stage (`fingerprint attribute`) ----------------------------------------------------
 
 #: pair scores of a (generated, real) candidate pair, higher = closer
-PAIR_SCORES = ("relation", "cosine", "pixel")
+PAIR_SCORES = ("profile", "relation", "cosine", "pixel")
+#: the default pair score (docs/audit.md measures them)
+DEFAULT_PAIR_SCORE = "profile"
+#: profile evidence: the pixel spaces of the calibrated profile, (side, per-image normalised); retrieval in the
+#: normalised 32 px space (pn32), pairs scored by the sum of -log L2 distance over every space
+PROFILE_SPACES = ((64, False), (32, True), (16, False))
+RETRIEVAL_SPACE = (32, True)
 FORMAT = "fingerprint-attribution/1"
 #: generated images per subset shown in the report's example strips
 N_EXAMPLES = 4
@@ -78,10 +88,11 @@ class AttributeConfig:
     run: Path | None = option(None, help="run folder of 'fingerprint run' (its model)")
     dev: Path | None = option(None, help="2023 dev folder to train a model on when none is given")
     pair_score: str = option(
-        "relation",
+        DEFAULT_PAIR_SCORE,
         choices=PAIR_SCORES,
-        help="how a retrieved (generated, real) pair is scored: relation (the model's learned difference function, "
-        "as in membership scoring), cosine (embeddings), pixel (negated pixel L2)",
+        help="evidence for a (generated, real) pair: profile (nearest reals by normalised pixels at 32 px, scored "
+        "by -log L2 distance summed over the profile's pixel spaces px64, pn32, px16; no model), relation (the "
+        "model's learned difference function, as in membership scoring), cosine (embeddings), pixel (-pixel L2)",
     )
     k: int = option(8, min=1, help="real neighbours retrieved per generated image and subset")
     agg: str = option("max", choices=AGGREGATIONS, help="per subset: the best pair, or the mean of the top m")
@@ -138,7 +149,7 @@ def run_attribute(cfg: AttributeConfig) -> dict:
         seed_everything(cfg.seed)
         set_threads(cfg.threads)
         t0 = time.perf_counter()
-        data = _attribution_data(cfg, out)
+        data = _profile_data(cfg, out) if cfg.pair_score == "profile" else _attribution_data(cfg, out)
         pair, null_pair = _pair_functions(cfg, data)
         result = attribute_embeddings(
             data["gen"].embeddings, data["real"].embeddings, data["real_subset"],
@@ -158,8 +169,8 @@ def run_attribute(cfg: AttributeConfig) -> dict:
         return summary
 
 
-def _attribution_data(cfg: AttributeConfig, out: Path) -> dict:
-    """Pack, (train,) embed: the generated, subset and null rows, with each subset's shard folder."""
+def _packed(cfg: AttributeConfig, out: Path) -> tuple[dict[str, Path], Path, Path | None]:
+    """Each subset, the generated images and the null reals as shard folders (keys checked unique)."""
     kw = {"image_size": cfg.image_size, "seed": cfg.seed}
     paths = cfg.subset_paths()
     shards = {n: pack_collection(p, out / "shards" / f"subset-{n}", role="real", label="unknown", **kw)
@@ -170,6 +181,51 @@ def _attribution_data(cfg: AttributeConfig, out: Path) -> dict:
         null_shards = pack_collection(cfg.null, out / "shards" / "null", role="real", label="unknown", **kw)
     groups = {n: members(s) for n, s in shards.items()} | ({"null": members(null_shards)} if null_shards else {})
     check_unique_keys(groups, gen_shards)
+    return shards, gen_shards, null_shards
+
+
+def _profile_rows(shards: Path, role: str) -> dict:
+    """{"keys", "spaces": {(side, normalised): rows}} of a shard folder's images of one role (sorted by key)."""
+    spaces, keys = {}, None
+    for size in sorted({s for s, _ in PROFILE_SPACES} | {RETRIEVAL_SPACE[0]}):
+        batch = load_all(shards, StreamConfig(roles=(role,), image_size=size))
+        if not batch["key"]:
+            raise FingerprintError(f"{shards}: no {role} images")
+        keys = batch["key"]
+        for side, normalised in {*PROFILE_SPACES, RETRIEVAL_SPACE}:
+            if side == size:
+                spaces[(side, normalised)] = flat(batch["image"], normalised)
+    return {"keys": keys, "spaces": spaces}
+
+
+def _pixel_features(rows: dict, role: str) -> Features:
+    """Features whose embeddings are the retrieval space's rows."""
+    n = len(rows["keys"])
+    return Features(rows["keys"], [role] * n, ["unknown"] * n, rows["spaces"][RETRIEVAL_SPACE], None, {})
+
+
+def _profile_data(cfg: AttributeConfig, out: Path) -> dict:
+    """Pack, read pixels: the generated, subset and null rows in the profile's pixel spaces (no model)."""
+    shards, gen_shards, null_shards = _packed(cfg, out)
+    parts = [_profile_rows(s, "real") for s in shards.values()]
+    spaces = list(parts[0]["spaces"])
+    real = {"keys": [k for p in parts for k in p["keys"]],
+            "spaces": {sp: np.concatenate([p["spaces"][sp] for p in parts]) for sp in spaces}}  # fmt: skip
+    gen = _profile_rows(gen_shards, "generated")
+    null = None if null_shards is None else _profile_rows(null_shards, "real")
+    return {
+        "subsets": list(shards), "shards": shards, "gen_shards": gen_shards, "null_shards": null_shards,
+        "model": None, "real": _pixel_features(real, "real"),
+        "real_subset": np.repeat(list(shards), [len(p["keys"]) for p in parts]),
+        "gen": _pixel_features(gen, "generated"), "null": None if null is None else _pixel_features(null, "real"),
+        "pixels": {"real": real["spaces"], "gen": gen["spaces"], "null": None if null is None else null["spaces"]},
+    }  # fmt: skip
+
+
+def _attribution_data(cfg: AttributeConfig, out: Path) -> dict:
+    """Pack, (train,) embed: the generated, subset and null rows, with each subset's shard folder."""
+    shards, gen_shards, null_shards = _packed(cfg, out)
+    paths = cfg.subset_paths()
     model = _attribution_model(cfg, out)
     folders = [*shards.values(), gen_shards, *([null_shards] if null_shards else [])]
     relation = cfg.pair_score == "relation"
@@ -251,6 +307,20 @@ def pixel_pair_score(gen_px: np.ndarray, real_px: np.ndarray, chunk: int = 4096)
     return score
 
 
+def profile_pair_score(gen_px: dict, real_px: dict, eps: float = 1e-6) -> PairScore:
+    """The profile evidence of a (generated, real) pair: sum over the profile's pixel spaces of -log L2 distance
+    (`{space: rows}` for the generated and the real images; the same spaces and distances as the profile)."""
+
+    def score(gen_rows: np.ndarray, real_rows: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(gen_rows))
+        for space in PROFILE_SPACES:
+            g, r = gen_px[space][gen_rows], real_px[space][real_rows]
+            out -= np.log(np.linalg.norm(g - r, axis=1).astype(np.float64) + eps)
+        return out
+
+    return score
+
+
 def _pixel_rows(shards: Path, role: str, keys: Sequence[str], size: int) -> np.ndarray:
     batch = load_all(shards, StreamConfig(roles=(role,), image_size=size))
     pos = {k: i for i, k in enumerate(batch["key"])}
@@ -262,6 +332,10 @@ def _pair_functions(cfg: AttributeConfig, data: dict) -> tuple[PairScore | None,
     gen, real, null = data["gen"], data["real"], data["null"]
     if cfg.pair_score == "cosine":
         return None, None
+    if cfg.pair_score == "profile":
+        px = data["pixels"]
+        null_pair = None if null is None else profile_pair_score(px["gen"], px["null"])
+        return profile_pair_score(px["gen"], px["real"]), null_pair
     if cfg.pair_score == "relation":
         model, _ = load_model(data["model"])
         pair = relation_pair_score(model, gen.fmaps, real.fmaps, batch_size=4 * cfg.batch_size)
@@ -318,7 +392,8 @@ def attribution_summary(cfg: AttributeConfig, data: dict, result: Attribution) -
         "n_generated": len(ids),
         "n_null": 0 if data["null"] is None else len(data["null"]),
         "pair_score": cfg.pair_score,
-        "retrieval": f"FAISS per subset ({cfg.index_factory}) over unit-norm embeddings, top {ev.scores.shape[-1]}",
+        "retrieval": f"FAISS per subset ({cfg.index_factory}) over unit-norm "
+        f"{'normalised 32 px pixels' if data['model'] is None else 'embeddings'}, top {ev.scores.shape[-1]}",
         "k": int(ev.scores.shape[-1]), "agg": cfg.agg, "m": cfg.m if cfg.agg == "topm" else None, "alpha": cfg.alpha,
         "threshold": result.threshold,
         "none_rule": "forced (no null reals given)" if result.threshold is None else (
@@ -326,7 +401,7 @@ def attribution_summary(cfg: AttributeConfig, data: dict, result: Attribution) -
         "counts": {str(lab): int(n) for lab, n in zip(labels, counts)},
         "examples": examples,
         "shards": {"generated": str(data["gen_shards"]), "subsets": {n: str(s) for n, s in data["shards"].items()}},
-        "model": str(data["model"]),
+        "model": None if data["model"] is None else str(data["model"]),
         "seed": cfg.seed,
         "command": command_line(cfg),
     }  # fmt: skip

@@ -7,17 +7,19 @@ statistics, and why their assumptions hold, are in `fingerprint.tasks.audit_stat
 
 The stage (`run_audit(AuditConfig)`, `fingerprint audit`) meets requirements
 1-3 by construction: the candidate, the reference and the held-out labelled dev
-images are scored by ONE call of one registered scorer against ONE generated
-pool (`imagesets.score_together`), so a reference drawn from the dev split
-(`reference="dev-not-used"`) is re-scored against the audited pool, never
-taken from the dev split's score files; no registered scorer has a term
-computed from other real images (`reference_calibrated` is the symmetric form
-for one that would); and an image the scorer's model was trained on is
-refused as candidate or reference, or left out of the dev images, by content
-hash against the model's training shards (`imagesets.training_hashes`). When
-it trains its own model, the audit holds a seeded share of the dev split out
-of the training shards, so those images can serve as reference and as the
-labelled images of the fraction estimate.
+images are scored by ONE call of one scorer against ONE generated pool
+(`imagesets.score_together`, `imagesets.score_fused_together`), so a reference
+drawn from the dev split (`reference="dev-not-used"`) is re-scored against the
+audited pool, never taken from the dev split's score files; the default
+scorer, `fused`, computes its calibration term (the distance to other real
+images) and its standardisation once over the pooled candidate + reference,
+each image left out of its own reference (`fingerprint.membership.pooled`),
+so swapping candidate and reference changes no score; and an image the
+scorer's model or fusion was fitted on is refused as candidate or reference,
+or left out of the dev images, by content hash (`imagesets.training_hashes`,
+`imagesets.fusion_hashes`). When it fits its own model or fusion, the audit
+holds a seeded share of the dev split out of the fit, so those images can
+serve as reference and as the labelled images of the fraction estimate.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fingerprint.core.distributed import seed_everything, set_threads
 from fingerprint.core.errors import FingerprintError
 from fingerprint.core.files import output_folder, sha256_bytes, write_json, write_text
 from fingerprint.core.logs import JsonlLogger
+from fingerprint.core.vocab import SPACES
 from fingerprint.membership.scorers import get_scorer, scorer_names
 from fingerprint.report.build import ReportConfig, run_report
 from fingerprint.tasks.audit_stats import (
@@ -48,14 +51,18 @@ from fingerprint.tasks.audit_stats import (
     power_curve,
 )
 from fingerprint.tasks.imagesets import (
+    FUSION_FILE,
     Members,
     TogetherScores,
     content_ids,
     dev_items,
+    fit_dev_fusion,
+    fusion_hashes,
     is_shard_folder,
     members,
     pack_collection,
     pack_items,
+    score_fused_together,
     score_together,
     stratified_holdout,
     train_model,
@@ -72,20 +79,36 @@ REFERENCE_FROM_DEV = "dev-not-used"
 MIN_DEV_PER_CLASS = 5
 FORMAT = "fingerprint-audit/1"
 
-#: the audit's scorer unless told. The run file's scorer (`fused`) is fitted per data set on profiles of a
-#: labelled dev split against that split's own pool, which an audit of one collection against one pool does not
-#: have; `relation` is the trained scorer an audit can apply as it is (docs/audit.md measures the others).
-AUDIT_SCORER = "relation"
+#: the audit's scorer unless told: the run file's scorer, applied to the pooled calibrated profile of the candidate
+#: and the reference (docs/audit.md measures it against the others)
+AUDIT_SCORER = "fused"
+#: the default when no fitted fusion is available (only a relation model given with audit.model)
+FALLBACK_SCORER = "relation"
+#: the spaces of the fusion an audit fits on audit.dev (pixel spaces and the aligned one: no learned metric)
+FIT_SPACES = ("px64", "pn32", "px16", "al64")
 
 
 def audit_scorers() -> tuple[str, ...]:
-    """The registered scorers an audit can apply: those that read pixels or features (not a fitted profile)."""
-    return tuple(n for n in scorer_names() if "profile" not in get_scorer(n).needs)
+    """The scorers an audit can apply: `fused` and the registered ones that read pixels or features."""
+    return (AUDIT_SCORER, *(n for n in scorer_names() if "profile" not in get_scorer(n).needs))
 
 
-def default_scorer() -> str:
-    """The scorer an audit uses unless told (`AUDIT_SCORER`)."""
-    return AUDIT_SCORER
+def default_scorer(cfg: AuditConfig | None = None) -> str:
+    """The scorer an audit uses unless told: `fused` whenever a fitted fusion is available (audit.model or
+    audit.run holds one, or the audit fits one on audit.dev), else `relation`."""
+    if cfg is None or fusion_source(cfg) is not None:
+        return AUDIT_SCORER
+    return FALLBACK_SCORER
+
+
+def fusion_source(cfg: AuditConfig) -> Path | str | None:
+    """The folder holding the fusion the audit applies, "fit" when it fits one on audit.dev, or None."""
+    if cfg.model is not None:
+        return Path(cfg.model) if (Path(cfg.model) / FUSION_FILE).is_file() else None
+    if cfg.run is not None:
+        folder = Path(cfg.run) / "model"
+        return folder if (folder / FUSION_FILE).is_file() else None
+    return "fit" if cfg.dev is not None else None
 
 
 @dataclass(kw_only=True)
@@ -102,9 +125,13 @@ class AuditConfig:
     generated: Path = option(help="the audited model's generated images: a folder or a shard folder")
     out: Path = option(help="audit folder to write (audit.json, audit_scores.csv, shards/, features/, report)")
     scorer: str | None = option(
-        None, choices=audit_scorers, help=f"registered membership scorer (default: {AUDIT_SCORER})"
+        None,
+        choices=audit_scorers,
+        help=f"membership scorer (default: {AUDIT_SCORER} when a fitted fusion is available, else {FALLBACK_SCORER})",
     )
-    model: Path | None = option(None, help="trained model folder (feature scorers); default: RUN/model with audit.run")
+    model: Path | None = option(
+        None, help="trained model folder (fused: its fusion.json; feature scorers: its network); default: RUN/model"
+    )
     run: Path | None = option(None, help="run folder of 'fingerprint run': its model, and its shards/dev as audit.dev")
     dev: Path | None = option(
         None,
@@ -130,6 +157,9 @@ class AuditConfig:
     batch_size: int = option(64, min=1, help="images per forward pass")
     pixel_size: int = option(64, min=8, help="pixel scorers: side images are compared at")
     ssim_candidates: int = option(64, min=0, help="ssim: exact SSIM on the M nearest generated by pixel L2 (0 = all)")
+    fit_spaces: tuple[str, ...] = option(
+        FIT_SPACES, choices=SPACES, help="fused: spaces of the fusion the audit fits on audit.dev (anchor: the first)"
+    )
     image_size: int = option(256, min=8, help="side images are packed at")
     model_image_size: int | None = option(None, min=32, help="model input side when the audit trains its model")
     epochs: int | None = option(None, min=1, help="training epochs when the audit trains its model")
@@ -150,6 +180,9 @@ class AuditConfig:
                 raise fail(self, name, f"must be between 0 and 1, got {getattr(self, name)}")
         if self.holdout >= 1:
             raise fail(self, "holdout", f"must be below 1, got {self.holdout}")
+        unfit = [s for s in self.fit_spaces if s in ("k32x", "emb")]
+        if unfit or not self.fit_spaces:
+            raise fail(self, "fit_spaces", f"must be pixel or aligned spaces (no metric or model here), got {unfit}")
         if self.reference == REFERENCE_FROM_DEV and self.dev is None and self.run is None:
             raise fail(self, "reference", f"{REFERENCE_FROM_DEV} needs audit.dev (or audit.run)")
 
@@ -167,17 +200,12 @@ def run_audit(cfg: AuditConfig) -> dict:
         seed_everything(cfg.seed)
         set_threads(cfg.threads)
         t0 = time.perf_counter()
-        name = cfg.scorer or default_scorer()
-        scorer = get_scorer(name)
+        name = cfg.scorer or default_scorer(cfg)
         shards = _pack_inputs(cfg, out)
-        model = _audit_model(cfg, scorer, out)
-        groups, provenance = audit_groups(cfg, shards, model)
-        params = {"k": cfg.k, "batch_size": cfg.batch_size, "pixel_size": cfg.pixel_size,
-                  "ssim_candidates": cfg.ssim_candidates}  # fmt: skip
-        scores = score_together(
-            name, groups, shards["generated"], out, model=model, params=params, index_factory=cfg.index_factory,
-            seed=cfg.seed, threads=cfg.threads,
-        )  # fmt: skip
+        if name == AUDIT_SCORER:
+            scores, provenance = _fused_scores(cfg, shards, out)
+        else:
+            scores, provenance = _registered_scores(cfg, name, shards, out)
         summary = audit_summary(cfg, name, scores, provenance)
         rows = "".join(f"{k},{g},{s!r}\n" for k, g, s in zip(scores.keys, scores.groups, scores.scores.tolist()))
         write_text(out / "audit_scores.csv", "key,group,score\n" + rows)
@@ -188,6 +216,52 @@ def run_audit(cfg: AuditConfig) -> dict:
         if cfg.report:
             run_report(ReportConfig(run_dir=out, seed=cfg.seed, force=True))
         return summary
+
+
+def _registered_scores(cfg: AuditConfig, name: str, shards: dict[str, Path], out: Path):
+    """A registered scorer's scores of every group in one call (its model given, the run's, or trained here)."""
+    model = _audit_model(cfg, get_scorer(name), out)
+    groups, provenance = audit_groups(cfg, shards, model)
+    params = {"k": cfg.k, "batch_size": cfg.batch_size, "pixel_size": cfg.pixel_size,
+              "ssim_candidates": cfg.ssim_candidates}  # fmt: skip
+    scores = score_together(
+        name, groups, shards["generated"], out, model=model, params=params, index_factory=cfg.index_factory,
+        seed=cfg.seed, threads=cfg.threads,
+    )  # fmt: skip
+    return scores, provenance
+
+
+def _fused_scores(cfg: AuditConfig, shards: dict[str, Path], out: Path):
+    """The fused scores of every group in one call: the fusion given, the run's, or fitted here on audit.dev."""
+    folder = _audit_fusion(cfg, out)
+    fitted = None
+    if not cfg.trust_model:
+        run = Path(cfg.run) if cfg.run is not None and cfg.model is None else None
+        fallback = {} if run is None else {"fallback_profile": run / "profile" / "dev.npz",
+                                           "fallback_shards": run / "shards" / "dev"}  # fmt: skip
+        fitted = fusion_hashes(folder, **fallback)
+    groups, provenance = audit_groups(cfg, shards, folder, fitted=fitted)
+    scores = score_fused_together(groups, shards["generated"], folder)
+    return scores, provenance
+
+
+def _audit_fusion(cfg: AuditConfig, out: Path) -> Path:
+    """The folder of the fusion the audit applies: audit.model's, the run's, or one fitted here with images held out."""
+    source = fusion_source(cfg)
+    if isinstance(source, Path):
+        return source
+    if source is None:
+        where = cfg.model if cfg.model is not None else (Path(cfg.run) / "model" if cfg.run is not None else None)
+        if where is not None:
+            raise fail(cfg, "scorer", f"fused needs a fitted fusion: {Path(where) / FUSION_FILE} not found")
+        raise fail(cfg, "scorer", "fused needs a fitted fusion: give audit.run, audit.model or audit.dev")
+    items = dev_items(Path(cfg.dev), generated=False)
+    held = stratified_holdout([f.stem for f, *_ in items], [lab for *_, lab in items], cfg.holdout, cfg.seed)
+    log.info("audit: fitting the fusion on %s with %d of its %d real images held out", cfg.dev, len(held), len(items))
+    return fit_dev_fusion(
+        Path(cfg.dev), out / "model", out, exclude=held, spaces=tuple(cfg.fit_spaces), image_size=cfg.image_size,
+        seed=cfg.seed,
+    )  # fmt: skip
 
 
 def _pack_inputs(cfg: AuditConfig, out: Path) -> dict[str, Path]:
@@ -227,18 +301,24 @@ def _audit_model(cfg: AuditConfig, scorer, out: Path) -> Path | None:
     )  # fmt: skip
 
 
-def audit_groups(cfg: AuditConfig, shards: dict[str, Path], model: Path | None) -> tuple[dict[str, Members], dict]:
+def audit_groups(
+    cfg: AuditConfig, shards: dict[str, Path], model: Path | None, *, fitted: tuple[set[str], Path] | None = None
+) -> tuple[dict[str, Members], dict]:
     """candidate, reference and the held-out dev used / not-used images, with what the model has seen left out.
 
     The scorer's model must not have been fitted on any image whose score the
     test compares (exchangeability requirement 1): a candidate or reference
     image found, by content hash, among the real images of the model's
-    training shards is an error; for `reference=dev-not-used` and the dev
-    images, such images are left out (counted in the provenance).
+    training shards (or `fitted`: the hashes and shards a fusion was fitted
+    on) is an error; for `reference=dev-not-used` and the dev images, such
+    images are left out (counted in the provenance).
     """
     seen: set[str] = set()
     provenance: dict[str, Any] = {"checked_against_training": False, "model": None if model is None else str(model)}
-    if model is not None and not cfg.trust_model:
+    if fitted is not None:
+        seen, where = fitted
+        provenance |= {"checked_against_training": True, "model_training_shards": str(where)}
+    elif model is not None and not cfg.trust_model:
         seen, where = training_hashes(model)
         provenance |= {"checked_against_training": True, "model_training_shards": str(where)}
     cand = members(shards["candidate"])

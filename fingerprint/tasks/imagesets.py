@@ -45,8 +45,12 @@ from fingerprint.embedding.features import Features
 from fingerprint.embedding.index import IndexConfig, run_index
 from fingerprint.embedding.model_io import load_model
 from fingerprint.evaluation.scorefiles import ScoreResult
+from fingerprint.membership.fuse import FuseConfig, load_fusion, run_fuse
+from fingerprint.membership.pooled import PooledOptions, fusion_spaces, needed_sizes, pooled_fused, pooled_profile
+from fingerprint.membership.profile import load_profile, save_profile
 from fingerprint.membership.score import ScoreConfig, load_inputs
 from fingerprint.membership.scorers import ScorerInputs, get_scorer
+from fingerprint.training.adapt import Metric, load_metric
 from fingerprint.training.train import TrainConfig, run_train
 
 log = logging.getLogger(__name__)
@@ -370,3 +374,146 @@ def stratified_holdout(keys: list[str], labels: list[str], share: float, seed: i
         n = 0 if share <= 0 or not ks else min(len(ks), max(1, round(share * len(ks))))
         held |= set(rng.permutation(ks)[:n].tolist())
     return held
+
+
+# -- the fused scorer on collections: a pooled calibrated profile and a fitted fusion ---------------------------
+
+#: the fusion model's file in a model folder (as `fingerprint run` writes it, and an audit that fits its own)
+FUSION_FILE = "fusion.json"
+
+
+def metric_folds(metric: Metric, records: list[dict]) -> np.ndarray:
+    """The metric each real image is measured in: the fold metric not fitted on it when the metric's shards
+    hold the image (found by content hash), else the full metric."""
+    fold_of_id: dict[str, int] = {}
+    for shards in metric.meta.get("shards") or []:
+        if not Path(shards).is_dir():
+            continue
+        for rec in shard_records(Path(shards), "real"):
+            if rec["key"] in metric.fold_of:
+                fold_of_id |= dict.fromkeys(content_ids(rec), int(metric.fold_of[rec["key"]]))
+    folds = [next((fold_of_id[i] for i in content_ids(r) if i in fold_of_id), metric.full) for r in records]
+    return np.asarray(folds, dtype=int)
+
+
+def _multi_size_pixels(groups: dict[str, Members], generated: Path, sizes: list[int], on_error: str):
+    """(real images {side: (N,1,s,s)}, generated {side: ...}, real keys, generated keys), groups in order."""
+    real, gen, keys, gen_keys = {}, {}, None, None
+    for s in sizes:
+        pix = _pixels(groups, generated, s, on_error)
+        real[s], gen[s] = pix["real"]["image"], pix["generated"]["image"]
+        keys, gen_keys = pix["real"]["key"], pix["generated"]["key"]
+    return real, gen, keys, gen_keys
+
+
+def score_fused_together(
+    groups: dict[str, Members],
+    generated: Path,
+    fusion_dir: Path,
+    *,
+    pooled: tuple[str, ...] = ("candidate", "reference"),
+    options: PooledOptions | None = None,
+    on_error: str = "raise",
+) -> TogetherScores:
+    """The fused score of every real image of every group, in ONE call against ONE generated pool.
+
+    The fusion of `fusion_dir/fusion.json` (its columns, weights and standardisation; the learned metric of
+    `fusion_dir` for k32x) is applied to the pooled calibrated profile (`fingerprint.membership.pooled`): the
+    images of the `pooled` groups are each other's reference population (each image left out of its own), and
+    every column is standardised on them; the other groups' images (held-out dev images) are measured against
+    the same pool and scale without entering either. Swapping two pooled groups changes no score.
+    """
+    check_unique_keys(groups, generated)
+    model = load_fusion(Path(fusion_dir) / FUSION_FILE)
+    spaces = fusion_spaces(model)
+    metric = load_metric(fusion_dir) if "k32x" in spaces else None
+    ordered = {g: groups[g] for g in pooled if g in groups} | {g: m for g, m in groups.items() if g not in pooled}
+    n_pool = sum(len(m.keys) for g, m in ordered.items() if g in pooled)
+    real, gen, keys, gen_keys = _multi_size_pixels(ordered, generated, needed_sizes(spaces, metric), on_error)
+    if not gen_keys:
+        raise FingerprintError(f"{generated}: no generated images")
+    records = [r for m in ordered.values() for r in m.records]
+    folds = metric_folds(metric, records) if metric is not None else None
+    columns = pooled_profile(real, gen, n_pool, spaces, metric=metric, folds=folds, options=options or PooledOptions())
+    score = pooled_fused(model, columns, n_pool)
+    group_of = {k: name for name, m in ordered.items() for k in m.keys}
+    conditions = {
+        "scorer": "fused",
+        "one_scoring_call": True,
+        "generated_pool": str(generated),
+        "n_generated": len(gen_keys),
+        "model": str(fusion_dir),
+        "index_factory": None,
+        "k": None,
+        "pixel_size": None,
+        "fusion": {k: model[k] for k in ("groups", "columns", "weights", "intercept", "standardise")},
+        "calibration_pool": list(g for g in pooled if g in groups),
+        "n_calibration_pool": int(n_pool),
+        "metric_full_metric_images": None if folds is None else int((folds == metric.full).sum()),
+    }
+    result = ScoreResult(list(keys), score, components=columns)
+    return TogetherScores(list(keys), [group_of[k] for k in keys], score, result, conditions)
+
+
+def fusion_hashes(fusion_dir: Path, *, fallback_profile: Path | None = None, fallback_shards: Path | None = None):
+    """Content hashes of the labelled real images a fusion was fitted on, and the shard folder holding them.
+
+    Read from the fusion's dev profile (its keys) and that profile's dev shards; `fallback_*` are tried when the
+    recorded paths do not resolve from here (a run folder moved or read from another directory).
+    """
+    model = load_fusion(Path(fusion_dir) / FUSION_FILE)
+    profile = Path(model["dev"]["profile"])
+    if not profile.is_file() and fallback_profile is not None:
+        profile = fallback_profile
+    shards = None
+    if profile.is_file():
+        shards = Path((load_profile(profile)[0].meta.get("shards") or {}).get("dev") or "")
+    if (shards is None or not is_shard_folder(shards)) and fallback_shards is not None:
+        shards = fallback_shards
+    if shards is None or not is_shard_folder(shards):
+        raise FingerprintError(
+            f"{Path(fusion_dir) / FUSION_FILE}: the shards its fusion was fitted on cannot be read, so what it was "
+            "fitted on cannot be checked (give them back, or use the check-skipping option at your own risk)"
+        )
+    keys = set(model["dev"]["keys"])
+    hashes: set[str] = set()
+    for rec in shard_records(shards, "real"):
+        if rec["key"] in keys:
+            hashes |= content_ids(rec)
+    return hashes, shards
+
+
+def fit_dev_fusion(
+    dev: Path,
+    out: Path,
+    work: Path,
+    *,
+    exclude: set[str] = frozenset(),
+    spaces: tuple[str, ...] = ("px64", "pn32", "px16"),
+    image_size: int = 256,
+    seed: int = 0,
+    options: PooledOptions | None = None,
+) -> Path:
+    """Fit the fused scorer on a 2023 dev folder with the reals in `exclude` (file stems) left out: out/fusion.json.
+
+    The kept labelled reals are profiled against the dev generated pool, each against the other kept reals
+    (`pooled_profile`), and `fingerprint.membership.fuse` fits the fusion on their labels (groups from
+    `spaces`, anchored at the first). The left-out images never enter the fit's shards.
+    """
+    dev = Path(dev)
+    if is_shard_folder(dev):
+        raise FingerprintError(f"{dev}: fitting a fusion with held-out images needs the dev split as an image folder")
+    shards = pack_items(dev_items(dev, generated=True, exclude=exclude), work / "shards" / "dev-fit",
+                        image_size=image_size, seed=seed)  # fmt: skip
+    fit = members(shards)
+    groups = {"dev": fit}
+    real, gen, keys, _ = _multi_size_pixels(groups, shards, needed_sizes(spaces), "raise")
+    columns = pooled_profile(real, gen, len(keys), spaces, options=options or PooledOptions())
+    labels = [r["label"] for r in fit.records]
+    meta = {"spaces": list(spaces), "shards": {"dev": str(shards.resolve())}, "n_reference": len(keys),
+            "reference": "every other kept labelled dev image"}  # fmt: skip
+    profile = save_profile(Path(out) / "dev_profile.npz", list(keys), labels, columns, meta)
+    run_fuse(FuseConfig(dev=profile.resolve(), out=Path(out) / FUSION_FILE, spaces=spaces, anchor=spaces[:1],
+                        seed=seed, force=True))  # fmt: skip
+    write_json(Path(out) / "held_out.json", {"dev": str(dev), "held_out": sorted(exclude)})
+    return Path(out)

@@ -186,10 +186,10 @@ def _args(b):
 
 @pytest.fixture(scope="module")
 def relation_attribution(tiny_subsets_build, tmp_path_factory):
-    """`fingerprint attribute` with the default pair score (the relation head), a model trained on the dev split."""
+    """`fingerprint attribute --pair-score relation` (the relation head), a model trained on the dev split."""
     out = tmp_path_factory.mktemp("attribution") / "relation"
     argv = ["attribute", *_args(tiny_subsets_build), "--dev", str(tiny_subsets_build / "dev"), "--out", str(out),
-            *TINY[:-1], "--report"]  # fmt: skip
+            "--pair-score", "relation", *TINY[:-1], "--report"]  # fmt: skip
     assert cli(argv) == 0
     return out
 
@@ -227,6 +227,19 @@ def test_pixel_pair_score_and_forced_choice(relation_attribution, tiny_subsets_b
     assert cli([*forced, *TINY]) == 0
     a = json.loads((tmp_path / "f" / "attribution.json").read_text())
     assert a["threshold"] is None and S.NONE not in a["counts"] and sum(a["counts"].values()) == 120
+
+
+def test_default_profile_evidence_attributes_without_a_model(tiny_subsets_build, tmp_path):
+    """The default evidence (the profile's pixel spaces, no model, no dev split): accuracy >= chance + 0.35 and
+    kappa >= 0.5 (measured at seed 0: accuracy 0.758, kappa 0.678; the relation head: see the test above)."""
+    out = tmp_path / "profile"
+    assert cli(["attribute", *_args(tiny_subsets_build), "--out", str(out), "--no-report"]) == 0
+    a = json.loads((out / "attribution.json").read_text())
+    m = a["metrics"]
+    assert a["pair_score"] == "profile" and a["model"] is None and a["threshold"] is not None
+    assert m["accuracy"] >= 0.25 + 0.35 and m["kappa"] >= 0.5, m
+    for name, examples in a["examples"].items():
+        assert all(ex["real"].startswith(name) for ex in examples)
 
 
 def test_attribute_bad_input(tiny_subsets_build, tmp_path, capsys):
