@@ -286,7 +286,7 @@ def test_the_run_file_is_checked_against_the_test_ids(tmp_path):
     paths = RunPaths(tmp_path)
     write_json(
         paths.shards("test") / "manifest.json",
-        {"format": "fingerprint-shards", "skipped": [{"path": "real_unknown_1/c.png", "reason": "x"}]},
+        {"format": "fingerprint-shards", "shards": [], "skipped": [{"path": "real_unknown_1/c.png", "reason": "x"}]},
     )
     (tmp_path / "run.csv").write_text("a,1\nb,0\n")
     check_run_file(paths, ["a", "b", "c"])  # c was unreadable at pack: not expected
