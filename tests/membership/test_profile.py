@@ -1,8 +1,10 @@
 """The similarity profile: exact k-NN with the query excluded from its own reference, calibrated columns,
 aligned evidence, the profile files of both splits (labels of dev only), and config errors."""
 
+import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from fingerprint.embedding.features import Features
 from fingerprint.membership.align import aligned_ncc
 from fingerprint.membership.profile import ProfileConfig, load_profile, run_profile
 from fingerprint.membership.spaces import KS_GEN, drop_self, knn_profile, l2_knn
+from fingerprint.training.adapt import AdaptConfig, run_adapt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from copies import make_copies  # noqa: E402
@@ -102,3 +105,29 @@ def test_profile_errors(tmp_path, profiled):
         load_profile(tmp_path / "f.npz")
     with pytest.raises(FingerprintError, match=r"missing\.npz: profile file not found"):
         load_profile(tmp_path / "missing.npz")
+
+
+def test_bounded_profile_equals_the_exact_one_on_tiny_data(profiled, tmp_path):
+    """Flat index and a re-ranking depth that covers the pool: the bounded path gives the exact path's columns,
+    every space (the learned metric's cross-fitted one included); its record reports the index's recall."""
+    root, cfg, _ = profiled
+    run_adapt(AdaptConfig(shards=(cfg.dev, cfg.test), out=tmp_path / "metric", threads=2))
+    spaces = ("px64", "pn32", "px16", "k32x", "al64")  # ff32 takes al64's candidate path
+    common = {"spaces": spaces, "metric": tmp_path / "metric", "align_candidates": 4, "align_references": 3}
+    paths = {}
+    for path in ("exact", "bounded"):
+        c = replace(cfg, out=tmp_path / path, path=path, log=tmp_path / f"{path}.jsonl", **common)
+        assert run_profile(c)["path"] == path
+        paths[path] = [load_profile(tmp_path / path / f"{s}.npz") for s in ("dev", "test")]
+    for (fe, ce), (fb, cb) in zip(paths["exact"], paths["bounded"]):
+        assert list(fe.keys) == list(fb.keys) and list(fe.labels) == list(fb.labels) and set(ce) == set(cb)
+        for name in ce:
+            assert np.allclose(ce[name], cb[name], atol=1e-4), name
+    record = json.loads((tmp_path / "bounded.jsonl").read_text().splitlines()[-1])
+    assert record["index"]["px64"]["recall_at_16"] == {"dev": 1.0, "test": 1.0}
+    assert not list((tmp_path / "bounded").glob(".pool*"))  # the memory-mapped parts are gone
+    # a shallow re-ranking on a coarse code changes the neighbours: the comparison above can fail
+    shallow = replace(cfg, out=tmp_path / "shallow", path="bounded", code_dim=1, rerank=1, spaces=("px64",))
+    run_profile(shallow)
+    _, cs = load_profile(tmp_path / "shallow" / "dev.npz")
+    assert not np.allclose(cs["px64:ngen_8"], paths["exact"][0][1]["px64:ngen_8"], atol=1e-4)
