@@ -29,26 +29,32 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from common import (
+    RESULTS_DIR,
     BenchArgs,
     check_device,
     finish,
     fit_exponent,
     headline,
     load_average,
+    machine_info,
     peak_rss_mb,
     random_unit,
     ratio,
     set_threads,
     standalone_main,
+    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -286,10 +292,157 @@ def table(report: dict) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- the fused scorer on images
+
+#: real images of the fused benchmark: the builder's phantoms at 64 px (dev 80 + 80 labelled, test 100 + 100)
+FUSED_REALS = {"dev_used": 80, "dev_not_used": 80, "test_used": 100, "test_not_used": 100}
+FUSED_SIDE = 64
+SHARD_COUNT = 10_000  # samples per shard of the sampled pools
+RATE_GOAL = 2_000  # generated images per second, shards to run.csv, 2 cores
+
+
+def train_generator(seed: int):
+    """The benchmark builder's generator (vae family, tiny preset) trained on the used phantoms at 64 px; and the
+    real images with their roles."""
+    from fingerprint.benchdata.benchmark import _split
+    from fingerprint.benchdata.generators import family_accelerator, get_family
+    from fingerprint.benchdata.params import resolve_params
+    from fingerprint.benchdata.realimages import phantom_images
+
+    p = resolve_params("tiny", seed=seed, image_size=FUSED_SIDE, **FUSED_REALS)
+    real = phantom_images(p)
+    split = _split(p, real)
+    used = np.concatenate([split["dev_used"], split["test_used"]])
+    gen, _ = get_family(p.family).train(
+        real.images[used], p.generator, seed=p.seed, accelerator=family_accelerator(p.generator), progress=False
+    )
+    return gen, real.images, split
+
+
+def write_pool(folder: Path, reals: list[tuple[str, str, str, np.ndarray]], gen, n_gen: int, seed: int) -> float:
+    """Shards of `reals` (key, role, label, pixels) and `n_gen` images drawn from `gen` straight into the tars
+    (npy, as `fingerprint pack` writes them), with the manifest; returns the seconds."""
+    from fingerprint.core.files import write_json as write
+    from fingerprint.data.pack import PackConfig, _manifest, _ShardSink
+    from fingerprint.data.sources import encode_pixels, pixel_sha256
+
+    t0, counts = time.perf_counter(), {}
+    folder.mkdir(parents=True)
+    sink, rng = _ShardSink(folder, SHARD_COUNT, 1 << 40), np.random.default_rng(seed)
+
+    def put(key: str, role: str, label: str, px: np.ndarray) -> None:
+        record = {"key": key, "role": role, "label": label, "path": f"{key}.npy", "format": "generated",
+                  "mode": "L", "converted": None, "pixel_sha256": pixel_sha256(px), "size": list(px.shape)}  # fmt: skip
+        sink.write(key, {"json": json.dumps(record, sort_keys=True).encode(), "npy": encode_pixels(px, "npy")},
+                   f"{role}/{label}")  # fmt: skip
+        counts[(role, label)] = counts.get((role, label), 0) + 1
+
+    for key, role, label, px in reals:
+        put(key, role, label, px)
+    for start in range(0, n_gen, 4096):
+        for i, px in enumerate(gen.draw(min(4096, n_gen - start), rng)):
+            put(f"generated_{start + i:07d}", "generated", "unknown", px)
+    sink.close()
+    cfg = PackConfig(src=Path("generator"), out=folder, image_size=FUSED_SIDE, max_count=SHARD_COUNT)
+    write(folder / "manifest.json", _manifest(cfg, "manifest", sink, folder, Counter(counts), [], 0))
+    return time.perf_counter() - t0
+
+
+def fused_size(g: int, work: Path, gen, images: np.ndarray, split: dict, seed: int) -> dict:
+    """Sample g generated images (half per split) into shards; time `fingerprint run` on them in a fresh process."""
+    test = np.concatenate([split["test_used"], split["test_not_used"]])
+    truth = {f"real_unknown_{i:04d}": int(j < len(split["test_used"])) for i, j in enumerate(range(len(test)))}
+    dev = [(f"used_{i:04d}", "real", "used", images[j]) for i, j in enumerate(split["dev_used"])]
+    dev += [(f"not_used_{i:04d}", "real", "not_used", images[j]) for i, j in enumerate(split["dev_not_used"])]
+    tst = [(k, "real", "unknown", images[j]) for k, j in zip(truth, test)]
+    write_s = write_pool(work / "dev", dev, gen, g // 2, seed + 1) + write_pool(work / "test", tst, gen, g - g // 2,
+                                                                               seed + 2)  # fmt: skip
+    (work / "truth.csv").write_text("figure_id,label\n" + "".join(f"{k},{v}\n" for k, v in truth.items()))
+    cmd = [sys.executable, "-m", "fingerprint", "run", "--out", str(work / "run"), "--dev-shards", str(work / "dev"),
+           "--test-shards", str(work / "test"), "--truth", str(work / "truth.csv"), "--seed", str(seed),
+           "--no-compare", "--no-cluster", "--no-report", "--n-boot", "100"]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"scaling: fingerprint run at G={g} failed: {proc.stderr[-2000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    summary = json.loads((work / "run" / "run.json").read_text())
+    metrics = json.loads((work / "run" / "metrics.json").read_text())["scorers"]["fused"]
+    profile = [json.loads(x) for x in (work / "run" / "log.jsonl").read_text().splitlines()]
+    profile = next(r for r in reversed(profile) if r.get("stage") == "profile")
+    row = {"generated": g, "real": len(dev) + len(tst), "shards_write_s": round(write_s, 1), "run_s": round(wall, 1),
+           "peak_rss_mb_max_process": round(peak, 1), "generated_per_s": round(g / wall, 1),
+           "stage_seconds": summary["stage_seconds"], "profile_path": profile.get("path"),
+           "recall_at_16": profile.get("index"), "test_roc_auc": metrics["roc_auc"]["value"],
+           "test_kappa": metrics["kappa"]["value"], "command": " ".join(cmd[1:])}  # fmt: skip
+    log.info("scaling fused: G=%d run %.0f s (%.0f generated/s), peak RSS %.0f MB, ROC-AUC %.3f",
+             g, wall, g / wall, peak, row["test_roc_auc"])  # fmt: skip
+    return row
+
+
+def fused_child(g: int, seed: int) -> dict:
+    """One size in this (fresh) process, so RUSAGE_CHILDREN is that run's alone."""
+    gen, images, split = train_generator(seed)
+    with tempfile.TemporaryDirectory(prefix="bench-scaling-fused-") as tmp:
+        return fused_size(g, Path(tmp), gen, images, split, seed)
+
+
+def child_env() -> dict:
+    """The environment of a child process: this checkout first on the import path."""
+    return {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
+
+
+def commit() -> str:
+    """The checkout's commit."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE.parent).stdout.strip()
+
+
+def run_fused(sizes: list[int], seed: int, out: Path) -> dict:
+    """The fused rows at each size (each in a fresh process), merged into scaling.json under "fused"."""
+    started, load_before = time.perf_counter(), load_average()
+    rows = []
+    for g in sizes:
+        cmd = [sys.executable, str(HERE), "--fused-child", str(g), str(seed)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+        if proc.returncode != 0:
+            raise RuntimeError(f"scaling: fused G={g} failed: {proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    gs = [r["generated"] for r in rows]
+    report = {
+        "what": "fingerprint run (fused scorer writes run.csv; comparators, clustering, report off; default "
+        "baselines) on shards sampled from the benchmark builder's generator at 64 px, half the generated images "
+        "in each split; each size in a fresh process",
+        "commit": commit(),
+        "rows": rows,
+        "time_exponent": round(fit_exponent(gs, [r["run_s"] for r in rows]), 3) if len(rows) > 1 else None,
+        "rate_goal_generated_per_s": RATE_GOAL,
+        "peak_rss_goal_mb": LIMIT_MB,
+        "load_avg": {"before": load_before, "after": load_average()},
+        "wall_s": round(time.perf_counter() - started, 1),
+        "machine": machine_info("cpu"),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    full = json.loads(out.read_text()) if out.is_file() else {}
+    full["fused"] = report
+    write_json(out, full)
+    return report
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
         print(json.dumps(child(argv[1], Path(argv[2]), int(argv[3]))))
+        return 0
+    if argv[:1] == ["--fused-child"]:
+        print(json.dumps(fused_child(int(argv[1]), int(argv[2]))))
+        return 0
+    if argv[:1] == ["--fused"]:
+        sizes = [int(x) for x in (argv[1] if len(argv) > 1 else "10000,100000").split(",")]
+        report = run_fused(sizes, 0, RESULTS_DIR / f"{NAME}.json")
+        for r in report["rows"]:
+            print(f"fused G={r['generated']:,}: {r['run_s']} s, {r['generated_per_s']} generated/s, "
+                  f"peak RSS {r['peak_rss_mb_max_process']} MB, test ROC-AUC {r['test_roc_auc']:.3f}")  # fmt: skip
         return 0
     return standalone_main(NAME, run, __doc__, argv)
 

@@ -1,24 +1,25 @@
-"""The bounded-memory profile: compact codes, an approximate index, exact re-ranking from memory-mapped pixels.
+"""The bounded-memory profile: compact codes, an approximate index, exact re-ranking from the pixels on disk.
 
 The exact profile (`fingerprint.membership.profile`) holds every image of a
 split at each size in memory and searches it exhaustively. Here memory grows
 with the real images only:
 
 - one pass over each split's shards writes the generated images, as stored
-  (uint8, at most the largest side a space reads), into a memory-mapped part
-  in a temporary folder of the profile's output; the reals stay in memory;
+  (uint8, at most the largest side a space reads), into a part file in a
+  temporary folder of the profile's output, read back by row (`Part`); the
+  reals stay in memory;
 - each vector space (`px*`, `pn*`, `k32x`) gets a compact code per image: a
   PCA of the space's rows fitted on a seeded sample (`k32x`: the learned
   metric's own projection, already linear and low-dimensional); codes are
-  computed chunk by chunk from the memory-mapped part;
+  computed chunk by chunk from the part;
 - a FAISS index over the generated codes (exact `Flat` on small pools, else
   `IVF<nlist>,Flat`) gives each real image its `rerank` nearest candidates,
-  re-ranked exactly in the full space from the memory-mapped rows (in `k32x`,
+  re-ranked exactly in the full space from the part's rows (in `k32x`,
   in the real image's own cross-fitted metric), and the same for the
   reference reals; the recall@16 of the index against exhaustive search on
   the codes is measured on a seeded sample of real queries and recorded;
 - `al64` and `ff32` align each real image with its top `pn32` candidates only,
-  read from the memory-mapped part.
+  read from the part.
 
 Where the index is exact and the re-ranking depth covers the true neighbours
 (every small pool), the columns equal the exact profile's.
@@ -53,16 +54,52 @@ RECALL_AT = 16
 #: real queries the recall is measured on (a seeded sample)
 RECALL_QUERIES = 256
 
-#: images per chunk when coding or re-ranking from the memory-mapped part
-CHUNK = 4096
+#: generated images per split in the sample the PCA codes are fitted on (with every real image)
+PCA_SAMPLE = 1024
+
+
+#: images per chunk when coding from the part
+CHUNK = 1024
+
+
+#: real queries per re-ranking block (their candidates' full rows are held at once)
+QUERY_BLOCK = 16
+
+
+class Part:
+    """A generated pool's uint8 images (N, S, S) in a file, read by row with positioned reads.
+
+    Plain reads (not a memory map) keep the pages out of the process's resident set: memory is what a chunk
+    needs, whatever the pool's size.
+    """
+
+    def __init__(self, path: Path, n: int, side: int):
+        self.path, self.shape, self.row = path, (n, side, side), side * side
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: np.ndarray | slice) -> np.ndarray:
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(len(self))
+            data = os.pread(self.fd, (stop - start) * self.row, start * self.row)
+            return np.frombuffer(data, np.uint8).reshape(stop - start, *self.shape[1:]).copy()
+        out = np.empty((len(rows), *self.shape[1:]), np.uint8)
+        for i, r in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+            out[i] = np.frombuffer(os.pread(self.fd, self.row, r * self.row), np.uint8).reshape(self.shape[1:])
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 @dataclass
 class Images:
-    """One role's images of a split as uint8 (N, S, S) (in memory or memory-mapped) and their keys."""
+    """One role's images of a split as uint8 (N, S, S) (in memory, or a part on disk) and their keys."""
 
     keys: list[str]
-    pixels: np.ndarray
+    pixels: np.ndarray | Part
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -75,7 +112,7 @@ class Images:
 
 @dataclass
 class Split:
-    """A split for the bounded profile: reals in memory (sorted by key, with labels), generated memory-mapped."""
+    """A split for the bounded profile: reals in memory (sorted by key, with labels), generated in a part file."""
 
     real: Images
     labels: list[str]
@@ -114,7 +151,7 @@ def read_split(shards: str | Path, folder: Path, name: str, sizes: list[int], cf
         raise FingerprintError(f"{shards}: the profile needs real and generated images")
     order = np.argsort(np.asarray(rkeys), kind="stable")
     real = np.concatenate(reals)[order]
-    pixels = np.memmap(path, dtype=np.uint8, mode="r", shape=(len(gkeys), side, side))
+    pixels = Part(path, len(gkeys), side)
     return Split(Images([rkeys[i] for i in order], real), [rlabels[i] for i in order], Images(gkeys, pixels))
 
 
@@ -159,14 +196,14 @@ def fit_space(space: Space, splits: dict[str, Split], dim: int, seed: int) -> Sp
     sample = []
     for sp in splits.values():
         sample.append(space.rows(sp.real, slice(None)))
-        n = min(len(sp.gen), 2048)
+        n = min(len(sp.gen), PCA_SAMPLE)
         sample.append(space.rows(sp.gen, np.sort(rng.choice(len(sp.gen), n, replace=False))))
     space.mean, space.components = fit_pca(np.concatenate(sample), dim)
     return space
 
 
 def pool_codes(space: Space, images: Images) -> np.ndarray:
-    """Codes (N, d) of every image of a (memory-mapped) pool, chunk by chunk."""
+    """Codes (N, d) of every image of a pool (in memory or a part), chunk by chunk."""
     out = np.empty((len(images), space.components.shape[0]), np.float32)
     for i in range(0, len(images), CHUNK):
         out[i : i + CHUNK] = space.code(space.rows(images, slice(i, i + CHUNK)))
@@ -207,14 +244,15 @@ def rerank(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact L2 of each query row to its candidates' full rows (`base(ids)`), the k nearest: (dist, ids) sorted."""
     dist = np.empty(cand.shape, np.float64)
-    for i in range(0, len(cand), 256):
-        c = cand[i : i + 256]
+    b = QUERY_BLOCK
+    for i in range(0, len(cand), b):
+        c = cand[i : i + b]
         ids = np.unique(c[c >= 0])
         rows = base(ids).astype(np.float64)
         local = np.searchsorted(ids, np.where(c >= 0, c, ids[0]))
-        diff = rows[local] - query[i : i + 256, None].astype(np.float64)
+        diff = rows[local] - query[i : i + b, None].astype(np.float64)
         d = np.sqrt((diff * diff).sum(-1))
-        dist[i : i + 256] = np.where(c >= 0, d, np.inf)
+        dist[i : i + b] = np.where(c >= 0, d, np.inf)
     order = np.argsort(dist, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(dist, order, 1), np.take_along_axis(cand, order, 1)
 
@@ -304,7 +342,7 @@ class BoundedProfile:
         return out
 
     def candidate_space(self, name: str) -> dict[str, dict[str, np.ndarray]]:
-        """al64 / ff32 on each real image's nearest pn32 generated images and reals, read from the parts."""
+        """al64 / ff32 on each real image's nearest pn32 generated images and reals, read from the part."""
         if "pn32" not in self.neighbours:
             self.pixel_space("pn32")
         cand, ref = self.neighbours["pn32"]
@@ -333,7 +371,7 @@ class BoundedProfile:
 
 
 def pool_folder(out: Path) -> Path:
-    """A temporary folder for the memory-mapped parts inside the profile's output (a stale one is removed later)."""
+    """A temporary folder for the part files inside the profile's output (a stale one is removed later)."""
     folder = Path(out) / f".pool.tmp-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)

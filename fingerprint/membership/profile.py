@@ -122,7 +122,8 @@ def _bounded_columns(cfg: ProfileConfig, sizes: list[int]) -> tuple[dict, dict, 
         columns = _space_columns(cfg.spaces, profile.space)
         rows = {s: (sp.real.keys, sp.labels, len(sp.gen)) for s, sp in splits.items()}
         stats = profile.stats
-        del profile, splits  # the memory maps, before their files go
+        for sp in splits.values():
+            sp.gen.pixels.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return rows, columns, columns.pop("seconds"), {"read_seconds": read_s, "index": stats}

@@ -60,7 +60,7 @@ class ProfileConfig:
         "auto",
         choices=PROFILE_PATHS,
         help="exact: every image in memory, exhaustive k-NN; bounded: codes, an index and exact re-ranking from "
-        "memory-mapped pixels (memory grows with the reals only); auto: bounded above path_exact_max",
+        "the pixels on disk (memory grows with the reals only); auto: bounded above path_exact_max",
     )
     path_exact_max: int = option(20_000, min=0, help="auto: the exact path up to this many generated images a split")
     code_dim: int = option(32, min=1, help="bounded: PCA code size of each pixel space (fitted on a seeded sample)")

@@ -62,6 +62,11 @@ class RunOptions:
     seed_rule_max_pairs: int = option(
         500_000, min=0, help="run pairwise scorers (the seed's rule) only when real x generated is at most this"
     )
+    pixel_baselines_max: int = option(
+        50_000,
+        min=0,
+        help="run the pixel baselines (dcr, ssim: every image in memory) only up to this many generated images a split",
+    )
     index_factory: str = option("Flat", help="FAISS index over generated embeddings (Flat = exact)")
     rule: str = option(THRESHOLD_RULES[0], choices=THRESHOLD_RULES, help="threshold rule of every scorer's labels")
     scale: str = option(

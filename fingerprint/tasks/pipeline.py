@@ -236,12 +236,17 @@ def _split_sizes(shards_dir: Path | str) -> tuple[int, int]:
 def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> list[str]:
     """Every scorer on dev then test; returns the warnings about the run file's labels."""
     n_real, n_gen = _split_sizes(paths.shards("test"))
+    pool = max(n_gen, _split_sizes(paths.shards("dev"))[1])
     for name in (RUN_FILE_SCORER, *cfg.baselines):
         if get_scorer(name).pairwise and n_real * n_gen > cfg.seed_rule_max_pairs:
             log.info(
                 "[score] %s skipped: %d x %d pairs > run.seed_rule_max_pairs %d",
                 *(name, n_real, n_gen, cfg.seed_rule_max_pairs),
             )
+            continue
+        if "pixels" in get_scorer(name).needs and pool > cfg.pixel_baselines_max:
+            log.info("[score] %s skipped: %d generated > run.pixel_baselines_max %d", name, pool,
+                     cfg.pixel_baselines_max)  # fmt: skip
             continue
         for s in SPLITS:
             # the test config reads the dev threshold, so it is built after the dev stage ran

@@ -3,6 +3,8 @@ aligned evidence, the profile files of both splits (labels of dev only), and con
 
 import json
 import math
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from fingerprint.core.config import ConfigError
 from fingerprint.core.errors import FingerprintError
@@ -131,3 +134,40 @@ def test_bounded_profile_equals_the_exact_one_on_tiny_data(profiled, tmp_path):
     run_profile(shallow)
     _, cs = load_profile(tmp_path / "shallow" / "dev.npz")
     assert not np.allclose(cs["px64:ngen_8"], paths["exact"][0][1]["px64:ngen_8"], atol=1e-4)
+
+
+def _pool(root: Path, n_gen: int, n_real: int = 10) -> Path:
+    """A split's shards: n_real used + n_real not-used + n_gen generated 32 px images."""
+    rng = np.random.default_rng(n_gen)
+    for folder, n in (("generated", n_gen), ("used", n_real), ("not_used", n_real)):
+        (root / "src" / folder).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+            Image.fromarray(img).save(root / "src" / folder / f"{folder}_{i:05d}.png")
+    pack(root / "src", root / "shards", encoding="npy")
+    return root / "shards"
+
+
+def _peak_rss_kb(dev: Path, test: Path, out: Path, path: str) -> int:
+    """Peak resident memory (kB) of a fresh process that runs the profile (px32, pn16, px16) on dev and test."""
+    code = (
+        "import resource; from fingerprint.membership.profile import ProfileConfig, run_profile; "
+        f"run_profile(ProfileConfig(dev='{dev}', test='{test}', out='{out}', path='{path}', "
+        "spaces=('px32', 'pn16', 'px16'), threads=1)); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return int(done.stdout.split()[-1])
+
+
+def test_bounded_profile_memory_does_not_grow_with_the_pool(tmp_path):
+    """A generated pool 10 times larger adds less than 20 MB to the bounded profile's peak RSS, where the exact
+    path's in-memory images alone grow by about 66 MB (measured in fresh processes with getrusage)."""
+    test = _pool(tmp_path / "test", 1200)
+    small, big = _pool(tmp_path / "small", 1200), _pool(tmp_path / "big", 12000)
+    rss_small = _peak_rss_kb(small, test, tmp_path / "p-small", "bounded")
+    rss_big = _peak_rss_kb(big, test, tmp_path / "p-big", "bounded")
+    assert rss_big - rss_small < 20_000, (rss_small, rss_big)
+    rss_exact = _peak_rss_kb(big, test, tmp_path / "p-exact", "exact")
+    assert rss_exact - rss_small > 20_000, (rss_small, rss_exact)  # the bound tells the two paths apart
