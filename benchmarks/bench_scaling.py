@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -299,6 +298,15 @@ FUSED_REALS = {"dev_used": 80, "dev_not_used": 80, "test_used": 100, "test_not_u
 FUSED_SIDE = 64
 SHARD_COUNT = 10_000  # samples per shard of the sampled pools
 RATE_GOAL = 2_000  # generated images per second, shards to run.csv, 2 cores
+#: runs the CLI, then prints its peak RSS (MB): the process's own and its largest reader worker's
+PEAK_WRAPPER = (
+    "import json, resource, sys\n"
+    "from fingerprint.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "mb = lambda who: round(resource.getrusage(who).ru_maxrss / 1024, 1)\n"
+    "print(json.dumps({'self': mb(resource.RUSAGE_SELF), 'workers': mb(resource.RUSAGE_CHILDREN)}), file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
 
 
 def train_generator(seed: int):
@@ -358,34 +366,39 @@ def fused_size(g: int, work: Path, gen, images: np.ndarray, split: dict, seed: i
     write_s = write_pool(work / "dev", dev, gen, g // 2, seed + 1) + write_pool(work / "test", tst, gen, g - g // 2,
                                                                                seed + 2)  # fmt: skip
     (work / "truth.csv").write_text("figure_id,label\n" + "".join(f"{k},{v}\n" for k, v in truth.items()))
-    cmd = [sys.executable, "-m", "fingerprint", "run", "--out", str(work / "run"), "--dev-shards", str(work / "dev"),
-           "--test-shards", str(work / "test"), "--truth", str(work / "truth.csv"), "--seed", str(seed),
-           "--no-compare", "--no-cluster", "--no-report", "--n-boot", "100"]  # fmt: skip
+    args = ["run", "--out", str(work / "run"), "--dev-shards", str(work / "dev"), "--test-shards", str(work / "test"),
+            "--truth", str(work / "truth.csv"), "--seed", str(seed), "--no-compare", "--no-cluster", "--no-report",
+            "--n-boot", "100"]  # fmt: skip
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *args], capture_output=True, text=True, env=child_env())
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"scaling: fingerprint run at G={g} failed: {proc.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    peak = json.loads(proc.stderr.strip().splitlines()[-1])
     summary = json.loads((work / "run" / "run.json").read_text())
     metrics = json.loads((work / "run" / "metrics.json").read_text())["scorers"]["fused"]
     profile = [json.loads(x) for x in (work / "run" / "log.jsonl").read_text().splitlines()]
     profile = next(r for r in reversed(profile) if r.get("stage") == "profile")
     row = {"generated": g, "real": len(dev) + len(tst), "shards_write_s": round(write_s, 1), "run_s": round(wall, 1),
-           "peak_rss_mb_max_process": round(peak, 1), "generated_per_s": round(g / wall, 1),
+           "peak_rss_mb": peak["self"], "peak_rss_mb_reader_workers": peak["workers"],
+           "generated_per_s": round(g / wall, 1),
            "stage_seconds": summary["stage_seconds"], "profile_path": profile.get("path"),
            "recall_at_16": profile.get("index"), "test_roc_auc": metrics["roc_auc"]["value"],
-           "test_kappa": metrics["kappa"]["value"], "command": " ".join(cmd[1:])}  # fmt: skip
+           "test_kappa": metrics["kappa"]["value"], "command": "fingerprint " + " ".join(args)}  # fmt: skip
     log.info("scaling fused: G=%d run %.0f s (%.0f generated/s), peak RSS %.0f MB, ROC-AUC %.3f",
-             g, wall, g / wall, peak, row["test_roc_auc"])  # fmt: skip
+             g, wall, g / wall, peak["self"], row["test_roc_auc"])  # fmt: skip
     return row
 
 
-def fused_child(g: int, seed: int) -> dict:
-    """One size in this (fresh) process, so RUSAGE_CHILDREN is that run's alone."""
+def fused_child(sizes: list[int], seed: int) -> list[dict]:
+    """Train the generator once, then every size (each `fingerprint run` in its own process)."""
     gen, images, split = train_generator(seed)
-    with tempfile.TemporaryDirectory(prefix="bench-scaling-fused-") as tmp:
-        return fused_size(g, Path(tmp), gen, images, split, seed)
+    rows = []
+    for g in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-scaling-fused-") as tmp:
+            rows.append(fused_size(g, Path(tmp), gen, images, split, seed))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def child_env() -> dict:
@@ -401,13 +414,11 @@ def commit() -> str:
 def run_fused(sizes: list[int], seed: int, out: Path) -> dict:
     """The fused rows at each size (each in a fresh process), merged into scaling.json under "fused"."""
     started, load_before = time.perf_counter(), load_average()
-    rows = []
-    for g in sizes:
-        cmd = [sys.executable, str(HERE), "--fused-child", str(g), str(seed)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
-        if proc.returncode != 0:
-            raise RuntimeError(f"scaling: fused G={g} failed: {proc.stderr[-3000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    cmd = [sys.executable, str(HERE), "--fused-child", ",".join(map(str, sizes)), str(seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"scaling: fused {sizes} failed: {proc.stderr[-3000:]}")
+    rows = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
     gs = [r["generated"] for r in rows]
     report = {
         "what": "fingerprint run (fused scorer writes run.csv; comparators, clustering, report off; default "
@@ -435,7 +446,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(argv[1], Path(argv[2]), int(argv[3]))))
         return 0
     if argv[:1] == ["--fused-child"]:
-        print(json.dumps(fused_child(int(argv[1]), int(argv[2]))))
+        fused_child([int(x) for x in argv[1].split(",")], int(argv[2]))
         return 0
     if argv[:1] == ["--fused"]:
         sizes = [int(x) for x in (argv[1] if len(argv) > 1 else "10000,100000").split(",")]
