@@ -412,18 +412,30 @@ def commit() -> str:
 
 
 def run_fused(sizes: list[int], seed: int, out: Path) -> dict:
-    """The fused rows at each size (each in a fresh process), merged into scaling.json under "fused"."""
+    """The fused rows at each size (one child trains the generator, each run in its own process), merged into
+    scaling.json under "fused" after every size (a run stopped early keeps the sizes done)."""
     started, load_before = time.perf_counter(), load_average()
     cmd = [sys.executable, str(HERE), "--fused-child", ",".join(map(str, sizes)), str(seed)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
+    rows: list[dict] = []
+    report: dict = {}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env()) as proc:
+        for line in proc.stdout:
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+                report = fused_report(rows, load_before, started)
+                full = json.loads(out.read_text()) if out.is_file() else {}
+                write_json(out, {**full, "fused": report})
     if proc.returncode != 0:
-        raise RuntimeError(f"scaling: fused {sizes} failed: {proc.stderr[-3000:]}")
-    rows = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+        raise RuntimeError(f"scaling: fused {sizes} failed (exit {proc.returncode})")
+    return report
+
+
+def fused_report(rows: list[dict], load_before: list[float] | None, started: float) -> dict:
     gs = [r["generated"] for r in rows]
-    report = {
+    return {
         "what": "fingerprint run (fused scorer writes run.csv; comparators, clustering, report off; default "
         "baselines) on shards sampled from the benchmark builder's generator at 64 px, half the generated images "
-        "in each split; each size in a fresh process",
+        "in each split; each run in its own process",
         "commit": commit(),
         "rows": rows,
         "time_exponent": round(fit_exponent(gs, [r["run_s"] for r in rows]), 3) if len(rows) > 1 else None,
@@ -434,10 +446,6 @@ def run_fused(sizes: list[int], seed: int, out: Path) -> dict:
         "machine": machine_info("cpu"),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    full = json.loads(out.read_text()) if out.is_file() else {}
-    full["fused"] = report
-    write_json(out, full)
-    return report
 
 
 def main(argv=None) -> int:
