@@ -22,8 +22,11 @@ the reals (`k32x`, `fingerprint.training.adapt`), aligned correlation after a sm
 registration search (`al64`, `fingerprint.membership.align`), distance after free-form
 registration (`ff32`, `fingerprint.imaging.register`), and a trained model's
 embedding (`emb`). Every feature is oriented "higher = more likely used".
-Distances are exact FAISS k-NN (IndexFlatL2). `fingerprint.membership.fuse` fits the
-trained scorer on these columns.
+Distances are exact FAISS k-NN (IndexFlatL2) over every image in memory; above
+`profile.path_exact_max` generated images a split (or with `profile.path bounded`)
+they come from the bounded-memory path (`fingerprint.membership.bounded`: codes, an
+index, exact re-ranking from the pixels on disk). `fingerprint.membership.fuse` fits
+the trained scorer on these columns.
 """
 
 from __future__ import annotations
