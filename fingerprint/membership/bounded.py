@@ -182,12 +182,16 @@ class Space:
         return np.ascontiguousarray(rows if self.projected else self.project(rows), dtype=np.float32)
 
 
-def fit_pca(rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, top-`dim` principal directions (dim, D)) of sample rows, by SVD (float64)."""
-    x = rows.astype(np.float64)
+def fit_pca(rows: np.ndarray, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, top-`dim` principal directions (dim, D)) of sample rows: a seeded randomised SVD (Halko et al.), the
+    code only has to retrieve candidates (they are re-ranked exactly)."""
+    x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
     mean = x.mean(0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    return mean.astype(np.float32), vt[:dim].astype(np.float32)
+    q = min(dim + 8, *x.shape)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        _, _, v = torch.svd_lowrank(x - mean, q=q, niter=3)
+    return mean.numpy(), np.ascontiguousarray(v[:, :dim].T.numpy())
 
 
 def fit_space(space: Space, splits: dict[str, Split], dim: int, seed: int) -> Space:
@@ -198,7 +202,7 @@ def fit_space(space: Space, splits: dict[str, Split], dim: int, seed: int) -> Sp
         sample.append(space.rows(sp.real, slice(None)))
         n = min(len(sp.gen), PCA_SAMPLE)
         sample.append(space.rows(sp.gen, np.sort(rng.choice(len(sp.gen), n, replace=False))))
-    space.mean, space.components = fit_pca(np.concatenate(sample), dim)
+    space.mean, space.components = fit_pca(np.concatenate(sample), dim, seed)
     return space
 
 
