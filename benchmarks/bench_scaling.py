@@ -22,33 +22,49 @@ A process that only imports the same libraries gives the memory floor.
 Growth exponents are least-squares slopes of log(time or memory) on log(G).
 Writes benchmarks/results/scaling.json.
 
+`--fused SIZES` measures the scorer that writes run.csv on images instead:
+the benchmark builder's generator (vae family, tiny preset), trained on the
+used phantoms at 64 px, is sampled straight into npy shards (half of each
+size per split, 360 labelled/unknown real images), and `fingerprint run
+--dev-shards --test-shards` (comparators, clustering, report off) runs on
+them in its own process: wall time, generated images/s from shards to
+run.csv, peak RSS (the run's process and its largest reader worker), stage
+seconds, the profile's path and index recall, test ROC-AUC. The rows go to
+scaling.json under "fused", written after every size.
+
     nice python benchmarks/bench_scaling.py [--quick|--tiny]
+    nice python benchmarks/bench_scaling.py --fused 10000,100000,1000000
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from common import (
+    RESULTS_DIR,
     BenchArgs,
     check_device,
     finish,
     fit_exponent,
     headline,
     load_average,
+    machine_info,
     peak_rss_mb,
     random_unit,
     ratio,
     set_threads,
     standalone_main,
+    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -181,8 +197,11 @@ def run(args: BenchArgs) -> dict:
         save_model(model, work / "model", extra={})
         floor = run_child("floor", work, args.seed)
         rows = [measure(g, work, model.channels, args.seed, in_memory=True) for g in sizes]
-    return finish(NAME, args, _report(rows, floor, describe(model), threads, sizes), load_before=load_before,
-                  started=started)  # fmt: skip
+    report = _report(rows, floor, describe(model), threads, sizes)
+    kept = RESULTS_DIR / f"{NAME}.json"  # the fused rows (`--fused`) are measured separately: keep them
+    if kept.is_file() and "fused" in json.loads(kept.read_text()):
+        report["fused"] = json.loads(kept.read_text())["fused"]
+    return finish(NAME, args, report, load_before=load_before, started=started)
 
 
 def _report(rows: list[dict], floor: dict, model: str, threads: int, sizes: tuple) -> dict:
@@ -286,10 +305,177 @@ def table(report: dict) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- the fused scorer on images
+
+#: real images of the fused benchmark: the builder's phantoms at 64 px (dev 80 + 80 labelled, test 100 + 100)
+FUSED_REALS = {"dev_used": 80, "dev_not_used": 80, "test_used": 100, "test_not_used": 100}
+FUSED_SIDE = 64
+SHARD_COUNT = 10_000  # samples per shard of the sampled pools
+RATE_GOAL = 2_000  # generated images per second, shards to run.csv, 2 cores
+#: runs the CLI, then prints its peak RSS (MB): the process's own and its largest reader worker's
+PEAK_WRAPPER = (
+    "import json, resource, sys\n"
+    "from fingerprint.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "mb = lambda who: round(resource.getrusage(who).ru_maxrss / 1024, 1)\n"
+    "print(json.dumps({'self': mb(resource.RUSAGE_SELF), 'workers': mb(resource.RUSAGE_CHILDREN)}), file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def train_generator(seed: int):
+    """The benchmark builder's generator (vae family, tiny preset) trained on the used phantoms at 64 px; and the
+    real images with their roles."""
+    from fingerprint.benchdata.benchmark import _split
+    from fingerprint.benchdata.generators import family_accelerator, get_family
+    from fingerprint.benchdata.params import resolve_params
+    from fingerprint.benchdata.realimages import phantom_images
+
+    p = resolve_params("tiny", seed=seed, image_size=FUSED_SIDE, **FUSED_REALS)
+    real = phantom_images(p)
+    split = _split(p, real)
+    used = np.concatenate([split["dev_used"], split["test_used"]])
+    gen, _ = get_family(p.family).train(
+        real.images[used], p.generator, seed=p.seed, accelerator=family_accelerator(p.generator), progress=False
+    )
+    return gen, real.images, split
+
+
+def write_pool(folder: Path, reals: list[tuple[str, str, str, np.ndarray]], gen, n_gen: int, seed: int) -> float:
+    """Shards of `reals` (key, role, label, pixels) and `n_gen` images drawn from `gen` straight into the tars
+    (npy, as `fingerprint pack` writes them), with the manifest; returns the seconds."""
+    from fingerprint.core.files import write_json as write
+    from fingerprint.data.pack import PackConfig, _manifest, _ShardSink
+    from fingerprint.data.sources import encode_pixels, pixel_sha256
+
+    t0, counts = time.perf_counter(), {}
+    folder.mkdir(parents=True)
+    sink, rng = _ShardSink(folder, SHARD_COUNT, 1 << 40), np.random.default_rng(seed)
+
+    def put(key: str, role: str, label: str, px: np.ndarray) -> None:
+        record = {"key": key, "role": role, "label": label, "path": f"{key}.npy", "format": "generated",
+                  "mode": "L", "converted": None, "pixel_sha256": pixel_sha256(px), "size": list(px.shape)}  # fmt: skip
+        sink.write(key, {"json": json.dumps(record, sort_keys=True).encode(), "npy": encode_pixels(px, "npy")},
+                   f"{role}/{label}")  # fmt: skip
+        counts[(role, label)] = counts.get((role, label), 0) + 1
+
+    for key, role, label, px in reals:
+        put(key, role, label, px)
+    for start in range(0, n_gen, 4096):
+        for i, px in enumerate(gen.draw(min(4096, n_gen - start), rng)):
+            put(f"generated_{start + i:07d}", "generated", "unknown", px)
+    sink.close()
+    cfg = PackConfig(src=Path("generator"), out=folder, image_size=FUSED_SIDE, max_count=SHARD_COUNT)
+    write(folder / "manifest.json", _manifest(cfg, "manifest", sink, folder, Counter(counts), [], 0))
+    return time.perf_counter() - t0
+
+
+def fused_size(g: int, work: Path, gen, images: np.ndarray, split: dict, seed: int) -> dict:
+    """Sample g generated images (half per split) into shards; time `fingerprint run` on them in a fresh process."""
+    test = np.concatenate([split["test_used"], split["test_not_used"]])
+    truth = {f"real_unknown_{i:04d}": int(j < len(split["test_used"])) for i, j in enumerate(range(len(test)))}
+    dev = [(f"used_{i:04d}", "real", "used", images[j]) for i, j in enumerate(split["dev_used"])]
+    dev += [(f"not_used_{i:04d}", "real", "not_used", images[j]) for i, j in enumerate(split["dev_not_used"])]
+    tst = [(k, "real", "unknown", images[j]) for k, j in zip(truth, test)]
+    write_s = write_pool(work / "dev", dev, gen, g // 2, seed + 1) + write_pool(work / "test", tst, gen, g - g // 2,
+                                                                               seed + 2)  # fmt: skip
+    (work / "truth.csv").write_text("figure_id,label\n" + "".join(f"{k},{v}\n" for k, v in truth.items()))
+    args = ["run", "--out", str(work / "run"), "--dev-shards", str(work / "dev"), "--test-shards", str(work / "test"),
+            "--truth", str(work / "truth.csv"), "--seed", str(seed), "--no-compare", "--no-cluster", "--no-report",
+            "--n-boot", "100"]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *args], capture_output=True, text=True, env=child_env())
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"scaling: fingerprint run at G={g} failed: {proc.stderr[-2000:]}")
+    peak = json.loads(proc.stderr.strip().splitlines()[-1])
+    summary = json.loads((work / "run" / "run.json").read_text())
+    metrics = json.loads((work / "run" / "metrics.json").read_text())["scorers"]["fused"]
+    profile = [json.loads(x) for x in (work / "run" / "log.jsonl").read_text().splitlines()]
+    profile = next(r for r in reversed(profile) if r.get("stage") == "profile")
+    row = {"generated": g, "real": len(dev) + len(tst), "shards_write_s": round(write_s, 1), "run_s": round(wall, 1),
+           "peak_rss_mb": peak["self"], "peak_rss_mb_reader_workers": peak["workers"],
+           "generated_per_s": round(g / wall, 1),
+           "stage_seconds": summary["stage_seconds"], "profile_path": profile.get("path"),
+           "recall_at_16": profile.get("index"), "test_roc_auc": metrics["roc_auc"]["value"],
+           "test_kappa": metrics["kappa"]["value"], "command": "fingerprint " + " ".join(args)}  # fmt: skip
+    log.info("scaling fused: G=%d run %.0f s (%.0f generated/s), peak RSS %.0f MB, ROC-AUC %.3f",
+             g, wall, g / wall, peak["self"], row["test_roc_auc"])  # fmt: skip
+    return row
+
+
+def fused_child(sizes: list[int], seed: int) -> list[dict]:
+    """Train the generator once, then every size (each `fingerprint run` in its own process)."""
+    gen, images, split = train_generator(seed)
+    rows = []
+    for g in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-scaling-fused-") as tmp:
+            rows.append(fused_size(g, Path(tmp), gen, images, split, seed))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def child_env() -> dict:
+    """The environment of a child process: this checkout first on the import path."""
+    return {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
+
+
+def commit() -> str:
+    """The checkout's commit."""
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=HERE.parent).stdout.strip()
+
+
+def run_fused(sizes: list[int], seed: int, out: Path) -> dict:
+    """The fused rows at each size (one child trains the generator, each run in its own process), merged into
+    scaling.json under "fused" after every size (a run stopped early keeps the sizes done)."""
+    started, load_before = time.perf_counter(), load_average()
+    cmd = [sys.executable, str(HERE), "--fused-child", ",".join(map(str, sizes)), str(seed)]
+    rows: list[dict] = []
+    report: dict = {}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env()) as proc:
+        for line in proc.stdout:
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+                report = fused_report(rows, load_before, started)
+                full = json.loads(out.read_text()) if out.is_file() else {}
+                write_json(out, {**full, "fused": report})
+    if proc.returncode != 0:
+        raise RuntimeError(f"scaling: fused {sizes} failed (exit {proc.returncode})")
+    return report
+
+
+def fused_report(rows: list[dict], load_before: list[float] | None, started: float) -> dict:
+    gs = [r["generated"] for r in rows]
+    return {
+        "what": "fingerprint run (fused scorer writes run.csv; comparators, clustering, report off; default "
+        "baselines) on shards sampled from the benchmark builder's generator at 64 px, half the generated images "
+        "in each split; each run in its own process",
+        "commit": commit(),
+        "rows": rows,
+        "time_exponent": round(fit_exponent(gs, [r["run_s"] for r in rows]), 3) if len(rows) > 1 else None,
+        "rate_goal_generated_per_s": RATE_GOAL,
+        "peak_rss_goal_mb": LIMIT_MB,
+        "load_avg": {"before": load_before, "after": load_average()},
+        "wall_s": round(time.perf_counter() - started, 1),
+        "machine": machine_info("cpu"),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
         print(json.dumps(child(argv[1], Path(argv[2]), int(argv[3]))))
+        return 0
+    if argv[:1] == ["--fused-child"]:
+        fused_child([int(x) for x in argv[1].split(",")], int(argv[2]))
+        return 0
+    if argv[:1] == ["--fused"]:
+        sizes = [int(x) for x in (argv[1] if len(argv) > 1 else "10000,100000").split(",")]
+        report = run_fused(sizes, 0, RESULTS_DIR / f"{NAME}.json")
+        for r in report["rows"]:
+            print(f"fused G={r['generated']:,}: {r['run_s']} s, {r['generated_per_s']} generated/s, "
+                  f"peak RSS {r['peak_rss_mb_max_process']} MB, test ROC-AUC {r['test_roc_auc']:.3f}")  # fmt: skip
         return 0
     return standalone_main(NAME, run, __doc__, argv)
 

@@ -207,6 +207,24 @@ def test_scaling_writes_a_features_folder_and_renders_its_table(tmp_path):
     assert "| 10,000 | 1.0 | 0.1 | 1.0 (0.5 + 0.5) | 800 | 0.5 (0.9) |" in "\n".join(bench_scaling.table(report))
 
 
+def test_scaling_fused_pool_is_a_readable_shard_folder(tmp_path):
+    """The fused scaling benchmark's sampled pool: shards with a manifest that `fingerprint` streams as packed."""
+    import bench_scaling
+
+    from fingerprint.data.stream import StreamConfig, make_loader
+
+    class Drawn:
+        def draw(self, n, rng):
+            return rng.integers(0, 256, (n, 64, 64), dtype=np.uint8)
+
+    reals = [(f"used_{i}", "real", "used", np.full((64, 64), i, np.uint8)) for i in range(3)]
+    bench_scaling.write_pool(tmp_path / "dev", reals, Drawn(), 5000, seed=0)
+    man = json.loads((tmp_path / "dev" / "manifest.json").read_text())
+    assert man["counts"]["role"] == {"real": 3, "generated": 5000} and man["image_size"] == 64
+    batches = list(make_loader(tmp_path / "dev", StreamConfig(batch_size=1024), rank=0, world_size=1))
+    assert sum(len(b["key"]) for b in batches) == 5003 and batches[0]["image"].shape[-1] == 64
+
+
 def test_synth_families_summary_compares_the_families_per_level():
     def build(family, level, wall, hf, fd):
         return {"family": family, "level": level, "wall_s": wall, "cpu_s": wall / 2, "hf_ratio": hf,

@@ -12,6 +12,7 @@ temporary folder renamed into place at the end. The format is in
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -96,7 +97,9 @@ class PackConfig:
     manifest: Path | None = option(
         None, help="CSV (header path,role,label) or JSONL file listing the images; paths relative to its folder"
     )
-    image_size: int = option(256, min=8, help="images of another size are resized to this square size")
+    image_size: int | None = option(
+        None, min=8, help="square side stored (default: the first image's own size); other sizes are resized to it"
+    )
     encoding: str = option(DEFAULT_ENCODING, choices=ENCODINGS, help="stored image encoding (see shards/README.md)")
     max_count: int = option(DEFAULT_MAX_COUNT, min=1, help="samples per shard at most")
     max_size: int = option(
@@ -233,7 +236,7 @@ def pack(
     out: str | os.PathLike,
     *,
     layout: str = "auto",
-    image_size: int = 256,
+    image_size: int | None = None,
     encoding: str = DEFAULT_ENCODING,
     max_count: int = DEFAULT_MAX_COUNT,
     max_size: int = DEFAULT_MAX_SIZE,
@@ -285,12 +288,12 @@ def pack(
         tmp.mkdir(parents=True)
         sink = _ShardSink(tmp, max_count, max_size)
         try:
-            counts, skipped, n_converted, depths = _write_samples(sink, images, keys, order, cfg)
+            counts, skipped, n_converted, depths, size = _write_samples(sink, images, keys, order, cfg)
         finally:
             sink.close()
         if not sink.shards:
             raise FingerprintError(f"{src}: no readable images ({len(skipped)} skipped)")
-        man = _manifest(cfg, layout, sink, tmp, counts, skipped, n_converted) | {"renamed": renamed}
+        man = _manifest(cfg, layout, sink, tmp, counts, skipped, n_converted) | {"renamed": renamed, "image_size": size}
         man["intensity"] = _intensity_record(cfg, depths)
         write_json(tmp / "manifest.json", man)
     log.info(
@@ -314,14 +317,20 @@ def _pack_to_url(src: str | os.PathLike, out: str, *, force: bool, **options: An
     return man
 
 
+def _own_size(data: bytes) -> int:
+    """The longer side of an image (read from its header)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return max(img.size)
+
+
 def _write_samples(
     sink: _ShardSink, images: list[SourceImage], keys: list[str], order: list[int], cfg: PackConfig
-) -> tuple[Counter, list[dict[str, str]], int, Counter]:
-    """Read, convert and write every image in `order`; returns (role/label counts, skipped, converted, bit depths)."""
+) -> tuple[Counter, list[dict[str, str]], int, Counter, int | None]:
+    """Read, convert and write every image in `order`; returns (counts, skipped, converted, bit depths, side)."""
     skipped: list[dict[str, str]] = []
     counts: Counter = Counter()
     depths: Counter = Counter()
-    n_converted = 0
+    n_converted, size = 0, cfg.image_size
     rule = cfg.intensity_rule()
     for i in tqdm(order, desc=f"pack {cfg.src.name}", unit="img", disable=not is_main_process()):
         item, key = images[i], keys[i]
@@ -329,8 +338,9 @@ def _write_samples(
             if item.problem is not None:
                 raise _Unusable(item.problem)
             data = item.path.read_bytes()
+            size = size or _own_size(data)
             pixels, info, unchanged = load_image(
-                data, cfg.image_size, intensity=rule, store_bits=cfg.bits, max_bytes=cfg.max_image_memory
+                data, size, intensity=rule, store_bits=cfg.bits, max_bytes=cfg.max_image_memory
             )
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError,
                 MemoryError, _Unusable) as e:  # fmt: skip
@@ -361,7 +371,7 @@ def _write_samples(
             "%s: images arrive at different bit depths (%s); each is mapped by the %s rule (manifest.json 'intensity')",
             cfg.src, ", ".join(f"{n} at {d} bits" for d, n in sorted(depths.items())), rule.describe()["rule"],
         )  # fmt: skip
-    return counts, skipped, n_converted, depths
+    return counts, skipped, n_converted, depths, size
 
 
 class _Unusable(Exception):

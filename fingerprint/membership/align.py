@@ -147,15 +147,20 @@ def candidate_profile(
     return out
 
 
-def aligned_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> dict[str, dict[str, np.ndarray]]:
-    """The calibrated profile of every real image on aligned distances at 64 px (space `al64`)."""
+def aligned_distance_fn(cfg: ProfileConfig):
+    """`distance(real, pool, pairs)` of `al64`: the aligned distance of each pair at 64 px (see candidate_profile)."""
     search = {"angles": cfg.align_angles, "scales": cfg.align_scales, "shift": cfg.align_shift}
     device = pick_device(cfg.device)
 
     def distance(real: torch.Tensor, pool: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
         return aligned_distance(aligned_ncc(real, pool, pairs, device=device, **search))
 
-    return candidate_profile(splits, cfg, 64, "al64", distance)
+    return distance
+
+
+def aligned_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> dict[str, dict[str, np.ndarray]]:
+    """The calibrated profile of every real image on aligned distances at 64 px (space `al64`)."""
+    return candidate_profile(splits, cfg, 64, "al64", aligned_distance_fn(cfg))
 
 
 def registered_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> dict[str, dict[str, np.ndarray]]:
@@ -168,6 +173,11 @@ def registered_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> di
     of other anatomy does not.
     """
 
+    return candidate_profile(splits, cfg, 32, "ff32", registered_distance_fn(cfg))
+
+
+def registered_distance_fn(cfg: ProfileConfig):
+    """`distance(real, pool, pairs)` of `ff32`: the RMS left after free-form registration at 32 px."""
     device = pick_device(cfg.device)
 
     def distance(real: torch.Tensor, pool: torch.Tensor, pairs: np.ndarray) -> np.ndarray:
@@ -176,4 +186,4 @@ def registered_profile(splits: dict[str, SplitImages], cfg: ProfileConfig) -> di
         rms = registered_rms(moving, fixed, grid=cfg.register_grid, steps=cfg.register_steps, lr=0.02, sigma=0.5)
         return rms.cpu().double().numpy().reshape(pairs.shape) + EPS_RMS
 
-    return candidate_profile(splits, cfg, 32, "ff32", distance)
+    return distance

@@ -22,13 +22,17 @@ the reals (`k32x`, `fingerprint.training.adapt`), aligned correlation after a sm
 registration search (`al64`, `fingerprint.membership.align`), distance after free-form
 registration (`ff32`, `fingerprint.imaging.register`), and a trained model's
 embedding (`emb`). Every feature is oriented "higher = more likely used".
-Distances are exact FAISS k-NN (IndexFlatL2). `fingerprint.membership.fuse` fits the
-trained scorer on these columns.
+Distances are exact FAISS k-NN (IndexFlatL2) over every image in memory; above
+`profile.path_exact_max` generated images a split (or with `profile.path bounded`)
+they come from the bounded-memory path (`fingerprint.membership.bounded`: codes, an
+index, exact re-ranking from the pixels on disk). `fingerprint.membership.fuse` fits
+the trained scorer on these columns.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -41,9 +45,11 @@ from fingerprint.core.errors import FingerprintError
 from fingerprint.core.files import read_json, sha256_file
 from fingerprint.core.logs import JsonlLogger
 from fingerprint.core.vocab import SPLITS
+from fingerprint.data.shards import read_manifest
 from fingerprint.data.stream import StreamConfig, make_loader, to_float
 from fingerprint.embedding.features import Features
 from fingerprint.embedding.model_io import META_FILE, load_model
+from fingerprint.membership import bounded
 from fingerprint.membership.align import aligned_profile, pick_device, registered_profile
 from fingerprint.membership.spaces import (
     ProfileConfig,
@@ -65,24 +71,65 @@ def run_profile(cfg: ProfileConfig) -> dict:
     set_threads(cfg.threads)
     t0 = time.perf_counter()
     sizes = needed_sizes(cfg)
-    splits = {s: read_split(getattr(cfg, s), sizes, cfg.batch_size, cfg.on_error) for s in SPLITS}
-    columns: dict[str, dict[str, np.ndarray]] = {s: {} for s in SPLITS}
+    path = choose_path(cfg)
+    if path == "bounded":
+        rows, columns, seconds, extra = _bounded_columns(cfg, sizes)
+    else:
+        splits = {s: read_split(getattr(cfg, s), sizes, cfg.batch_size, cfg.on_error) for s in SPLITS}
+        rows = {s: (sp.real_keys, sp.real_labels, len(sp.gen_keys)) for s, sp in splits.items()}
+        columns = _space_columns(cfg.spaces, lambda space: space_profile(space, splits, cfg))
+        seconds, extra = columns.pop("seconds"), {}
+    meta = _meta(cfg, rows, seconds) | {"path": path, **extra}
+    for split in SPLITS:
+        keys, labels, _ = rows[split]
+        save_profile(Path(cfg.out) / f"{split}.npz", keys, labels, columns[split], {**meta, "split": split})
+    summary = {"spaces": list(cfg.spaces), "seconds": round(time.perf_counter() - t0, 2), "space_seconds": seconds}
+    summary |= {"path": path, "n_generated": meta["n_generated"], **extra}
+    JsonlLogger(cfg.log).log(stage="profile", **summary)
+    return summary
+
+
+def choose_path(cfg: ProfileConfig) -> str:
+    """`profile.path`, or for auto: bounded when a split has more than `path_exact_max` generated images."""
+    if cfg.path != "auto":
+        if cfg.path == "bounded" and "emb" in cfg.spaces:
+            raise FingerprintError("profile: space emb has no bounded path (use profile.path exact or auto)")
+        return cfg.path
+    if "emb" in cfg.spaces:
+        return "exact"
+    counts = [read_manifest(getattr(cfg, s)).get("counts", {}).get("role", {}).get("generated", 0) for s in SPLITS]
+    return "bounded" if max(counts) > cfg.path_exact_max else "exact"
+
+
+def _space_columns(spaces: tuple[str, ...], profile_of) -> dict:
+    """{split: {column: values}} of every space (`profile_of(space)`), and "seconds": {space: seconds}."""
+    columns: dict = {s: {} for s in SPLITS}
     seconds = {}
-    for space in cfg.spaces:
+    for space in spaces:
         t = time.perf_counter()
-        for split, feats in space_profile(space, splits, cfg).items():
+        for split, feats in profile_of(space).items():
             columns[split].update(feats)
         seconds[space] = round(time.perf_counter() - t, 2)
         log.info("profile: %s in %.1f s", space, seconds[space])
-    meta = _meta(cfg, splits, seconds)
-    for split in SPLITS:
-        sp = splits[split]
-        save_profile(
-            Path(cfg.out) / f"{split}.npz", sp.real_keys, sp.real_labels, columns[split], {**meta, "split": split}
-        )
-    summary = {"spaces": list(cfg.spaces), "seconds": round(time.perf_counter() - t0, 2), "space_seconds": seconds}
-    JsonlLogger(cfg.log).log(stage="profile", **summary)
-    return summary
+    return columns | {"seconds": seconds}
+
+
+def _bounded_columns(cfg: ProfileConfig, sizes: list[int]) -> tuple[dict, dict, dict, dict]:
+    """The bounded path (`fingerprint.membership.bounded`): rows, columns, seconds per space, its record."""
+    folder = bounded.pool_folder(cfg.out)
+    try:
+        t = time.perf_counter()
+        splits = {s: bounded.read_split(getattr(cfg, s), folder, s, sizes, cfg) for s in SPLITS}
+        read_s = round(time.perf_counter() - t, 2)
+        profile = bounded.BoundedProfile(splits, cfg)
+        columns = _space_columns(cfg.spaces, profile.space)
+        rows = {s: (sp.real.keys, sp.labels, len(sp.gen)) for s, sp in splits.items()}
+        stats = profile.stats
+        for sp in splits.values():
+            sp.gen.pixels.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows, columns, columns.pop("seconds"), {"read_seconds": read_s, "index": stats}
 
 
 def needed_sizes(cfg: ProfileConfig) -> list[int]:
@@ -102,13 +149,13 @@ def needed_sizes(cfg: ProfileConfig) -> list[int]:
     return sorted(sizes)
 
 
-def _meta(cfg: ProfileConfig, splits: dict[str, SplitImages], seconds: dict) -> dict:
+def _meta(cfg: ProfileConfig, rows: dict[str, tuple[list, list, int]], seconds: dict) -> dict:
     meta = {
         "kind": "profile",
         "spaces": list(cfg.spaces),
         "reference": "every real image of both splits except the query",
-        "n_reference": sum(len(s.real_keys) for s in splits.values()),
-        "n_generated": {k: len(s.gen_keys) for k, s in splits.items()},
+        "n_reference": sum(len(keys) for keys, _, _ in rows.values()),
+        "n_generated": {k: n for k, (_, _, n) in rows.items()},
         "shards": {k: str(getattr(cfg, k)) for k in SPLITS},
         "seconds": seconds,
     }

@@ -19,6 +19,10 @@ import torch
 from fingerprint.core.config import check_fields, fail, option
 from fingerprint.core.vocab import DEVICES, ON_ERROR, SPACES, SPLITS
 
+#: how the profile searches: every image in memory, or codes + index + re-ranking (fingerprint.membership.bounded)
+PROFILE_PATHS = ("auto", "exact", "bounded")
+
+
 #: the profile's default spaces (the learned metric needs `profile.metric`)
 DEFAULT_SPACES = ("px64", "pn32", "px16", "k32x", "al64", "ff32")
 
@@ -52,6 +56,17 @@ class ProfileConfig:
     align_shift: int = option(3, min=0, help="al64: shifts searched, +-pixels at 64 px")
     register_grid: int = option(6, min=2, help="ff32: control grid side of the free-form registration")
     register_steps: int = option(60, min=1, help="ff32: Adam steps of the free-form registration")
+    path: str = option(
+        "auto",
+        choices=PROFILE_PATHS,
+        help="exact: every image in memory, exhaustive k-NN; bounded: codes, an index and exact re-ranking from "
+        "the pixels on disk (memory grows with the reals only); auto: bounded above path_exact_max",
+    )
+    path_exact_max: int = option(20_000, min=0, help="auto: the exact path up to this many generated images a split")
+    code_dim: int = option(32, min=1, help="bounded: PCA code size of each pixel space (fitted on a seeded sample)")
+    rerank: int = option(64, min=1, help="bounded: candidates per real image re-ranked exactly from the full rows")
+    index_exact_max: int = option(50_000, min=1, help="bounded: exact (Flat) index up to this many rows, else IVF")
+    index_nprobe: int = option(48, min=1, help="bounded: IVF lists probed per query")
     batch_size: int = option(256, min=1, help="images per batch when reading shards and encoding")
     device: str = option("auto", choices=DEVICES, help="where the aligned search and the descriptor run")
     threads: int | None = option(None, min=1, help="torch/FAISS CPU threads (default: all cores)")

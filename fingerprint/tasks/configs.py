@@ -26,8 +26,12 @@ from fingerprint.membership.spaces import DEFAULT_SPACES
 RUN_FILE_SCORER = "fused"
 
 
-#: the other registered scorers, run as baselines by default
+#: the other registered scorers, each one a baseline a run may add
 BASELINES = tuple(n for n in scorer_names() if n != RUN_FILE_SCORER)
+
+
+#: the baselines `fingerprint run` adds by default: pixel scorers, which need no CNN (no training, no embedding)
+RUN_BASELINES = ("dcr", "ssim")
 
 
 #: what `fingerprint demo` shows: the membership pipeline, or a collection-level command (fingerprint.tasks.demo)
@@ -40,7 +44,7 @@ class RunOptions:
 
     seed: int = option(0, help="seed of every stage")
     backbone: str = option("resnet18", choices=BACKBONES, help="ResNet trunk of the relation network")
-    image_size: int = option(128, min=32, help="model input size (images are packed at 256)")
+    image_size: int = option(128, min=32, help="model input size (each stage resizes the packed images as it reads)")
     epochs: int | None = option(None, min=1, help="training epochs (default: the trainer's, sized for 2 CPU cores)")
     k: int = option(8, min=1, help="generated neighbours per real image when scoring (training uses 8)")
     batch_size: int = option(64, min=1, help="images per forward pass when embedding")
@@ -50,10 +54,18 @@ class RunOptions:
     )
     threads: int | None = option(None, min=1, help="torch/FAISS CPU threads per stage (default: each stage's own)")
     baselines: tuple[str, ...] = option(
-        BASELINES, choices=BASELINES, help=f"comma-separated baseline scorers ({', '.join(BASELINES)}; '' for none)"
+        RUN_BASELINES,
+        choices=BASELINES,
+        help=f"comma-separated baseline scorers ({', '.join(BASELINES)}; '' for none); relation, emb_nn, emb_topk "
+        "and seed_rule train and embed with the CNN",
     )
     seed_rule_max_pairs: int = option(
         500_000, min=0, help="run pairwise scorers (the seed's rule) only when real x generated is at most this"
+    )
+    pixel_baselines_max: int = option(
+        50_000,
+        min=0,
+        help="run the pixel baselines (dcr, ssim: every image in memory) only up to this many generated images a split",
     )
     index_factory: str = option("Flat", help="FAISS index over generated embeddings (Flat = exact)")
     rule: str = option(THRESHOLD_RULES[0], choices=THRESHOLD_RULES, help="threshold rule of every scorer's labels")
@@ -115,6 +127,10 @@ class DemoConfig(RunOptions):
     """Options of `fingerprint demo`."""
 
     SECTION = "demo"
+
+    baselines: tuple[str, ...] = option(
+        BASELINES, choices=BASELINES, help=f"comma-separated baseline scorers ({', '.join(BASELINES)}; '' for none)"
+    )
 
     data_dir: Path | None = option(
         None, help="where the benchmark is built and cached (default: data/benchmark-<level>-seed<seed>)"

@@ -45,14 +45,13 @@ from fingerprint.core.vocab import SPLITS
 from fingerprint.data.pack import run_pack
 from fingerprint.data.shards import read_manifest
 from fingerprint.embedding.embed import run_embed
-from fingerprint.embedding.features import FeatureStore
 from fingerprint.embedding.index import run_index
 from fingerprint.evaluation.evaluate import EvaluateConfig, run_evaluate
 from fingerprint.evaluation.metrics import LEAD_METRICS, auc_margin, format_table, label_share_warning
 from fingerprint.evaluation.runfile import validate
 from fingerprint.evaluation.scorefiles import read_score_meta
 from fingerprint.membership.fuse import run_fuse
-from fingerprint.membership.profile import run_profile
+from fingerprint.membership.profile import load_profile, run_profile
 from fingerprint.membership.score import run_score
 from fingerprint.membership.scorers import get_scorer, untrained_scorers
 from fingerprint.report.build import run_report
@@ -152,8 +151,13 @@ def _run_stages(plan: RunPlan) -> dict:
         stage("adapt", run_adapt, fusion["adapt"], [paths.model / METRIC_META])
     if fusion["pretrain"] is not None:
         stage("pretrain", run_pretrain, fusion["pretrain"], [paths.pretrain / BACKBONE_FILE])
-    stage("train", run_train, plan.train, [paths.model / "model.safetensors"], resume=_resume_training)
+    if "train" in plan.cnn:
+        stage("train", run_train, plan.train, [paths.model / "model.safetensors"], resume=_resume_training)
     _embed_and_index(stage, paths, plan)
+    skipped = [name for name in ("train", "embed", "index") if name not in plan.cnn]
+    if skipped:
+        log.info("[%s] not needed: no scorer, comparator or clustering reads the CNN", ", ".join(skipped))
+        stage.log.log(stage="run", step="cnn", not_needed=skipped)
     stage("profile", run_profile, fusion["profile"], [paths.profile(s) for s in SPLITS])
     stage("fuse", run_fuse, fusion["fuse"], [paths.fusion])
     warnings = _score(stage, paths, cfg)
@@ -199,11 +203,10 @@ def check_test_pack(src: Path, shards: Path) -> None:
 def check_run_file(paths: RunPaths, test_ids: list[str] | None) -> None:
     """The run file must pass `fingerprint validate` against the real test images' ids (less any skipped at pack).
 
-    With the test split given as shards (`test_ids` None), the ids are the real images' keys as embedded.
+    With the test split given as shards (`test_ids` None), the ids are the real images' keys as profiled.
     """
     if test_ids is None:
-        keys, roles, _ = FeatureStore.open(paths.features("test")).rows()
-        ids = sorted(str(k) for k, r in zip(keys, roles) if r == "real")
+        ids = sorted(str(k) for k in load_profile(paths.profile("test"))[0].keys)
     else:
         skipped = {Path(s["path"]).stem for s in read_manifest(paths.shards("test")).get("skipped", [])}
         ids = [i for i in test_ids if i not in skipped]
@@ -229,8 +232,10 @@ def _resume_training(cfg: TrainConfig) -> TrainConfig:
 
 def _embed_and_index(stage: Stages, paths: RunPaths, plan: RunPlan) -> None:
     for s in SPLITS:
-        stage(f"embed-{s}", run_embed, plan.embed[s], [paths.features_done(s)])
-        stage(f"index-{s}", run_index, plan.index[s], [paths.index(s), paths.index(s).with_suffix(".json")])
+        if "embed" in plan.cnn:
+            stage(f"embed-{s}", run_embed, plan.embed[s], [paths.features_done(s)])
+        if "index" in plan.cnn:
+            stage(f"index-{s}", run_index, plan.index[s], [paths.index(s), paths.index(s).with_suffix(".json")])
 
 
 def _split_sizes(shards_dir: Path | str) -> tuple[int, int]:
@@ -243,12 +248,17 @@ def _split_sizes(shards_dir: Path | str) -> tuple[int, int]:
 def _score(stage: Stages, paths: RunPaths, cfg: RunConfig) -> list[str]:
     """Every scorer on dev then test; returns the warnings about the run file's labels."""
     n_real, n_gen = _split_sizes(paths.shards("test"))
+    pool = max(n_gen, _split_sizes(paths.shards("dev"))[1])
     for name in (RUN_FILE_SCORER, *cfg.baselines):
         if get_scorer(name).pairwise and n_real * n_gen > cfg.seed_rule_max_pairs:
             log.info(
                 "[score] %s skipped: %d x %d pairs > run.seed_rule_max_pairs %d",
                 *(name, n_real, n_gen, cfg.seed_rule_max_pairs),
             )
+            continue
+        if "pixels" in get_scorer(name).needs and pool > cfg.pixel_baselines_max:
+            log.info("[score] %s skipped: %d generated > run.pixel_baselines_max %d", name, pool,
+                     cfg.pixel_baselines_max)  # fmt: skip
             continue
         for s in SPLITS:
             # the test config reads the dev threshold, so it is built after the dev stage ran

@@ -78,6 +78,7 @@ class RunPlan:
     cluster: ClusterConfig | None
     report: ReportConfig | None
     fusion: dict[str, Any]  # adapt / pretrain (None when not run), profile and fuse configs
+    cnn: tuple[str, ...] = ("train", "embed", "index")  # the CNN stages some output needs (`cnn_stages`)
 
 
 def plan_run(cfg: RunConfig) -> RunPlan:
@@ -117,8 +118,22 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         compare=_compare_config(paths, cfg) if cfg.compare else None,
         cluster=ClusterConfig(**feats, out=paths.out, n_boot=cfg.n_boot, seed=cfg.seed) if cfg.cluster else None,
         report=ReportConfig(run_dir=paths.out, seed=cfg.seed) if cfg.report else None,
-        fusion=_fusion_configs(paths, cfg),
+        fusion=_fusion_configs(paths, cfg), cnn=cnn_stages(cfg),
     )  # fmt: skip
+
+
+def cnn_stages(cfg: RunOptions) -> tuple[str, ...]:
+    """The CNN stages ("train", "embed", "index") that the run's scorers, comparators and clustering need.
+
+    The fused scorer reads the similarity profile (pixels and the learned linear metric): without an
+    embedding or relation baseline, comparators, clustering or an `emb` space measured by the trained model,
+    a run trains and embeds nothing.
+    """
+    needs = set().union(*(get_scorer(n).needs for n in (RUN_FILE_SCORER, *cfg.baselines)))
+    embed = "features" in needs or cfg.compare or cfg.cluster
+    train = embed or "model" in needs or ("emb" in cfg.spaces and not cfg.pretrain)
+    stages = {"train": train, "embed": embed, "index": "index" in needs}
+    return tuple(name for name, wanted in stages.items() if wanted)
 
 
 def input_ids(data_dir: Path | None, splits: Sequence[str] = SPLITS) -> list[str] | None:

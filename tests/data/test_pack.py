@@ -251,3 +251,14 @@ def test_run_pack_and_inspect_library_entries(tmp_path):
         run_pack(PackConfig(src=tmp_path / "dev", out=tmp_path / "out"))
     with pytest.raises(FingerprintError, match=r"pack.image_size must be >= 8, got 4"):
         PackConfig(src=tmp_path / "dev", out=tmp_path / "o", image_size=4)
+
+
+def test_default_size_is_the_images_own(tmp_path):
+    """Without pack.image_size, images keep their own size (no upscaling on disk); a chosen size is honoured."""
+    src = make_layout(tmp_path / "dev", "dev", n_gen=3, n_real=2)
+    man = pack(tmp_path / "dev", tmp_path / "out", encoding="png")
+    got = read_back(tmp_path / "out")
+    assert man["image_size"] == SIZE and set(got) == set(src)
+    assert all(np.array_equal(got[k][0], px) for k, px in src.items())
+    assert pack(tmp_path / "dev", tmp_path / "big", image_size=2 * SIZE)["image_size"] == 2 * SIZE
+    assert {v[0].shape for v in read_back(tmp_path / "big").values()} == {(2 * SIZE, 2 * SIZE)}

@@ -1,14 +1,19 @@
 """The similarity profile: exact k-NN with the query excluded from its own reference, calibrated columns,
 aligned evidence, the profile files of both splits (labels of dev only), and config errors."""
 
+import json
 import math
+import os
+import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from fingerprint.core.config import ConfigError
 from fingerprint.core.errors import FingerprintError
@@ -17,6 +22,7 @@ from fingerprint.embedding.features import Features
 from fingerprint.membership.align import aligned_ncc
 from fingerprint.membership.profile import ProfileConfig, load_profile, run_profile
 from fingerprint.membership.spaces import KS_GEN, drop_self, knn_profile, l2_knn
+from fingerprint.training.adapt import AdaptConfig, run_adapt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from copies import make_copies  # noqa: E402
@@ -102,3 +108,69 @@ def test_profile_errors(tmp_path, profiled):
         load_profile(tmp_path / "f.npz")
     with pytest.raises(FingerprintError, match=r"missing\.npz: profile file not found"):
         load_profile(tmp_path / "missing.npz")
+
+
+def test_bounded_profile_equals_the_exact_one_on_tiny_data(profiled, tmp_path):
+    """Flat index and a re-ranking depth that covers the pool: the bounded path gives the exact path's columns,
+    every space (the learned metric's cross-fitted one included); its record reports the index's recall."""
+    root, cfg, _ = profiled
+    run_adapt(AdaptConfig(shards=(cfg.dev, cfg.test), out=tmp_path / "metric", threads=2))
+    spaces = ("px64", "pn32", "px16", "k32x", "al64")  # ff32 takes al64's candidate path
+    common = {"spaces": spaces, "metric": tmp_path / "metric", "align_candidates": 4, "align_references": 3}
+    paths = {}
+    for path in ("exact", "bounded"):
+        c = replace(cfg, out=tmp_path / path, path=path, log=tmp_path / f"{path}.jsonl", **common)
+        assert run_profile(c)["path"] == path
+        paths[path] = [load_profile(tmp_path / path / f"{s}.npz") for s in ("dev", "test")]
+    for (fe, ce), (fb, cb) in zip(paths["exact"], paths["bounded"]):
+        assert list(fe.keys) == list(fb.keys) and list(fe.labels) == list(fb.labels) and set(ce) == set(cb)
+        for name in ce:
+            assert np.allclose(ce[name], cb[name], atol=1e-4), name
+    record = json.loads((tmp_path / "bounded.jsonl").read_text().splitlines()[-1])
+    assert record["index"]["px64"]["recall_at_16"] == {"dev": 1.0, "test": 1.0}
+    assert not list((tmp_path / "bounded").glob(".pool*"))  # the memory-mapped parts are gone
+    # a shallow re-ranking on a coarse code changes the neighbours: the comparison above can fail
+    shallow = replace(cfg, out=tmp_path / "shallow", path="bounded", code_dim=1, rerank=1, spaces=("px64",))
+    run_profile(shallow)
+    _, cs = load_profile(tmp_path / "shallow" / "dev.npz")
+    assert not np.allclose(cs["px64:ngen_8"], paths["exact"][0][1]["px64:ngen_8"], atol=1e-4)
+
+
+def _pool(root: Path, n_gen: int, n_real: int = 10) -> Path:
+    """A split's shards: n_real used + n_real not-used + n_gen generated 64 px images."""
+    rng = np.random.default_rng(n_gen)
+    for folder, n in (("generated", n_gen), ("used", n_real), ("not_used", n_real)):
+        (root / "src" / folder).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+            Image.fromarray(img).save(root / "src" / folder / f"{folder}_{i:05d}.png")
+    pack(root / "src", root / "shards", encoding="npy")
+    return root / "shards"
+
+
+def _peak_rss_kb(dev: Path, test: Path, out: Path, path: str) -> int:
+    """Peak resident memory (kB) of a fresh process that runs the profile (px64, pn32) on dev and test (the bounded
+    path's PCA sample and coding chunk at 256 images, below the pool sizes measured)."""
+    code = (
+        "import resource; from fingerprint.membership import bounded; "
+        "from fingerprint.membership.profile import ProfileConfig, run_profile; "
+        "bounded.PCA_SAMPLE = bounded.CHUNK = 256; "
+        f"run_profile(ProfileConfig(dev='{dev}', test='{test}', out='{out}', path='{path}', "
+        "spaces=('px64', 'pn32'), threads=1)); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return int(done.stdout.split()[-1])
+
+
+def test_bounded_profile_memory_does_not_grow_with_the_pool(tmp_path):
+    """A generated pool 10 times larger (300 -> 3,000) adds less than 16 MB to the bounded profile's peak RSS; the
+    exact path's in-memory images alone grow by about 55 MB (fresh processes, getrusage)."""
+    test = _pool(tmp_path / "test", 300)
+    small, big = _pool(tmp_path / "small", 300), _pool(tmp_path / "big", 3000)
+    rss_small = _peak_rss_kb(small, test, tmp_path / "p-small", "bounded")
+    rss_big = _peak_rss_kb(big, test, tmp_path / "p-big", "bounded")
+    assert rss_big - rss_small < 16_000, (rss_small, rss_big)
+    rss_exact = _peak_rss_kb(big, test, tmp_path / "p-exact", "exact")
+    assert rss_exact - rss_small > 16_000, (rss_small, rss_exact)  # the bound tells the two paths apart

@@ -21,13 +21,14 @@ from fingerprint.core.config import option
 from fingerprint.core.errors import FingerprintError
 from fingerprint.core.files import write_json
 from fingerprint.core.records import StageRecords
+from fingerprint.data.pack import pack
 from fingerprint.data.shards import FORMAT
 from fingerprint.evaluation.metrics import read_truth
 from fingerprint.evaluation.runfile import validate
 from fingerprint.evaluation.scorefiles import write_scores
-from fingerprint.tasks.configs import RunOptions
+from fingerprint.tasks.configs import BASELINES, RunConfig, RunOptions
 from fingerprint.tasks.pipeline import RunPaths, Stages, check_label_share, check_run_file, score_config
-from fingerprint.tasks.plan import input_ids
+from fingerprint.tasks.plan import cnn_stages, input_ids
 
 #: the tiny run's options, shared by the demo and the re-run
 TINY = ["--seed", "3", "--epochs", "1", "--image-size", "32", "--k", "4"]
@@ -127,7 +128,7 @@ def test_run_from_shards_served_over_http_matches_the_local_run(demo_run, tmp_pa
     with serve(out / "shards") as base:
         argv = ["run", "--out", str(run), "--dev-shards", f"{base}/dev/", "--test-shards", f"{base}/test/",
                 "--truth", str(data / "test_truth.csv"), "--batch-size", "32", *TINY, "--no-compare", "--no-cluster",
-                "--no-report"]  # fmt: skip
+                "--no-report", "--baselines", ",".join(BASELINES)]  # fmt: skip
         assert cli(argv) == 0
     assert not (run / "shards").exists() and json.loads((run / "shards.json").read_text())["dev"] == f"{base}/dev/"
     assert (run / "run.csv").read_bytes() == (out / "run.csv").read_bytes()
@@ -351,3 +352,27 @@ def test_splits_need_their_classes_and_the_truth_its_ids(tmp_path):
         check_truth(truth, ["a", "b", "c"])
     with pytest.raises(FingerprintError, match=r"truth.csv: 1 label\(s\) for no real test image \(first: b\)"):
         check_truth(truth, ["a"])
+
+
+def test_run_without_cnn_work_skips_train_and_embed(tmp_path):
+    """The fused scorer and the pixel baselines need no CNN: with comparators and clustering off, `run` neither
+    trains nor embeds nor indexes, and still writes a valid run file; an embedding baseline brings them back."""
+    for split in ("dev", "test"):
+        make_layout(tmp_path / split, split, n_gen=24, n_real=10)
+        pack(tmp_path / split, tmp_path / "shards" / split)
+    shards = ["--dev-shards", str(tmp_path / "shards" / "dev"), "--test-shards", str(tmp_path / "shards" / "test")]
+    argv = ["run", "--out", str(tmp_path / "run"), *shards, *TINY, "--spaces", "px64,pn32,px16",
+            "--no-compare", "--no-cluster", "--no-report"]  # fmt: skip
+    assert cli(argv) == 0
+    out = tmp_path / "run"
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = {r["step"] for r in log if r.get("stage") == "run" and "step" in r}
+    assert {"profile", "fuse", "score-fused-test", "score-dcr-test", "score-ssim-test"} <= steps
+    assert not {s for s in steps if s.startswith(("train", "embed", "index", "score-emb", "score-relation"))}
+    assert next(r for r in log if r.get("step") == "cnn")["not_needed"] == ["train", "embed", "index"]
+    assert not (out / "model" / "model.safetensors").exists() and not (out / "features").exists()
+    ids = [f"real_unknown_{i:04d}" for i in range(1, 21)]
+    assert validate(out / "run.csv", ids) == []
+    again = RunConfig(out=out, dev_shards="d", test_shards="t", baselines=("emb_nn",), compare=False, cluster=False)
+    assert cnn_stages(again) == ("train", "embed", "index")
+    assert cnn_stages(RunConfig(out=out, dev_shards="d", test_shards="t")) == ("train", "embed")  # comparators
