@@ -14,8 +14,8 @@ difficulty of what it is about to write and set two scalars of the generator
   a min over columns (`auc_at`), and a grid costs almost nothing.
 
 Both are measured on the generator's cheap coarse stage (no refiner) against
-the reals area-downsampled to its size: the prototype measured the coarse AUC
-within 0.03 of the refined one at ~1/1000 of the cost. The calibration never
+the reals area-downsampled to its size: on calibrated builds the coarse AUC lies
+within 0.03 of the refined one, at ~1/1000 of the cost. The calibration never
 chooses which images are memorised (that is a seeded ranking) and never looks
 at a method under test; on calibrated builds the pixel-NN test AUC is a
 controlled property of the level: report it as the level's reference, not as

@@ -94,7 +94,7 @@ class SharpConfig:
 
 
 #: Level presets of the sharp family (override `SharpConfig`; replace the vae presets of synth.LEVELS).
-#: modes and memorised_share: starting values (medians of the prototype's per-seed calibration); a build at a
+#: modes and memorised_share: starting values (medians of per-seed calibrations of medium and hard); a build at a
 #: level with a target (`calibrate.TARGETS`) calibrates them unless `calibrate` is off.
 LEVELS = {
     "tiny": {"latent_dim": 16, "hidden": 128, "epochs": 100, "batch_size": 16, "refiner_steps": 300,
