@@ -14,7 +14,7 @@ def test_demo_audit(tiny_audit_build, tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli(["demo", "--task", "audit", "--data-dir", str(tiny_audit_build), "--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
-    names = [f"{case}-{scorer}" for case in ("used", "not_used", "partial") for scorer in ("relation", "ssim")]
+    names = [f"{case}-{scorer}" for case in ("used", "not_used", "partial") for scorer in ("fused", "ssim")]
     for name in names:
         assert (
             f"{name}: " in printed and (out / name / "audit.json").is_file() and (out / name / "report.html").is_file()
@@ -23,9 +23,9 @@ def test_demo_audit(tiny_audit_build, tmp_path, capsys):
     assert [e["name"] for e in log] == names  # one log, corrected together
     last = json.loads((out / "partial-ssim" / "audit.json").read_text())["correction"]
     assert last["m"] == 6 and last["method"] == "holm"
-    # the relation audits share one model, trained once with half of the dev split held out
+    # the default (fused) audits share one fusion, fitted once with half of the dev split held out
     models = {json.loads((out / n / "audit.json").read_text())["conditions"]["model"] for n in names[::2]}
-    assert models == {str(out / "used-relation" / "model")}
+    assert models == {str(out / "used-fused" / "model")}
 
 
 @pytest.mark.slow
