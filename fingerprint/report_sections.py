@@ -28,7 +28,14 @@ from fingerprint.report_data import (
     training_records,
     truth_for,
 )
-from fingerprint.report_figures import histogram_figure, roc_figure, sample_grid, strip_figure, training_figure
+from fingerprint.report_figures import (
+    gan_curve_figure,
+    histogram_figure,
+    roc_figure,
+    sample_grid,
+    strip_figure,
+    training_figure,
+)
 from fingerprint.report_html import Section, fmt, metric_cell
 from fingerprint.scorers import untrained_scorers
 from fingerprint.shards import read_manifest
@@ -179,6 +186,9 @@ def _realism_tables(run: RunInputs, s: Section) -> None:
         for split, v in r["splits"].items()
     ]  # fmt: skip
     s.table(["split", "pixel-NN AUC", "SSIM-NN AUC", "share nearest used", "null", "used reproduced"], rows)
+    curve = info["generator"].get("curve") if info["generator"].get("family") == "gan" else None
+    if curve:
+        s.figure(gan_curve_figure(curve), "the generator's adversarial training (synth.json generator.curve)")
 
 
 def section_training(run: RunInputs) -> Section:
