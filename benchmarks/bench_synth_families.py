@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--image-size", type=int, default=None, help="override the level's image size (e.g. 128)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "synth_families.json")
+    p.add_argument("--keep", type=Path, default=None, help="write the builds under this folder and keep them")
     ns = p.parse_args(argv)
     extra = [] if ns.image_size is None else ["--image-size", str(ns.image_size)]
     builds = []
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = ns.keep or tmp
         for level in ns.levels:
             for seed in ns.seeds:
                 for fam in ns.families:

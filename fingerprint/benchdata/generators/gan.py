@@ -221,7 +221,8 @@ def train_adversarial(x_all: torch.Tensor, cfg: GanConfig, *, seed: int, acceler
     log_every = max(1, cfg.gan_steps // 100)
     sums = torch.zeros(5)
     for step in tqdm(range(cfg.gan_steps), desc="gan", unit="step", disable=not progress):
-        idx = torch.randint(0, n, (bs,), generator=data_gen)[mine].to(points.device)
+        idx_all = torch.randint(0, n, (bs,), generator=data_gen).to(points.device)
+        idx = idx_all[mine]
         z = torch.randn((bs, cfg.latent_dim), generator=data_gen)[mine]
         real = x_all[idx.cpu()].to(accelerator.device, memory_format=torch.channels_last)
         z = z.to(accelerator.device)
@@ -247,10 +248,12 @@ def train_adversarial(x_all: torch.Tensor, cfg: GanConfig, *, seed: int, acceler
         opt_z.zero_grad(set_to_none=True)
         accelerator.backward(g_loss + cfg.recon_weight * l1)
         opt_g.step()
-        if cfg.recon_weight > 0:
+        if cfg.recon_weight > 0:  # every rank applies the summed gradient of all ranks' rows: the same points
+            if world > 1:
+                points.grad = accelerator.reduce(points.grad, reduction="sum")
             opt_z.step()
             with torch.no_grad():
-                points[idx] = _on_sphere(points[idx])
+                points[idx_all] = _on_sphere(points[idx_all])
         with torch.no_grad():
             for pe, pt in zip(ema.parameters(), accelerator.unwrap_model(g_net).parameters()):
                 pe.lerp_(pt.detach().float(), 1.0 - cfg.ema)
@@ -264,8 +267,7 @@ def train_adversarial(x_all: torch.Tensor, cfg: GanConfig, *, seed: int, acceler
                           "l1": round(float(s[2]), 5), "d_real": round(float(s[3]), 4),
                           "d_fake": round(float(s[4]), 4)})  # fmt: skip
             sums.zero_()
-    points = accelerator.reduce(points.detach(), reduction="mean")  # ranks update their own shares
-    return ema, points.cpu()
+    return ema, points.detach().cpu()
 
 
 def recover_latents(g: GanGenerator, x: torch.Tensor, start: torch.Tensor, cfg: GanConfig):
