@@ -229,8 +229,9 @@ def train_adversarial(x_all: torch.Tensor, cfg: GanConfig, *, seed: int, acceler
         for o in (opt_g, opt_d):
             for grp in o.param_groups:
                 grp["lr"] = _lr_at(step, cfg.gan_steps, cfg.lr)
-        with accelerator.autocast():
-            fake = g_net(z)
+        with accelerator.autocast():  # one generator pass (DDP: one forward per backward): samples, then points
+            out = g_net(torch.cat([z, points[idx]]) if cfg.recon_weight > 0 else z)
+            fake, recon = out[: len(z)], out[len(z) :]
             both = d_net(diff_augment(torch.cat([real, fake.detach()]), cfg.augment, aug_gen)).float()
             d_real, d_fake = both[: len(real)], both[len(real) :]
             d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
@@ -239,11 +240,7 @@ def train_adversarial(x_all: torch.Tensor, cfg: GanConfig, *, seed: int, acceler
         opt_d.step()
         with accelerator.autocast():
             g_loss = F.softplus(-d_net(diff_augment(fake, cfg.augment, aug_gen)).float()).mean()
-            l1 = (
-                F.l1_loss(g_net(points[idx]).float(), real)
-                if cfg.recon_weight > 0
-                else torch.zeros((), device=z.device)
-            )
+            l1 = F.l1_loss(recon.float(), real) if cfg.recon_weight > 0 else torch.zeros((), device=z.device)
         opt_g.zero_grad(set_to_none=True)
         opt_z.zero_grad(set_to_none=True)
         accelerator.backward(g_loss + cfg.recon_weight * l1)
