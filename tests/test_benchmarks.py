@@ -236,6 +236,11 @@ def test_synth_families_summary_compares_the_families_per_level():
     assert ratios["wall_s"] == 4.0 and ratios["hf_ratio"] == 10.0 and ratios["frechet_ratio"] == 0.1
     assert out["medium"]["sharp"]["over_budget"] == 1 and out["medium"]["vae"]["over_budget"] == 0
     assert "sharp_over_vae" not in out["tiny"]
+    gan = {**build("gan", "medium", 200.0, 0.2, 8.0), "cpu": "another CPU"}
+    out = families_summary([build("vae", "medium", 100.0, 0.05, 40.0), gan])
+    assert out["medium"]["gan"]["wall_s"] == 200.0 and "gan_over_vae" not in out["medium"]  # not across machines
+    out = families_summary([build("vae", "medium", 100.0, 0.05, 40.0), build("gan", "medium", 200.0, 0.2, 8.0)])
+    assert out["medium"]["gan_over_vae"]["wall_s"] == 2.0
 
 
 def test_results_record_no_folder_outside_the_repository():

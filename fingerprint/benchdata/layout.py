@@ -91,13 +91,13 @@ def traceability(sources: dict[str, np.ndarray | None], used_rows: dict[str, np.
     reference for how concentrated the leakage is, not a bound (a decoder shared by all training images also
     moves samples toward their sources' latent neighbours, which leaks untraced images too).
     `used_rows[split]`: that split's used images as rows of the generator's training set. None for
-    generators that do not report sources.
+    generators that do not report sources; a source of -1 (a sample drawn from no training image) counts for none.
     """
     if any(s is None for s in sources.values()):
         return None
     out = {}
     for split, src in sources.items():
-        counts = np.bincount(src, minlength=int(used_rows[split].max()) + 1)[used_rows[split]]
+        counts = np.bincount(src[src >= 0], minlength=int(used_rows[split].max()) + 1)[used_rows[split]]
         share = float((counts > 0).mean())
         per = round(float(counts[counts > 0].mean()), 2) if share else 0.0
         out[split] = {"traced_used": round(share, 4), "auc_traced_only": round(0.5 + share / 2, 4),

@@ -45,8 +45,9 @@ class SynthConfig:
     force: bool = option(False, help="replace the output folder if it exists")
     generator: str | None = _opt(
         "generator family (fingerprint.benchdata.generators): vae (default; blurred), sharp (VAE + deformations + "
-        "adversarial refiner; sharp edges and lung texture, several times the build time) or ddpm (diffusion model; "
-        "needs fingerprint[gpu-gen], and a GPU above --level tiny)"
+        "adversarial refiner; sharp edges and lung texture, several times the build time), gan (DCGAN trained "
+        "adversarially with DiffAugment) or ddpm (diffusion model; needs fingerprint[gpu-gen], and a GPU above "
+        "--level tiny)"
     )
     # counts
     image_size: int | None = _opt("side of the square 8-bit images (default 256; tiny: 64)")
@@ -84,7 +85,19 @@ class SynthConfig:
     warp_memorised: float | None = _opt("sharp: bend of memorised samples (default 0.3)")
     refiner_steps: int | None = _opt("sharp: adversarial refiner training steps (default 600)")
     adv_weight: float | None = _opt("sharp: weight of the refiner's adversarial loss (default 0.15)")
-    calibrate: bool | None = _opt("sharp: calibrate modes and memorised_share to the level's pixel-NN AUC target")
+    calibrate: bool | None = _opt(
+        "sharp, gan: calibrate the memorisation (sharp: modes and memorised_share) to the level's pixel-NN AUC target"
+    )
+    # generator (gan)
+    gan_steps: int | None = _opt("gan: adversarial training steps (default 600)")
+    width: int | None = _opt("gan: channels of the full-resolution layer, doubling per step down (default 16)")
+    augment: float | None = _opt(
+        "gan: DiffAugment probability per augmentation and image (easy 0, medium 0.3, hard 0.6)"
+    )
+    invert_steps: int | None = _opt("gan: steps refining the used images' latent points after training (default 40)")
+    recon_weight: float | None = _opt(
+        "gan: weight of the L1 pull of each used image's latent point (easy 5, medium 3, hard 1)"
+    )
     # generator (ddpm; needs fingerprint[gpu-gen] and a GPU above --level tiny)
     ddpm_steps: int | None = _opt("ddpm: diffusion training steps (default 20000; tiny: 20)")
     sample_steps: int | None = _opt("ddpm: DDIM sampling steps (default 50)")
@@ -95,7 +108,8 @@ class SynthConfig:
         "redraw synthetic samples whose pixel correlation with any real image is above this (default 0.99)"
     )
     threads: int | None = _opt(
-        "CPU threads for torch (default: vae 1; sharp the cores per process, at most 4); fixed, so builds repeat"
+        "CPU threads for torch (default: vae 1; sharp and gan the cores per process, at most 4); fixed, so builds "
+        "repeat"
     )
     cpu: bool | None = _opt("train on the CPU even if a GPU is present")
     progress: bool = option(True, help="progress bars")

@@ -81,6 +81,21 @@ def training_figure(steps: list[dict], epochs: list[dict]) -> bytes:
     return fig_png(fig)
 
 
+def gan_curve_figure(curve: list[dict]) -> bytes:
+    """A GAN's adversarial training: discriminator and generator losses, and D's mean output on real and
+    generated images, per logged step (synth.json `generator.curve` of the gan family)."""
+    x = [r["step"] for r in curve]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.8, 3.2))
+    a.plot(x, [r["d_loss"] for r in curve], lw=1.2, label="discriminator")
+    a.plot(x, [r["g_loss"] for r in curve], lw=1.2, label="generator")
+    a.set_xlabel("step"), a.set_title("adversarial losses", fontsize=10), a.legend(fontsize=7)
+    b.plot(x, [r["d_real"] for r in curve], lw=1.2, label="D(real)")
+    b.plot(x, [r["d_fake"] for r in curve], lw=1.2, label="D(generated)")
+    b.set_ylim(0, 1), b.set_xlabel("step"), b.set_title("discriminator output", fontsize=10), b.legend(fontsize=7)
+    fig.tight_layout()
+    return fig_png(fig)
+
+
 def roc_figure(curves: list[tuple[float, str, np.ndarray, np.ndarray]]) -> bytes:
     """ROC curves (auc, name, fpr, tpr), best first, on one plot."""
     fig, ax = plt.subplots(figsize=(6.4, 5.6))

@@ -42,7 +42,14 @@ from fingerprint.report.data import (
     training_records,
     truth_for,
 )
-from fingerprint.report.figures import histogram_figure, roc_figure, sample_grid, strip_figure, training_figure
+from fingerprint.report.figures import (
+    gan_curve_figure,
+    histogram_figure,
+    roc_figure,
+    sample_grid,
+    strip_figure,
+    training_figure,
+)
 from fingerprint.report.html import Section, fmt, metric_cell
 
 #: a run-file scorer whose ROC-AUC on the labelled dev split is below this gets a near-chance warning
@@ -319,6 +326,9 @@ def _realism_tables(run: RunInputs, s: Section) -> None:
         for split, v in r["splits"].items()
     ]  # fmt: skip
     s.table(["split", "pixel-NN AUC", "SSIM-NN AUC", "share nearest used", "null", "used reproduced"], rows)
+    curve = info["generator"].get("curve") if info["generator"].get("family") == "gan" else None
+    if curve:
+        s.figure(gan_curve_figure(curve), "the generator's adversarial training (synth.json generator.curve)")
 
 
 def section_training(run: RunInputs) -> Section:

@@ -77,6 +77,16 @@ def test_dataset_section_shows_the_benchmarks_realism(tmp_path):
     _realism_tables(RunInputs(tmp_path / "run"), sec)
     html = "".join(sec.html)
     assert "Realism of the benchmark (sharp generator, medium level)" in html and "0.764" in html
+    assert "adversarial training" not in html
+    curve = [
+        {"step": k, "d_loss": 1.4 - 0.1 * k, "g_loss": 0.7 + 0.1 * k, "d_real": 0.5, "d_fake": 0.4} for k in (1, 2)
+    ]
+    gan = {"level": "hard", "generator": {"family": "gan", "curve": curve}, "realism": realism}
+    write_json(data / "synth.json", gan)
+    sec = Section("dataset", "Data set")
+    _realism_tables(RunInputs(tmp_path / "run"), sec)
+    html = "".join(sec.html)
+    assert "(gan generator, hard level)" in html and "adversarial training" in html and "<img" in html
     (data / "synth.json").unlink()
     sec = Section("dataset", "Data set")
     _realism_tables(RunInputs(tmp_path / "run"), sec)

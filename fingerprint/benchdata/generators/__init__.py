@@ -31,6 +31,7 @@ FAMILY_MODULES = (
     "fingerprint.benchdata.generators.vae",
     "fingerprint.benchdata.generators.sharp",
     "fingerprint.benchdata.generators.ddpm",
+    "fingerprint.benchdata.generators.gan",
 )
 
 
