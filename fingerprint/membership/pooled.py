@@ -36,7 +36,15 @@ from fingerprint.core.errors import FingerprintError
 from fingerprint.core.vocab import SPACES
 from fingerprint.imaging.register import registered_rms
 from fingerprint.membership.align import EPS_RMS, aligned_distance, aligned_ncc, pick_device
-from fingerprint.membership.spaces import ProfileConfig, drop_self, flat, knn_profile, l2_knn, profile_columns
+from fingerprint.membership.spaces import (
+    ProfileConfig,
+    drop_self,
+    flat,
+    knn_profile,
+    l2_knn,
+    pixel_sizes,
+    profile_columns,
+)
 from fingerprint.training.adapt import Metric
 
 
@@ -71,18 +79,11 @@ def column_space(column: str) -> str:
 
 def needed_sizes(spaces: list[str] | tuple[str, ...], metric: Metric | None = None) -> list[int]:
     """Image sides the spaces read (32 px for the candidate search of al64 and ff32)."""
-    sizes = set()
-    for space in spaces:
-        if space[:2] in ("px", "pn"):
-            sizes.add(int(space[2:]))
-        elif space == "al64":
-            sizes |= {64, 32}
-        elif space == "ff32":
-            sizes.add(32)
-        elif space == "k32x":
-            if metric is None:
-                raise FingerprintError("space k32x needs the learned metric ('fingerprint adapt')")
-            sizes.add(int(metric.meta["size"]))
+    sizes = pixel_sizes(spaces)
+    if "k32x" in spaces:
+        if metric is None:
+            raise FingerprintError("space k32x needs the learned metric ('fingerprint adapt')")
+        sizes.add(int(metric.meta["size"]))
     return sorted(sizes)
 
 

@@ -55,6 +55,7 @@ from fingerprint.membership.spaces import (
     ProfileConfig,
     SplitImages,
     flat,
+    pixel_sizes,
     vector_profile,
 )
 from fingerprint.training.adapt import METRIC_FILE, load_metric, read_metric_meta
@@ -134,18 +135,11 @@ def _bounded_columns(cfg: ProfileConfig, sizes: list[int]) -> tuple[dict, dict, 
 
 def needed_sizes(cfg: ProfileConfig) -> list[int]:
     """Image sides to read: each pixel space's, 64 + 32 for al64, the metric's for k32x, the descriptor's for emb."""
-    sizes = set()
-    for space in cfg.spaces:
-        if space[:2] in ("px", "pn"):
-            sizes.add(int(space[2:]))
-        elif space == "al64":
-            sizes |= {64, 32}
-        elif space == "ff32":
-            sizes.add(32)
-        elif space == "k32x":
-            sizes.add(int(read_metric_meta(cfg.metric)["size"]))
-        elif space == "emb":
-            sizes.add(int(read_json(Path(cfg.descriptor) / META_FILE)["config"]["image_size"]))
+    sizes = pixel_sizes(cfg.spaces)
+    if "k32x" in cfg.spaces:
+        sizes.add(int(read_metric_meta(cfg.metric)["size"]))
+    if "emb" in cfg.spaces:
+        sizes.add(int(read_json(Path(cfg.descriptor) / META_FILE)["config"]["image_size"]))
     return sorted(sizes)
 
 

@@ -158,3 +158,17 @@ def vector_profile(name: str, vectors: dict[str, tuple[np.ndarray, np.ndarray]])
         out[s] = knn_profile(real, gen, ref, own, name)
         start += len(real)
     return out
+
+
+def pixel_sizes(spaces: list[str] | tuple[str, ...]) -> set[int]:
+    """Image sides the pixel spaces read: each px/pn space's own, 64 + 32 for al64 (and its candidate search),
+    32 for ff32."""
+    sizes: set[int] = set()
+    for space in spaces:
+        if space[:2] in ("px", "pn"):
+            sizes.add(int(space[2:]))
+        elif space == "al64":
+            sizes |= {64, 32}
+        elif space == "ff32":
+            sizes.add(32)
+    return sizes
