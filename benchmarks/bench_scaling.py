@@ -399,7 +399,8 @@ def fused_size(g: int, work: Path, gen, images: np.ndarray, split: dict, seed: i
            "generated_per_s": round(g / wall, 1),
            "stage_seconds": summary["stage_seconds"], "profile_path": profile.get("path"),
            "recall_at_16": profile.get("index"), "test_roc_auc": metrics["roc_auc"]["value"],
-           "test_kappa": metrics["kappa"]["value"], "command": "fingerprint " + " ".join(map(portable, args))}  # fmt: skip
+           "test_kappa": metrics["kappa"]["value"],
+           "command": "fingerprint " + " ".join(map(portable, args))}  # fmt: skip
     log.info("scaling fused: G=%d run %.0f s (%.0f generated/s), peak RSS %.0f MB, ROC-AUC %.3f",
              g, wall, g / wall, peak["self"], row["test_roc_auc"])  # fmt: skip
     return row
