@@ -39,11 +39,11 @@ from PIL import Image
 from fingerprint.core.files import sha256_file, write_json
 from fingerprint.core.records import StageRecords
 from fingerprint.embedding.features import Features
-from fingerprint.tasks.pipeline import RUN_FILE_SCORER
+from fingerprint.tasks.configs import BASELINES, RUN_FILE_SCORER
 
 #: the tiny run every case starts from (relative paths: run folders compare byte for byte across sandboxes)
 RUN_ARGS = ["--seed", "3", "--epochs", "2", "--image-size", "32", "--k", "4", "--batch-size", "32", "--n-boot", "20",
-            "--threads", "1", "--no-compare"]  # fmt: skip
+            "--threads", "1", "--no-compare", "--baselines", ",".join(BASELINES)]  # fmt: skip
 TRAIN_ARGS = ["--image-size", "32", "--threads", "1", "--seed", "3"]
 
 
@@ -373,7 +373,9 @@ def ct_slice(bits: int = 12, top: int = 4080, size: int = 256) -> np.ndarray:
 def wide_image(name: str, fmt: str = "PNG", bits: int = 12, top: int = 4080) -> Callable:
     def prepare(sb):
         data = sb.data()
-        Image.fromarray(ct_slice(bits, top)).save(data / "dev" / "generated" / name, format=fmt)
+        with Image.open(sorted((data / "dev" / "generated").glob("*.png"))[0]) as first:
+            size = first.size[0]  # the packing size (pack keeps the images' own size): no resampling of the slice
+        Image.fromarray(ct_slice(bits, top, size)).save(data / "dev" / "generated" / name, format=fmt)
         sb.ctx["key"] = Path(name).stem
         return {"out": sb.root / "out"}
 
@@ -656,7 +658,7 @@ def dev_without(what: str) -> Callable:
     return prepare
 
 
-def test_without_generated(sb):
+def empty_test_generated(sb):
     data = sb.data()
     for f in (data / "test" / "generated_1").iterdir():
         f.unlink()
@@ -997,7 +999,7 @@ CASES: list[Case] = [
          RUN, 2, "dev/not_used: missing or holds no usable image"),
     Case("dev-empty-generated", "an empty dev/generated/", dev_without("generated"), RUN, 2,
          "dev/generated: missing or holds no usable image"),
-    Case("test-empty-generated", "an empty test/generated_1/", test_without_generated, RUN, 2,
+    Case("test-empty-generated", "an empty test/generated_1/", empty_test_generated, RUN, 2,
          "test/generated_1: missing or holds no usable image"),
     Case("quote-in-id", 'a real test image named a"b.png', renamed_real('a"b.png'), RUN, 2,
          "cannot hold dots, commas, quotes or whitespace"),

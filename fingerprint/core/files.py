@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from fingerprint.core.errors import FingerprintError, os_error, os_error_text
 
@@ -260,3 +262,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' `save_file`, its I/O failures raised as the OSError they are (a full disk is ENOSPC), so that
+    `atomic_path` names the file and the cause on one line."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        n = int(code.group(1))
+        raise OSError(n, os.strerror(n), str(path)) from e

@@ -15,11 +15,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from fingerprint.core.errors import FingerprintError
-from fingerprint.core.files import atomic_path, read_json, sha256_file, write_json
+from fingerprint.core.files import atomic_path, read_json, save_tensors, sha256_file, write_json
 from fingerprint.embedding.models import Backbone, FingerprintModel, ModelConfig, count_parameters
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def save_model(model: nn.Module, out_dir: str | Path, *, extra: dict) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out_dir / MODEL_FILE) as tmp:
         try:
-            save_file(state, str(tmp), metadata={"format": FORMAT})
+            save_tensors(state, tmp, metadata={"format": FORMAT})
         except Exception as e:  # safetensors reports a failed write (full disk, ...) as SafetensorError
             raise FingerprintError(f"{out_dir / MODEL_FILE}: cannot write the weights ({str(e)[:200]})") from e
     meta = {

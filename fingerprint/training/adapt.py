@@ -45,12 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from fingerprint.core.config import check_fields, exists_error, fail, option
 from fingerprint.core.distributed import make_accelerator, seed_everything, set_process_threads
 from fingerprint.core.errors import FingerprintError
-from fingerprint.core.files import atomic_path, read_json, sha256_file, write_json
+from fingerprint.core.files import atomic_path, read_json, save_tensors, sha256_file, write_json
 from fingerprint.core.logs import JsonlLogger
 from fingerprint.core.vocab import DEVICES, MIXED_PRECISION, ON_ERROR
 from fingerprint.data.stream import StreamConfig, make_loader, to_float
@@ -331,7 +331,7 @@ def save_metric(out: Path, mean: np.ndarray, projection: np.ndarray, meta: dict)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {"mean": torch.from_numpy(mean.astype(np.float64)), "projection": torch.from_numpy(projection)}
     with atomic_path(out / METRIC_FILE) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": FORMAT})
+        save_tensors({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"format": FORMAT})
     write_json(out / METRIC_META, {**meta, "weights_file": METRIC_FILE, "sha256": sha256_file(out / METRIC_FILE)})
 
 

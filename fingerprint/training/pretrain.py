@@ -44,12 +44,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from fingerprint.core.config import check_fields, exists_error, fail, option
 from fingerprint.core.distributed import make_accelerator, seed_everything, set_process_threads
 from fingerprint.core.errors import FingerprintError
-from fingerprint.core.files import atomic_path, read_json
+from fingerprint.core.files import atomic_path, read_json, save_tensors
 from fingerprint.core.logs import JsonlLogger
 from fingerprint.core.vocab import BACKBONES, MIXED_PRECISION, ON_ERROR
 from fingerprint.data.stream import StreamConfig, hash_seed, load_all, make_loader
@@ -355,4 +354,4 @@ def save_pretrained(net: FingerprintModel, out: Path, record: dict) -> None:
     trunk = next(iter(net.backbones.values()))
     state = {k: v.detach().cpu().contiguous() for k, v in trunk.state_dict().items()}
     with atomic_path(out / BACKBONE_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "torchvision-resnet-1ch"})
+        save_tensors(state, tmp, metadata={"format": "torchvision-resnet-1ch"})

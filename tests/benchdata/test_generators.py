@@ -34,10 +34,10 @@ def train_blur(images, cfg, *, seed=0, accelerator=None, progress=False):
 
 def test_registry_holds_the_vae_and_refuses_unknown_names():
     assert families()["vae"].config is GeneratorConfig and get_family("vae").train is train_generator
-    with pytest.raises(FingerprintError, match="unknown generator family 'gan'"):
-        get_family("gan")
+    with pytest.raises(FingerprintError, match="unknown generator family 'stylegan9'"):
+        get_family("stylegan9")
     with pytest.raises(FingerprintError, match="synth.generator must be one of"):
-        SynthConfig(out="x", generator="gan")
+        SynthConfig(out="x", generator="stylegan9")
 
 
 def test_a_registered_family_builds_a_benchmark(tmp_path):

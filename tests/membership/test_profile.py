@@ -149,15 +149,16 @@ def _pool(root: Path, n_gen: int, n_real: int = 10) -> Path:
 
 
 def _peak_rss_kb(dev: Path, test: Path, out: Path, path: str) -> int:
-    """Peak resident memory (kB) of a fresh process that runs the profile (px64, pn32) on dev and test (the bounded
+    """Peak resident memory (kB, the process's own VmHWM: getrusage's ru_maxrss keeps the forking parent's peak
+    across exec) of a fresh process that runs the profile (px64, pn32) on dev and test (the bounded
     path's PCA sample and coding chunk at 256 images, below the pool sizes measured)."""
     code = (
-        "import resource; from fingerprint.membership import bounded; "
+        "from fingerprint.membership import bounded; "
         "from fingerprint.membership.profile import ProfileConfig, run_profile; "
         "bounded.PCA_SAMPLE = bounded.CHUNK = 256; "
         f"run_profile(ProfileConfig(dev='{dev}', test='{test}', out='{out}', path='{path}', "
         "spaces=('px64', 'pn32'), threads=1)); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -166,7 +167,7 @@ def _peak_rss_kb(dev: Path, test: Path, out: Path, path: str) -> int:
 
 def test_bounded_profile_memory_does_not_grow_with_the_pool(tmp_path):
     """A generated pool 10 times larger (300 -> 3,000) adds less than 16 MB to the bounded profile's peak RSS; the
-    exact path's in-memory images alone grow by about 55 MB (fresh processes, getrusage)."""
+    exact path's in-memory images alone grow by about 55 MB (fresh processes, VmHWM)."""
     test = _pool(tmp_path / "test", 300)
     small, big = _pool(tmp_path / "small", 300), _pool(tmp_path / "big", 3000)
     rss_small = _peak_rss_kb(small, test, tmp_path / "p-small", "bounded")

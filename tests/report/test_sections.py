@@ -40,7 +40,7 @@ def test_missing_parts_are_notes(tmp_path):
 
 def test_skips_and_renames_are_listed(tmp_path):
     """Counted skips reach the report: unreadable images at pack, renamed generated keys, shards skipped later."""
-    man = {"format": "fingerprint-shards", "counts": {"role_label": {"real/used": 1}}, "n_skipped": 1,
+    man = {"format": "fingerprint-shards", "shards": [], "counts": {"role_label": {"real/used": 1}}, "n_skipped": 1,
            "skipped": [{"path": "used/bad.png", "reason": "not a recognised image format"}],
            "renamed": [{"path": "generated_2/g.png", "key": "g_2"}]}  # fmt: skip
     write_json(tmp_path / "shards" / "test" / "manifest.json", man)
@@ -71,7 +71,7 @@ def test_dataset_section_shows_the_benchmarks_realism(tmp_path):
     (tmp_path / "run" / "shards" / "dev").mkdir(parents=True)
     write_json(
         tmp_path / "run" / "shards" / "dev" / "manifest.json",
-        {"format": FORMAT, "source": str(data / "dev"), "counts": {"role_label": {"generated/none": 3}}},
+        {"format": FORMAT, "shards": [], "source": str(data / "dev"), "counts": {"role_label": {"generated/none": 3}}},
     )
     sec = Section("dataset", "Data set")
     _realism_tables(RunInputs(tmp_path / "run"), sec)

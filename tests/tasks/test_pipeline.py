@@ -109,7 +109,8 @@ def test_rerun_skips_finished_stages(demo_run, capsys):
     data, out, _ = demo_run
     before = (out / "scores" / "fused.csv").read_bytes()
     # the demo's options (a changed option would redo its stage and every later one)
-    assert cli(["run", str(data), "--out", str(out), *TINY, "--batch-size", "32", "--no-report"]) == 0
+    argv = ["run", str(data), "--out", str(out), *TINY, "--batch-size", "32", "--no-report", "--baselines"]
+    assert cli([*argv, ",".join(BASELINES)]) == 0  # the demo runs every baseline; run's default is dcr,ssim
     assert (out / "scores" / "fused.csv").read_bytes() == before
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     rerun = log[log.index(next(r for r in log if r.get("step") == "pack-dev" and r.get("skipped"))) :]
@@ -298,7 +299,11 @@ def test_the_run_file_is_checked_against_the_test_ids(tmp_path):
 
 def test_a_run_file_labelled_one_way_is_flagged(tmp_path):
     paths = RunPaths(tmp_path)
-    pack_counts = {"format": FORMAT, "counts": {"label": {"used": 80, "not_used": 80}, "role": {"real": 160}}}
+    pack_counts = {
+        "format": FORMAT,
+        "shards": [],
+        "counts": {"label": {"used": 80, "not_used": 80}, "role": {"real": 160}},
+    }
     (tmp_path / "shards" / "dev").mkdir(parents=True)
     (tmp_path / "shards" / "dev" / "manifest.json").write_text(json.dumps(pack_counts))
     keys = [f"k{i}" for i in range(20)]
