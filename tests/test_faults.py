@@ -879,8 +879,10 @@ CASES: list[Case] = [
            fsize=limit) for kind, argv, limit in [
         ("pack", PACK, 64 << 10), ("embed", EMBED, 16 << 10), ("train", TRAIN, 1 << 20), ("score", SCORE, 256),
         ("evaluate", EVALUATE, 256), ("report", REPORT, 64 << 10), ("run", RUN, 64 << 10)]],
-    Case("full-disk-tmpfs-run", "a 2 MB tmpfs as the output's file system (ENOSPC)", tmpfs("2m"), RUN, 2,
-         "No space left on device"),
+    Case("full-disk-tmpfs-run", "a 256 kB tmpfs as the output's file system: pack fills it (ENOSPC)", tmpfs("256k"),
+         RUN, 2, "No space left on device"),
+    Case("full-disk-tmpfs-run-later", "a 2 MB tmpfs: a later stage fills it; the finished stages stay for a resume",
+         tmpfs("2m"), RUN, 2, "No space left on device", output="any"),
     *[Case(f"read-only-{kind}", "the output's folder is read-only", read_only_parent(kind), argv, 2,
            "cannot write here", (failed_early,) if kind == "embed" else (), readonly=True) for kind, argv in [
         ("pack", PACK), ("embed", EMBED), ("train", TRAIN), ("score", SCORE), ("evaluate", EVALUATE),
