@@ -567,7 +567,8 @@ def failing_collection_command(kind: str) -> Callable:
                     dev / "generated", "--model", sb.ctx["missing"], "--image-size", "32", "--no-report"]  # fmt: skip
         else:
             argv = ["attribute", "--subsets", f"a={dev / 'used'},b={dev / 'not_used'}", "--generated",
-                    dev / "generated", "--model", sb.ctx["missing"], "--image-size", "32", "--no-report"]  # fmt: skip
+                    dev / "generated", "--model", sb.ctx["missing"], "--pair-score", "relation", "--image-size", "32",
+                    "--no-report"]  # fmt: skip
         sb.ctx["argv"] = [str(a) for a in argv]
         return {"out": sb.root / kind}
 
