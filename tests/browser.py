@@ -99,12 +99,12 @@ class DevToolsPipe:
         self._next = 0
         self.events: list[dict] = []
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+    def send(self, method: str, params: dict | None = None, tab: str | None = None) -> dict:
         """Send one command and return its result (a DevTools error raises)."""
         self._next += 1
         msg: dict = {"id": self._next, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
+        if tab:
+            msg["sessionId"] = tab
         try:
             os.write(self._cmd_w, json.dumps(msg).encode() + b"\0")
         except BrokenPipeError as e:
@@ -114,12 +114,12 @@ class DevToolsPipe:
             raise RuntimeError(f"{method}: {reply['error'].get('message')}")
         return reply.get("result", {})
 
-    def wait_event(self, method: str, session: str | None = None) -> dict:
-        """The first event `method` (of `session`), kept or still to come."""
+    def wait_event(self, method: str, tab: str | None = None) -> dict:
+        """The first event `method` (of `tab`), kept or still to come."""
         for e in self.events:
-            if e.get("method") == method and e.get("sessionId") == session:
+            if e.get("method") == method and e.get("sessionId") == tab:
                 return e
-        return self._wait(lambda m: m.get("method") == method and m.get("sessionId") == session)
+        return self._wait(lambda m: m.get("method") == method and m.get("sessionId") == tab)
 
     def _wait(self, want) -> dict:
         deadline = time.monotonic() + self.timeout
@@ -154,11 +154,11 @@ class DevToolsPipe:
             self._stderr.close()
 
 
-def console_errors(events: list[dict], session: str) -> list[str]:
+def console_errors(events: list[dict], tab: str) -> list[str]:
     """Script exceptions, console.error/assert calls and browser log entries at level error."""
     out = []
     for e in events:
-        if e.get("sessionId") != session:
+        if e.get("sessionId") != tab:
             continue
         p = e.get("params", {})
         if e["method"] == "Runtime.exceptionThrown":
@@ -185,20 +185,20 @@ def inspect_page(html_path: Path, *, browser: str | None = None, timeout: float 
                 target = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
             except (TimeoutError, BrowserUnavailable) as e:
                 raise BrowserUnavailable(f"{browser} did not start: {e}") from e
-            session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            tab = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "Log"):
-                pipe.send(f"{domain}.enable", session=session)
-            pipe.send("Page.navigate", {"url": Path(html_path).resolve().as_uri()}, session=session)
-            pipe.wait_event("Page.loadEventFired", session)
+                pipe.send(f"{domain}.enable", tab=tab)
+            pipe.send("Page.navigate", {"url": Path(html_path).resolve().as_uri()}, tab=tab)
+            pipe.wait_event("Page.loadEventFired", tab)
             found = pipe.send(
                 "Runtime.evaluate",
                 {"expression": PAGE_CHECK, "awaitPromise": True, "returnByValue": True},
-                session=session,
+                tab=tab,
             )
             if "exceptionDetails" in found:
                 raise RuntimeError(f"page check failed: {found['exceptionDetails'].get('text')}")
             time.sleep(0.2)  # let late log entries arrive
-            pipe.send("Runtime.evaluate", {"expression": "1"}, session=session)
-            return PageReport(**found["result"]["value"], console_errors=console_errors(pipe.events, session))
+            pipe.send("Runtime.evaluate", {"expression": "1"}, tab=tab)
+            return PageReport(**found["result"]["value"], console_errors=console_errors(pipe.events, tab))
         finally:
             pipe.close()
